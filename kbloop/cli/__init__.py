@@ -1,0 +1,1 @@
+"""The kbloop command line: one module per command group, each thin."""

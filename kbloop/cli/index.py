@@ -1,0 +1,76 @@
+"""Commands over the index: ingest, search, status, check."""
+
+from __future__ import annotations
+
+import click
+
+from kbloop.cli.output import emit_json, human_bytes, print_counts, print_hits
+
+
+@click.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--rebuild", is_flag=True, help="Parse and embed everything again (after changing the embedder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.pass_obj
+def ingest(obj, paths: tuple[str, ...], rebuild: bool, as_json: bool) -> None:
+    """Index the docs folder, or only PATHS inside it; unchanged files cost nothing."""
+    with obj.open_kb(progress=not as_json) as kb:
+        counts = kb.ingest(list(paths) or None, rebuild=rebuild).as_dict()
+    emit_json(counts) if as_json else print_counts(counts)
+
+
+@click.command()
+@click.argument("query")
+@click.option("-k", "k", type=click.IntRange(1, 200), default=None, help="How many chunks (default KBLOOP_SEARCH_K).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.pass_obj
+def search(obj, query: str, k: int | None, as_json: bool) -> None:
+    """Show the chunks most similar to QUERY, with file, page or section, and score."""
+    with obj.open_kb() as kb:
+        hits = kb.search(query, k)
+    if as_json:
+        emit_json([{"rank": i, "score": round(h.score, 4), "path": h.path, "location": h.location,
+                    "page": h.metadata.get("page"), "section": h.metadata.get("section"), "text": h.text}
+                   for i, h in enumerate(hits, start=1)])
+    else:
+        print_hits(hits)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print status as JSON.")
+@click.pass_obj
+def status(obj, as_json: bool) -> None:
+    """What is indexed, what failed and why, and the last runs."""
+    with obj.open_kb() as kb:
+        info = kb.status()
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"home:     {info['home']}")
+    click.echo(f"docs:     {info['docs_dir']}")
+    click.echo(f"embedder: {info['embedder']}")
+    click.echo(f"indexed:  {info['files_indexed']} files, {info['chunks']} chunks, "
+               f"{info['vectors']} vectors ({human_bytes(info['store_bytes'])})")
+    if info["failures"]:
+        click.echo(f"failed:   {len(info['failures'])} files")
+        for f in info["failures"]:
+            suffix = " (previous version still searchable)" if f["serving_previous_version"] else ""
+            click.echo(f"  {f['path']}: {f['reason']}{suffix}")
+    for note in info["notes"]:
+        click.echo(f"note:     {note['path']}: {note['note']}")
+    for run in info["last_runs"][:3]:
+        click.echo(f"run:      {run['kind']} {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
+
+
+@click.command()
+@click.pass_obj
+def check(obj) -> None:
+    """Check the index against the manifest and repair what is safe."""
+    with obj.open_kb() as kb:
+        report = kb.check()
+    for line in report.problems:
+        click.echo(f"problem:  {line}")
+    for line in report.repaired:
+        click.echo(f"repaired: {line}")
+    if not report.problems and not report.repaired:
+        click.echo("ok: index and manifest agree")

@@ -1,0 +1,212 @@
+"""Typed settings from a home's .env and the environment, and the paths of a kb home.
+
+Precedence: environment variables > <home>/.env > the defaults below. Every setting is
+``KBLOOP_<FIELD>`` in upper case; ``.env.example`` is rendered from this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kbloop.errors import ConfigError, HomeNotFound
+
+ENV_PREFIX = "KBLOOP_"
+HOME_ENV = "KBLOOP_HOME"
+MODEL_SPEC = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
+
+
+class Settings(BaseModel):
+    """Everything a user can set. Each field's description is its documentation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    docs_dir: str = Field(
+        "docs",
+        description="Folder of documents to index; relative paths are relative to the kb home.",
+    )
+    embedder: str = Field(
+        "local:all-minilm-l6-v2",
+        description=(
+            "Embedding model as provider:name. local:all-minilm-l6-v2 (packaged, 384 dims), "
+            "hf:<folder> (a local sentence-transformers model folder) or ollama:<model> "
+            "(e.g. ollama:nomic-embed-text). Changing it needs `kbloop ingest --rebuild`."
+        ),
+    )
+    chunk_size: int = Field(
+        800, ge=100, le=20000, description="Characters per chunk (the splitter's target size)."
+    )
+    chunk_overlap: int = Field(
+        120, ge=0, le=5000, description="Characters shared by neighbouring chunks; below chunk_size."
+    )
+    max_file_mb: float = Field(
+        50.0, gt=0, description="Files larger than this many MiB are skipped with a reason."
+    )
+    embed_batch_size: int = Field(
+        32, ge=1, le=4096, description="Texts per embedding call."
+    )
+    search_k: int = Field(5, ge=1, le=200, description="Chunks returned by `kbloop search` by default.")
+    ollama_url: str = Field(
+        "http://127.0.0.1:11434",
+        description="Base URL of an Ollama server, used only by ollama:<model> backends.",
+    )
+    ollama_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for an Ollama response before giving up."
+    )
+    ollama_connect_timeout: float = Field(
+        2.0, gt=0, description="Seconds to wait for a connection to Ollama before reporting it down."
+    )
+    torch_threads: int = Field(
+        0, ge=0, le=512, description="CPU threads for local models; 0 lets torch decide."
+    )
+
+    @field_validator("embedder")
+    @classmethod
+    def _model_spec(cls, value: str) -> str:
+        if not MODEL_SPEC.match(value):
+            raise ValueError("expected provider:name, e.g. local:all-minilm-l6-v2 or ollama:nomic-embed-text")
+        return value
+
+    @field_validator("ollama_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http(s) URL such as http://127.0.0.1:11434")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "Settings":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"KBLOOP_CHUNK_OVERLAP ({self.chunk_overlap}) must be smaller than "
+                f"KBLOOP_CHUNK_SIZE ({self.chunk_size})"
+            )
+        return self
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        return ENV_PREFIX + field.upper()
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, str], origin: str = "settings") -> "Settings":
+        """Build settings from KBLOOP_* strings; any problem becomes one clear ConfigError."""
+        known = {cls.env_name(name): name for name in cls.model_fields}
+        data = {known[key]: value for key, value in values.items() if key in known and value != ""}
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, data, origin)) from None
+
+
+def _describe(exc: ValidationError, data: dict[str, str], origin: str) -> str:
+    err = exc.errors()[0]
+    if not err["loc"]:  # a cross-field check
+        return f"bad {origin}: {err['msg'].removeprefix('Value error, ')}"
+    field = str(err["loc"][0])
+    info = Settings.model_fields[field]
+    message = err["msg"].removeprefix("Value error, ")
+    return (
+        f"bad {origin}: {Settings.env_name(field)}={data.get(field)!r}: {message} "
+        f"({info.description})"
+    )
+
+
+def render_env_template() -> str:
+    """The text of .env.example and of a new home's .env: every setting, documented."""
+    lines = [
+        "# kbloop settings. Uncomment a line to change it; environment variables win over this file.",
+        "# `kbloop init` writes this file into a new home; any KBLOOP_* variable can also be exported.",
+        "",
+    ]
+    for name, info in Settings.model_fields.items():
+        lines.append(f"# {info.description}")
+        lines.append(f"# {Settings.env_name(name)}={info.default}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Home:
+    """A kb home: the folder holding .env, docs/, vector_store/ and data/."""
+
+    root: Path
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / ".env"
+
+    @property
+    def vector_store_dir(self) -> Path:
+        return self.root / "vector_store"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "kbloop.sqlite"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def docs_dir(self, settings: Settings) -> Path:
+        path = Path(settings.docs_dir).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def is_home(self) -> bool:
+        return self.env_file.is_file() or self.manifest_path.is_file()
+
+    def load_settings(self, environ: dict[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        if self.env_file.is_file():
+            file_values = {k: v for k, v in dotenv_values(self.env_file).items() if v is not None}
+            unknown = sorted(k for k in file_values if k.startswith(ENV_PREFIX) and k != HOME_ENV
+                             and k[len(ENV_PREFIX):].lower() not in Settings.model_fields)
+            if unknown:
+                raise ConfigError(
+                    f"unknown setting {unknown[0]} in {self.env_file}; known settings are listed in .env.example"
+                )
+            values.update(file_values)
+        values.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
+        return Settings.from_mapping(values, origin=f"setting (from {self.env_file} or the environment)")
+
+
+def find_home(explicit: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Home:
+    """The home named by --home, else $KBLOOP_HOME, else the current folder."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        source, home = "--home", Home(Path(explicit).expanduser().resolve())
+    elif environ.get(HOME_ENV):
+        source, home = HOME_ENV, Home(Path(environ[HOME_ENV]).expanduser().resolve())
+    else:
+        source, home = "the current folder", Home(Path.cwd())
+    if not home.is_home():
+        raise HomeNotFound(
+            f"{home.root} ({source}) is not a kbloop home: run `kbloop init {home.root}` first, "
+            f"or pass --home / set {HOME_ENV}"
+        )
+    return home
+
+
+def init_home(root: str | os.PathLike) -> Home:
+    """Create (or complete) a home; never overwrites an existing .env or data."""
+    home = Home(Path(root).expanduser().resolve())
+    if home.root.exists() and not home.root.is_dir():
+        raise ConfigError(f"{home.root} exists and is not a folder")
+    for folder in (home.root / "docs", home.vector_store_dir, home.data_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    if not home.env_file.exists():
+        home.env_file.write_text(render_env_template(), encoding="utf-8")
+    return home

@@ -1,0 +1,1 @@
+"""Documents in: loaders, chunking, the manifest and the incremental indexer."""

@@ -1,0 +1,234 @@
+"""Loaders: one file in, a list of text elements (with section and page) out.
+
+Markdown, text, HTML and Word go through unstructured; PDFs through pypdf, which parses
+offline in milliseconds. unstructured wants spaCy's ``en_core_web_sm`` and downloads it on
+first use; kbloop gives it a blank English pipeline with a sentencizer instead, so nothing is
+ever fetched (its part-of-speech heuristics then see no tags, which only affects how plain
+text lines are classified, not what text is kept).
+
+Every failure is a ``LoaderError`` whose message is the reason recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kbloop.errors import LoaderError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Element:
+    text: str
+    section: str | None = None
+    page: int | None = None
+
+
+@dataclass
+class Loaded:
+    elements: list[Element]
+    title: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+LoaderFn = Callable[[Path], Loaded]
+LOADERS: dict[str, LoaderFn] = {}
+
+
+def loader(*extensions: str) -> Callable[[LoaderFn], LoaderFn]:
+    def decorate(fn: LoaderFn) -> LoaderFn:
+        for ext in extensions:
+            LOADERS[ext] = fn
+        return fn
+
+    return decorate
+
+
+def supported(path: Path) -> bool:
+    return path.suffix.lower() in LOADERS
+
+
+def load(path: Path, max_bytes: int | None = None) -> Loaded:
+    """Parse one file. Raises LoaderError with a reason a person can act on."""
+    fn = LOADERS.get(path.suffix.lower())
+    if fn is None:
+        raise LoaderError(f"unsupported file type {path.suffix or '(none)'}")
+    size = path.stat().st_size
+    if size == 0:
+        raise LoaderError("empty file")
+    if max_bytes is not None and size > max_bytes:
+        raise LoaderError(
+            f"file is {size / 2**20:.1f} MiB, over KBLOOP_MAX_FILE_MB={max_bytes / 2**20:g}"
+        )
+    loaded = fn(path)
+    if not any(e.text.strip() for e in loaded.elements):
+        # unstructured and pypdf both return nothing, silently, for text they cannot read.
+        raise LoaderError("no text found in a non-empty file (scanned or image-only documents need OCR)")
+    return loaded
+
+
+# -- text decoding -------------------------------------------------------------------------
+
+FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+
+
+def read_text(path: Path) -> tuple[str, list[str]]:
+    """Decode a text file: UTF-8 (with or without BOM), else a single-byte fallback with a note."""
+    data = path.read_bytes()
+    if looks_binary(data):
+        raise LoaderError(f"binary content, not {path.suffix.lstrip('.').upper() or 'text'} (a misnamed file?)")
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                          (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding), []
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError:
+        pass
+    for encoding in FALLBACK_ENCODINGS:
+        try:
+            return data.decode(encoding), [f"not UTF-8; decoded as {encoding}"]
+        except UnicodeDecodeError:
+            continue
+    raise LoaderError("cannot decode text")  # latin-1 decodes anything; kept for clarity
+
+
+def looks_binary(data: bytes) -> bool:
+    """NUL bytes, or many control characters, in the first 8 KiB mean this is not text."""
+    head = data[:8192]
+    if b"\x00" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
+    return bool(head) and controls / len(head) > 0.10
+
+
+# -- unstructured, offline -----------------------------------------------------------------
+
+_spacy_ready = False
+
+
+def _offline_unstructured() -> None:
+    """Point unstructured's spaCy hook at a blank pipeline, so it never downloads a model."""
+    global _spacy_ready
+    if _spacy_ready:
+        return
+    import spacy
+    from unstructured.nlp import tokenize
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    tokenize._get_nlp = lambda: nlp  # private hook; unstructured is pinned <0.28 for it
+    _spacy_ready = True
+
+
+HEADING_MAX_CHARS = 100
+
+
+def _from_unstructured(elements: list, plain_text: bool) -> Loaded:
+    """Turn unstructured elements into kbloop elements, carrying the latest heading as section."""
+    out: list[Element] = []
+    title: str | None = None
+    section: str | None = None
+    for el in elements:
+        text = (el.text or "").strip()
+        if not text:
+            continue
+        if el.category == "Title" and _is_heading(text, plain_text):
+            section = text
+            title = title or text
+        page = getattr(el.metadata, "page_number", None)
+        out.append(Element(text=text, section=section, page=page))
+    return Loaded(out, title=title)
+
+
+def _is_heading(text: str, plain_text: bool) -> bool:
+    if len(text) > HEADING_MAX_CHARS or "\n" in text:
+        return False
+    if plain_text:
+        # In plain text unstructured guesses titles from shape; keep only heading-like lines.
+        return not text.endswith((".", ",", ":", ";")) and len(text.split()) <= 10
+    return True
+
+
+def _partition(fn_name: str, module: str, plain_text: bool = False, **kwargs) -> Loaded:
+    _offline_unstructured()
+    import importlib
+
+    fn = getattr(importlib.import_module(module), fn_name)
+    try:
+        elements = fn(**kwargs)
+    except LoaderError:
+        raise
+    except Exception as exc:  # any parser failure is this file's problem, not the run's
+        raise LoaderError(f"cannot parse: {exc.__class__.__name__}: {_short(exc)}") from None
+    return _from_unstructured(elements, plain_text)
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = re.sub(r"\s+", " ", str(exc)).strip()
+    return text[:limit] + ("…" if len(text) > limit else "")
+
+
+@loader(".md", ".markdown")
+def load_markdown(path: Path) -> Loaded:
+    text, notes = read_text(path)
+    loaded = _partition("partition_md", "unstructured.partition.md", text=text)
+    loaded.notes += notes
+    return loaded
+
+
+@loader(".txt")
+def load_text(path: Path) -> Loaded:
+    text, notes = read_text(path)
+    loaded = _partition("partition_text", "unstructured.partition.text", plain_text=True, text=text)
+    loaded.notes += notes
+    return loaded
+
+
+@loader(".html", ".htm")
+def load_html(path: Path) -> Loaded:
+    text, notes = read_text(path)
+    loaded = _partition("partition_html", "unstructured.partition.html", text=text)
+    loaded.notes += notes
+    return loaded
+
+
+@loader(".docx")
+def load_docx(path: Path) -> Loaded:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise LoaderError("not a valid DOCX (not a zip container)")
+    return _partition("partition_docx", "unstructured.partition.docx", filename=str(path))
+
+
+@loader(".pdf")
+def load_pdf(path: Path) -> Loaded:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    with open(path, "rb") as fh:
+        if not fh.read(1024).lstrip().startswith(b"%PDF"):
+            raise LoaderError("not a PDF (no %PDF header)")
+    try:
+        reader = PdfReader(path, strict=False)
+        if reader.is_encrypted:
+            raise LoaderError("encrypted PDF; decrypt it before adding it")
+        elements = []
+        for number, page in enumerate(reader.pages, start=1):
+            text = (page.extract_text() or "").strip()
+            if text:
+                elements.append(Element(text=text, page=number))
+        title = (reader.metadata.title if reader.metadata else None) or None
+    except LoaderError:
+        raise
+    except (PyPdfError, ValueError, KeyError, TypeError, OSError, AttributeError, IndexError) as exc:
+        raise LoaderError(f"corrupt PDF: {exc.__class__.__name__}: {_short(exc)}") from None
+    return Loaded(elements, title=title)

@@ -1,0 +1,272 @@
+"""The manifest: one SQLite file that knows every document, chunk and vector id.
+
+Schema changes are numbered migrations; the ``migrations`` table records which ran, so an
+older manifest opens with a newer kbloop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "001_files_chunks_runs",
+        """
+        CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,          -- relative to the docs folder, '/' separated
+            sha256 TEXT,                        -- of the bytes now indexed; NULL = must re-index
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            checked_at REAL NOT NULL,           -- when size/mtime were last confirmed against sha256
+            status TEXT NOT NULL,               -- indexed | failed
+            error TEXT,                         -- why the last attempt failed, or a note
+            failed_sha256 TEXT,                 -- bytes that failed; not retried until they change
+            n_chunks INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE chunks (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+            ordinal INTEGER NOT NULL,
+            text_hash TEXT NOT NULL,            -- sha256 of the embedded text
+            text TEXT NOT NULL,
+            metadata TEXT NOT NULL,             -- JSON: section, page, title
+            vector_id INTEGER NOT NULL UNIQUE
+        );
+        CREATE INDEX chunks_file ON chunks(file_id);
+        CREATE INDEX chunks_hash ON chunks(text_hash);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            status TEXT NOT NULL,               -- running | ok | failed
+            summary TEXT,                       -- JSON counts
+            error TEXT
+        );
+        """,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: int
+    path: str
+    sha256: str | None
+    size: int
+    mtime_ns: int
+    checked_at: float
+    status: str
+    error: str | None
+    failed_sha256: str | None
+    n_chunks: int
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    id: int
+    file_id: int
+    ordinal: int
+    text_hash: str
+    text: str
+    metadata: dict
+    vector_id: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A chunk found by search, with what a citation needs."""
+
+    vector_id: int
+    score: float
+    path: str
+    text: str
+    metadata: dict
+
+    @property
+    def location(self) -> str:
+        parts = [self.path]
+        if self.metadata.get("page"):
+            parts.append(f"p. {self.metadata['page']}")
+        if self.metadata.get("section"):
+            parts.append(f"§ {self.metadata['section']}")
+        return ", ".join(parts)
+
+
+class Manifest:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        applied = {row["name"] for row in self.db.execute("SELECT name FROM migrations")}
+        for name, sql in MIGRATIONS:
+            if name in applied:
+                continue
+            # One script, one transaction: a migration applies entirely or not at all.
+            self.db.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\n"
+                f"INSERT INTO migrations VALUES ('{name}', {time.time()!r});\nCOMMIT;"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- files ----------------------------------------------------------------------------
+
+    def files(self) -> dict[str, FileRecord]:
+        rows = self.db.execute(
+            "SELECT id, path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256, n_chunks FROM files"
+        )
+        return {row["path"]: FileRecord(**dict(row)) for row in rows}
+
+    def failures(self) -> list[FileRecord]:
+        return [f for f in self.files().values() if f.status == "failed"]
+
+    def upsert_file(self, path: str, *, sha256: str | None, size: int, mtime_ns: int, checked_at: float,
+                    status: str, error: str | None, failed_sha256: str | None, n_chunks: int) -> int:
+        self.db.execute(
+            """INSERT INTO files (path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256,
+                                  n_chunks, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
+                 mtime_ns=excluded.mtime_ns, checked_at=excluded.checked_at, status=excluded.status,
+                 error=excluded.error, failed_sha256=excluded.failed_sha256, n_chunks=excluded.n_chunks,
+                 updated_at=excluded.updated_at""",
+            (path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256, n_chunks, time.time()),
+        )
+        return self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()["id"]
+
+    def touch_file(self, file_id: int, size: int, mtime_ns: int, checked_at: float) -> None:
+        self.db.execute("UPDATE files SET size=?, mtime_ns=?, checked_at=? WHERE id=?",
+                        (size, mtime_ns, checked_at, file_id))
+
+    def rename_file(self, old_path: str, new_path: str, mtime_ns: int, checked_at: float) -> None:
+        self.db.execute("UPDATE files SET path=?, mtime_ns=?, checked_at=? WHERE path=?",
+                        (new_path, mtime_ns, checked_at, old_path))
+
+    def delete_file(self, path: str) -> list[int]:
+        """Remove a file and its chunks; returns the vector ids they held."""
+        vector_ids = [r["vector_id"] for r in self.db.execute(
+            "SELECT vector_id FROM chunks JOIN files ON files.id = chunks.file_id WHERE files.path = ?", (path,))]
+        self.db.execute("DELETE FROM files WHERE path = ?", (path,))
+        return vector_ids
+
+    def mark_stale(self, file_ids: list[int]) -> None:
+        """Forget what these files' chunks were, so the next ingest parses and embeds them again."""
+        for file_id in file_ids:
+            self.db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
+            self.db.execute("UPDATE files SET sha256 = NULL, failed_sha256 = NULL, n_chunks = 0 WHERE id = ?",
+                            (file_id,))
+
+    # -- chunks ---------------------------------------------------------------------------
+
+    def chunks_of(self, file_id: int) -> list[ChunkRecord]:
+        rows = self.db.execute("SELECT * FROM chunks WHERE file_id = ? ORDER BY ordinal", (file_id,))
+        return [_chunk(row) for row in rows]
+
+    def vector_ids(self) -> set[int]:
+        return {row[0] for row in self.db.execute("SELECT vector_id FROM chunks")}
+
+    def max_vector_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(vector_id), 0) FROM chunks").fetchone()[0]
+
+    def vector_for_hash(self, text_hash: str) -> int | None:
+        row = self.db.execute("SELECT vector_id FROM chunks WHERE text_hash = ? LIMIT 1", (text_hash,)).fetchone()
+        return row["vector_id"] if row else None
+
+    def files_of_vectors(self, vector_ids: set[int]) -> list[int]:
+        rows = self.db.execute("SELECT DISTINCT file_id, vector_id FROM chunks")
+        return sorted({row["file_id"] for row in rows if row["vector_id"] in vector_ids})
+
+    def insert_chunk(self, file_id: int, ordinal: int, text_hash: str, text: str, metadata: dict,
+                     vector_id: int) -> None:
+        self.db.execute(
+            "INSERT INTO chunks (file_id, ordinal, text_hash, text, metadata, vector_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (file_id, ordinal, text_hash, text, json.dumps(metadata, sort_keys=True), vector_id),
+        )
+
+    def update_chunk(self, chunk_id: int, ordinal: int, text: str, metadata: dict) -> None:
+        self.db.execute("UPDATE chunks SET ordinal=?, text=?, metadata=? WHERE id=?",
+                        (ordinal, text, json.dumps(metadata, sort_keys=True), chunk_id))
+
+    def delete_chunks(self, chunk_ids: list[int]) -> None:
+        self.db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in chunk_ids])
+
+    def hits(self, scored: list[tuple[int, float]]) -> list[Hit]:
+        """Search results for (vector id, score) pairs, in the same order; unknown ids are dropped."""
+        if not scored:
+            return []
+        marks = ",".join("?" * len(scored))
+        rows = self.db.execute(
+            f"""SELECT chunks.vector_id, chunks.text, chunks.metadata, files.path FROM chunks
+                JOIN files ON files.id = chunks.file_id WHERE chunks.vector_id IN ({marks})""",
+            [vid for vid, _ in scored],
+        )
+        by_id = {row["vector_id"]: row for row in rows}
+        return [Hit(vid, score, by_id[vid]["path"], by_id[vid]["text"], json.loads(by_id[vid]["metadata"]))
+                for vid, score in scored if vid in by_id]
+
+    def counts(self) -> dict[str, int]:
+        row = self.db.execute(
+            """SELECT (SELECT COUNT(*) FROM files WHERE status = 'indexed') AS files_indexed,
+                      (SELECT COUNT(*) FROM files WHERE status = 'failed') AS files_failed,
+                      (SELECT COUNT(*) FROM chunks) AS chunks"""
+        ).fetchone()
+        return dict(row)
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, kind: str) -> int:
+        cur = self.db.execute("INSERT INTO runs (kind, started_at, status) VALUES (?, ?, 'running')",
+                              (kind, time.time()))
+        return cur.lastrowid
+
+    def finish_run(self, run_id: int, status: str, summary: dict | None = None, error: str | None = None) -> None:
+        self.db.execute("UPDATE runs SET finished_at=?, status=?, summary=?, error=? WHERE id=?",
+                        (time.time(), status, json.dumps(summary, sort_keys=True) if summary else None,
+                         error, run_id))
+
+    def last_runs(self, limit: int = 5) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(row) | {"summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]
+
+
+def _chunk(row: sqlite3.Row) -> ChunkRecord:
+    return ChunkRecord(row["id"], row["file_id"], row["ordinal"], row["text_hash"], row["text"],
+                       json.loads(row["metadata"]), row["vector_id"])

@@ -1,0 +1,95 @@
+"""The knowledge base: one home's settings, manifest, store and embedder, opened together.
+
+Commands and the daemon work through this object; it holds no logic of its own beyond
+wiring, search and the status summary.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from kbloop import models
+from kbloop.config import Home, Settings
+from kbloop.errors import KbloopError
+from kbloop.ingest.indexer import CheckReport, IngestCounts, Indexer
+from kbloop.ingest.manifest import Hit, Manifest
+from kbloop.vector_store.faiss_store import FaissStore
+
+
+class KnowledgeBase:
+    def __init__(self, home: Home, settings: Settings | None = None, *, embedder: Any = None,
+                 progress: bool = False):
+        self.home = home
+        self.settings = settings or home.load_settings()
+        self._embedder = embedder
+        self.progress = progress
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return Manifest(self.home.manifest_path)
+
+    @property
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            self._embedder = models.create("embedder", self.settings.embedder, self.settings)
+        return self._embedder
+
+    @cached_property
+    def indexer(self) -> Indexer:
+        return Indexer(self.home, self.settings, self.manifest, lambda: self.embedder, progress=self.progress)
+
+    def close(self) -> None:
+        if "manifest" in self.__dict__:
+            self.manifest.close()
+
+    def __enter__(self) -> "KnowledgeBase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- operations -----------------------------------------------------------------------
+
+    def check(self) -> CheckReport:
+        return self.indexer.check()
+
+    def ingest(self, paths=None, rebuild: bool = False) -> IngestCounts:
+        return self.indexer.ingest(paths, rebuild=rebuild)
+
+    def store(self) -> FaissStore | None:
+        if self.indexer.store is None:
+            self.indexer.check()
+        return self.indexer.store
+
+    def search(self, query: str, k: int | None = None) -> list[Hit]:
+        if not query.strip():
+            raise KbloopError("empty query: say what to search for")
+        k = k or self.settings.search_k
+        store = self.store()
+        if store is None or len(store) == 0:
+            return []
+        vector = self.embedder.embed_query(query)
+        # Ask for a few extra: vectors awaiting cleanup after a crash are skipped by hits().
+        return self.manifest.hits(store.search(vector, k + 8))[:k]
+
+    def status(self) -> dict:
+        header = FaissStore.read_header(self.home.vector_store_dir)
+        store = self.store()
+        failures = [{"path": f.path, "reason": f.error,
+                     "serving_previous_version": f.sha256 is not None and f.n_chunks > 0}
+                    for f in self.manifest.failures()]
+        notes = [{"path": f.path, "note": f.error} for f in self.manifest.files().values()
+                 if f.status == "indexed" and f.error]
+        return {
+            "home": str(self.home.root),
+            "docs_dir": str(self.home.docs_dir(self.settings)),
+            "embedder": self.settings.embedder,
+            **self.manifest.counts(),
+            "vectors": len(store) if store is not None else 0,
+            "store_bytes": store.size_bytes() if store is not None else 0,
+            "store_embedder": header.embedder if header else None,
+            "failures": failures,
+            "notes": notes,
+            "last_runs": self.manifest.last_runs(5),
+        }

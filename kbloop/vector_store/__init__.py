@@ -1,0 +1,1 @@
+"""kbloop's FAISS store and its LangChain face."""

@@ -1,0 +1,175 @@
+"""kbloop's FAISS store: vectors under the manifest's integer ids, saved atomically, no pickle.
+
+On disk, in ``vector_store/``::
+
+    header.json            {"index_file", "embedder", "dim", "count", "sha256", ...}
+    index.<generation>.faiss
+
+``header.json`` is the commit point. A save writes the next generation's index file, then
+replaces the header in one ``os.replace``; a crash at any moment leaves either the old pair or
+the new pair, both complete. Loading verifies the index file against the header's checksum.
+The index is an ``IndexIDMap2`` over ``IndexFlatIP``: exact inner-product search on
+normalised vectors (cosine), with ``reconstruct`` so unchanged text never needs re-embedding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from kbloop import __version__
+from kbloop.errors import StoreError
+
+HEADER = "header.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    index_file: str
+    embedder: str
+    dim: int
+    count: int
+    sha256: str
+    generation: int
+    saved_at: float
+    kbloop_version: str = __version__
+    format: int = FORMAT
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FaissStore:
+    """Vectors keyed by int64 ids. Mutations are in memory until ``save()``."""
+
+    def __init__(self, directory: Path, index: faiss.Index, embedder: str, header: StoreHeader | None = None):
+        self.directory = Path(directory)
+        self.index = index
+        self.embedder = embedder
+        self.header = header
+        self.dirty = header is None
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: Path, dim: int, embedder: str) -> "FaissStore":
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return cls(directory, faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), embedder)
+
+    @classmethod
+    def read_header(cls, directory: Path) -> StoreHeader | None:
+        path = Path(directory) / HEADER
+        if not path.is_file():
+            return None
+        try:
+            return StoreHeader(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc})") from None
+
+    @classmethod
+    def load(cls, directory: Path) -> "FaissStore | None":
+        """The saved store, or None when nothing was ever saved. Raises StoreError if damaged."""
+        header = cls.read_header(directory)
+        if header is None:
+            return None
+        path = Path(directory) / header.index_file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise StoreError(f"{path} is missing or unreadable ({exc.strerror})") from None
+        if hashlib.sha256(data).hexdigest() != header.sha256:
+            raise StoreError(f"{path} does not match its checksum in {HEADER}")
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if index.d != header.dim or index.ntotal != header.count:
+            raise StoreError(f"{path} holds {index.ntotal}x{index.d}, header says {header.count}x{header.dim}")
+        return cls(directory, index, header.embedder, header)
+
+    # -- queries --------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+
+    def reconstruct(self, vector_id: int) -> np.ndarray:
+        return self.index.reconstruct(int(vector_id))
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """Up to ``k`` (id, cosine similarity) pairs, best first."""
+        if self.index.ntotal == 0:
+            return []
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        scores, ids = self.index.search(query, min(k, self.index.ntotal))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i != -1]
+
+    # -- mutations ------------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids = np.asarray(ids, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(ids) == 0:
+            return
+        if vectors.shape != (len(ids), self.dim):
+            raise StoreError(f"expected {len(ids)} vectors of dim {self.dim}, got {vectors.shape}")
+        self.index.add_with_ids(vectors, ids)
+        self.dirty = True
+
+    def remove(self, ids) -> int:
+        ids = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
+        if len(ids) == 0:
+            return 0
+        removed = self.index.remove_ids(ids)
+        self.dirty = self.dirty or removed > 0
+        return int(removed)
+
+    def save(self) -> StoreHeader:
+        """Write the next generation atomically; the old files go only after the new header."""
+        data = faiss.serialize_index(self.index).tobytes()
+        generation = (self.header.generation + 1) if self.header else 1
+        index_file = f"index.{generation}.faiss"
+        atomic_write_bytes(self.directory / index_file, data)
+        header = StoreHeader(
+            index_file=index_file, embedder=self.embedder, dim=self.dim, count=self.index.ntotal,
+            sha256=hashlib.sha256(data).hexdigest(), generation=generation, saved_at=time.time(),
+        )
+        atomic_write_bytes(self.directory / HEADER, json.dumps(asdict(header), indent=2, sort_keys=True).encode())
+        self.header, self.dirty = header, False
+        for old in self.directory.glob("index.*.faiss"):
+            if old.name != index_file:
+                old.unlink(missing_ok=True)
+        return header
+
+    def size_bytes(self) -> int:
+        if self.header is None:
+            return 0
+        path = self.directory / self.header.index_file
+        return path.stat().st_size if path.exists() else 0
