@@ -1,0 +1,69 @@
+"""A loopback server that speaks Ollama's HTTP API (the parts kbloop uses).
+
+Embeddings are a hashed bag of words, so texts sharing words get similar vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+DIM = 64
+
+
+def bag_of_words(text: str) -> list[float]:
+    vec = [0.0] * DIM
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        vec[int(hashlib.md5(word.encode()).hexdigest(), 16) % DIM] += 1.0
+    return vec
+
+
+class FakeOllama:
+    def __init__(self, models=("nomic-embed-text",)):
+        self.models = set(models)
+        self.requests: list[tuple[str, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path == "/api/tags":
+                    self._send(200, {"models": [{"name": m, "model": m} for m in sorted(fake.models)]})
+                else:
+                    self._send(404, {"error": "not found"})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                fake.requests.append((self.path, body))
+                if self.path != "/api/embed":
+                    self._send(404, {"error": "not found"})
+                elif body.get("model") not in fake.models:
+                    self._send(404, {"error": f"model \"{body.get('model')}\" not found, try pulling it first"})
+                else:
+                    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                    self._send(200, {"model": body["model"], "embeddings": [bag_of_words(t) for t in inputs]})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeOllama":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
