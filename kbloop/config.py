@@ -38,6 +38,34 @@ class Settings(BaseModel):
             "(e.g. ollama:nomic-embed-text). Changing it needs `kbloop ingest --rebuild`."
         ),
     )
+    generator: str = Field(
+        "local:qwen2.5-0.5b",
+        description=(
+            "Model that answers questions: local:qwen2.5-0.5b (packaged, default), local:smollm2-135m "
+            "(packaged, small and fast), hf:<folder> (a local Hugging Face model) or ollama:<model>."
+        ),
+    )
+    judge: str = Field(
+        "local:qwen2.5-1.5b",
+        description="Model that grades answers during evaluation (same choices as KBLOOP_GENERATOR).",
+    )
+    teacher: str = Field(
+        "local:qwen2.5-0.5b",
+        description="Model that writes question/answer pairs for training data (same choices).",
+    )
+    model_cache: str = Field(
+        "~/.cache/kbloop",
+        description="Where packaged models are assembled and converted once (shared by all homes).",
+    )
+    retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put in front of the model for each question.")
+    min_score: float = Field(
+        0.30, ge=-1.0, le=1.0,
+        description=(
+            "Refuse without asking the model when the best chunk's cosine similarity is below this "
+            "(calibrated for local:all-minilm-l6-v2; see README)."
+        ),
+    )
+    max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer, in tokens.")
     chunk_size: int = Field(
         800, ge=100, le=20000, description="Characters per chunk (the splitter's target size)."
     )
@@ -65,11 +93,11 @@ class Settings(BaseModel):
         0, ge=0, le=512, description="CPU threads for local models; 0 lets torch decide."
     )
 
-    @field_validator("embedder")
+    @field_validator("embedder", "generator", "judge", "teacher")
     @classmethod
     def _model_spec(cls, value: str) -> str:
         if not MODEL_SPEC.match(value):
-            raise ValueError("expected provider:name, e.g. local:all-minilm-l6-v2 or ollama:nomic-embed-text")
+            raise ValueError("expected provider:name, e.g. local:qwen2.5-0.5b or ollama:qwen3:4b")
         return value
 
     @field_validator("ollama_url")

@@ -19,10 +19,11 @@ from kbloop.vector_store.faiss_store import FaissStore
 
 class KnowledgeBase:
     def __init__(self, home: Home, settings: Settings | None = None, *, embedder: Any = None,
-                 progress: bool = False):
+                 generator: Any = None, progress: bool = False):
         self.home = home
         self.settings = settings or home.load_settings()
         self._embedder = embedder
+        self._generator = generator
         self.progress = progress
 
     @cached_property
@@ -34,6 +35,12 @@ class KnowledgeBase:
         if self._embedder is None:
             self._embedder = models.create("embedder", self.settings.embedder, self.settings)
         return self._embedder
+
+    @property
+    def generator(self) -> Any:
+        if self._generator is None:
+            self._generator = models.create("generator", self.settings.generator, self.settings)
+        return self._generator
 
     @cached_property
     def indexer(self) -> Indexer:

@@ -27,7 +27,9 @@ def init(directory: str) -> None:
 @click.command()
 @click.argument("directory", default="kbloop-quickstart", type=click.Path(file_okay=False))
 def quickstart(directory: str) -> None:
-    """Make a home with bundled sample documents, ingest them and search one question, offline."""
+    """Make a home with bundled sample documents, ingest them and answer one question, offline."""
+    from kbloop.assistant.answer import Assistant
+    from kbloop.cli.assistant import print_sources, stream_answer
     from kbloop.config import init_home
     from kbloop.kb import KnowledgeBase
 
@@ -43,4 +45,6 @@ def quickstart(directory: str) -> None:
         print_counts(kb.ingest().as_dict())
         click.echo(f"\nsearch: {SAMPLE_QUESTION}")
         print_hits(kb.search(SAMPLE_QUESTION, 3))
-    click.echo(f"\nnext: kbloop --home {Path(home.root)} search \"how do I restore a backup?\"")
+        click.echo(f"\nask ({kb.settings.generator}): {SAMPLE_QUESTION}")
+        print_sources(stream_answer(Assistant(kb), SAMPLE_QUESTION))
+    click.echo(f"\nnext: kbloop --home {Path(home.root)} ask \"How do I restore a backup?\"")

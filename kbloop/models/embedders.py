@@ -17,6 +17,7 @@ import numpy as np
 
 from kbloop.errors import BackendUnavailable, ConfigError
 from kbloop.models.files import package_dir
+from kbloop.models.ollama import client_kwargs, ollama_errors
 from kbloop.models.registry import register
 
 log = logging.getLogger(__name__)
@@ -152,13 +153,11 @@ class OllamaEmbedder(Embedder):
     """Embeddings from an Ollama server's /api/embed, through langchain-ollama."""
 
     def __init__(self, model: str, settings: Any):
-        import httpx
         from langchain_ollama import OllamaEmbeddings
 
         self.spec, self.model, self.url = f"ollama:{model}", model, settings.ollama_url
         self.batch_size = settings.embed_batch_size
-        timeout = httpx.Timeout(settings.ollama_timeout, connect=settings.ollama_connect_timeout)
-        self._client = OllamaEmbeddings(model=model, base_url=self.url, client_kwargs={"timeout": timeout})
+        self._client = OllamaEmbeddings(model=model, base_url=self.url, client_kwargs=client_kwargs(settings))
         self._dim: int | None = None
 
     @property
@@ -172,37 +171,11 @@ class OllamaEmbedder(Embedder):
             return np.zeros((0, self._dim or 0), dtype=np.float32)
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
-            vectors.extend(ollama_call(self.url, self.model, self._client.embed_documents,
-                                       list(texts[start : start + self.batch_size])))
+            with ollama_errors(self.url, self.model):
+                vectors.extend(self._client.embed_documents(list(texts[start : start + self.batch_size])))
         out = normalise(np.asarray(vectors, dtype=np.float32))
         self._dim = out.shape[1]
         return out
-
-
-def ollama_call(url: str, model: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run one Ollama client call, turning transport failures into one clear error."""
-    import httpx
-
-    try:
-        return fn(*args, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as exc:
-        raise BackendUnavailable(
-            f"cannot reach Ollama at {url} ({exc.__class__.__name__}): start it with `ollama serve` "
-            "or set KBLOOP_OLLAMA_URL"
-        ) from None
-    except httpx.TimeoutException:
-        raise BackendUnavailable(
-            f"Ollama at {url} did not answer in time; raise KBLOOP_OLLAMA_TIMEOUT or check the server"
-        ) from None
-    except Exception as exc:  # the ollama client's ResponseError carries the server's message
-        status = getattr(exc, "status_code", None)
-        if status == 404:
-            raise BackendUnavailable(
-                f"Ollama at {url} has no model {model!r}: run `ollama pull {model}`"
-            ) from None
-        if status is not None:
-            raise BackendUnavailable(f"Ollama at {url} answered {status}: {exc}") from None
-        raise
 
 
 @register("embedder", "ollama")

@@ -17,6 +17,9 @@ Role = Literal["embedder", "generator", "teacher", "judge"]
 # Modules whose import registers the backends of a role.
 _BACKEND_MODULES: dict[str, tuple[str, ...]] = {
     "embedder": ("kbloop.models.embedders",),
+    "generator": ("kbloop.models.generators",),
+    "teacher": ("kbloop.models.generators",),
+    "judge": ("kbloop.models.generators",),
 }
 
 _REGISTRY: dict[tuple[str, str], Callable[..., Any]] = {}

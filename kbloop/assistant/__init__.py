@@ -1,0 +1,1 @@
+"""Answering questions: retrieval, the grounded prompt, generation with citations, refusal."""

@@ -1,0 +1,124 @@
+"""Ask a question: retrieve, build the grounded prompt, stream the answer, list the sources.
+
+``Assistant.stream`` is the one core: it yields answer text as it is generated and finally an
+``Answer`` with sources, refusal and timings. ``ask`` consumes it for callers that do not stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+from kbloop.assistant.prompt import build_messages, cited_numbers, is_refusal
+from kbloop.ingest.manifest import Hit
+
+NOT_IN_KB = "The knowledge base does not contain the answer to this question."
+
+
+@dataclass
+class Source:
+    n: int
+    path: str
+    location: str
+    page: int | None
+    section: str | None
+    score: float
+    cited: bool
+    text: str
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    refused: bool
+    refusal_reason: str | None
+    sources: list[Source]
+    model: str
+    adapter: str | None
+    timings: dict = field(default_factory=dict)
+
+    def as_dict(self, with_text: bool = False) -> dict:
+        data = asdict(self)
+        if not with_text:
+            for source in data["sources"]:
+                source.pop("text")
+        return data
+
+
+def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
+    """The retrieval query for a follow-up: the last question asked, then this one."""
+    if not history:
+        return question
+    return f"{history[-1][0]} {question}"
+
+
+class Assistant:
+    def __init__(self, kb, generator=None):
+        self.kb = kb
+        self._generator = generator
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = self.kb.generator
+        return self._generator
+
+    def retrieve(self, question: str, history: list[tuple[str, str]] | None = None) -> list[Hit]:
+        return self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
+
+    def stream(self, question: str, history: list[tuple[str, str]] | None = None) -> Iterator[str | Answer]:
+        settings = self.kb.settings
+        started = time.perf_counter()
+        hits = self.retrieve(question, history)
+        retrieved = time.perf_counter()
+        timings = {"retrieve_s": round(retrieved - started, 4)}
+        model = getattr(self.generator, "spec", settings.generator)
+        adapter = getattr(self.generator, "adapter", None)
+
+        if not hits or hits[0].score < settings.min_score:
+            best = f"{hits[0].score:.2f}" if hits else "none"
+            yield NOT_IN_KB
+            yield Answer(question, NOT_IN_KB, True, f"no source is relevant enough (best score {best} < "
+                         f"KBLOOP_MIN_SCORE {settings.min_score})", self._sources(hits, ""), model,
+                         str(adapter) if adapter else None, timings)
+            return
+
+        stats: dict = {}
+        pieces: list[str] = []
+        first_token = None
+        for piece in self.generator.stream(build_messages(question, hits, history),
+                                           max_new_tokens=settings.max_new_tokens, stats=stats):
+            if first_token is None:
+                first_token = time.perf_counter()
+            pieces.append(piece)
+            yield piece
+        done = time.perf_counter()
+        text = "".join(pieces).strip()
+        tokens = stats.get("completion_tokens") or 0
+        timings.update({
+            "first_token_s": round((first_token or done) - retrieved, 4),
+            "generate_s": round(done - retrieved, 4),
+            "prompt_tokens": stats.get("prompt_tokens"),
+            "completion_tokens": tokens,
+            "tokens_per_s": round(max(tokens - 1, 0) / (done - first_token), 2) if first_token and done > first_token else None,
+            "total_s": round(done - started, 4),
+        })
+        refused = is_refusal(text)
+        yield Answer(question, NOT_IN_KB if refused else text, refused,
+                     "the model found no answer in the sources" if refused else None,
+                     self._sources(hits, "" if refused else text), model, str(adapter) if adapter else None, timings)
+
+    def ask(self, question: str, history: list[tuple[str, str]] | None = None) -> Answer:
+        for item in self.stream(question, history):
+            if isinstance(item, Answer):
+                return item
+        raise RuntimeError("stream ended without an answer")  # unreachable by construction
+
+    @staticmethod
+    def _sources(hits: list[Hit], answer: str) -> list[Source]:
+        cited = set(cited_numbers(answer, len(hits)))
+        return [Source(n, h.path, h.location, h.metadata.get("page"), h.metadata.get("section"),
+                       round(h.score, 4), n in cited, h.text)
+                for n, h in enumerate(hits, start=1)]

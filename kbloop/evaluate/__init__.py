@@ -1,0 +1,1 @@
+"""Evaluation: answer and retrieval metrics (the judge and the promotion gate build on them)."""

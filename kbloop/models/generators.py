@@ -1,0 +1,212 @@
+"""Chat models behind the generator, teacher and judge roles.
+
+One required method, ``stream(messages)``, yields text pieces; ``generate`` joins them and
+``complete_json`` returns validated JSON (Ollama's ``format=`` with the schema; for local
+models a strict parse with small repairs and one retry). Local models load on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kbloop.errors import BackendUnavailable, ConfigError
+from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
+from kbloop.models.ollama import client_kwargs, ollama_errors
+from kbloop.models.packaged import PRESETS, converted_dir
+from kbloop.models.registry import register
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+
+
+class Generator(ABC):
+    """A backend of the generator, teacher or judge role."""
+
+    spec: str
+    can_stream: bool = True
+
+    @abstractmethod
+    def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
+               stats: dict | None = None) -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece. ``stats`` receives token counts."""
+
+    def generate(self, messages: Messages, **kwargs: Any) -> str:
+        return "".join(self.stream(messages, **kwargs))
+
+    def _json_reply(self, messages: Messages, schema: dict, max_new_tokens: int) -> str:
+        return self.generate(messages, max_new_tokens=max_new_tokens, temperature=0.0)
+
+    def complete_json(self, prompt: str, schema: dict, *, system: str | None = None,
+                      max_new_tokens: int = 512) -> Any:
+        """Validated JSON for ``prompt``; one retry that names the problem, then JsonOutputError."""
+        messages: Messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": f"{prompt}\n\n{schema_instructions(schema)}"})
+        reply = self._json_reply(messages, schema, max_new_tokens)
+        try:
+            return parse_json(reply, schema)
+        except JsonOutputError as first:
+            messages += [
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": f"That reply was not usable: {first}. {schema_instructions(schema)}"},
+            ]
+            retry = self._json_reply(messages, schema, max_new_tokens)
+            try:
+                return parse_json(retry, schema)
+            except JsonOutputError as second:
+                snippet = " ".join(retry.split())[:120]
+                raise JsonOutputError(
+                    f"{self.spec} gave no valid JSON after a retry: {second} (reply began: {snippet!r})"
+                ) from None
+
+
+class TransformersGenerator(Generator):
+    """A causal LM folder run with transformers on CPU, greedy unless told otherwise.
+
+    ``locate`` finds (or converts) the folder on first use, so constructing is free.
+    ``adapter`` is a PEFT LoRA folder applied on load.
+    """
+
+    def __init__(self, spec: str, locate: Callable[[], Path], threads: int = 0, adapter: Path | None = None):
+        self.spec, self._locate, self.threads, self.adapter = spec, locate, threads, adapter
+        self._model = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    def load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            folder = self._locate()
+            self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+            if self.adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, self.adapter)
+            self._model = model.eval()
+        return self._model, self._tokenizer
+
+    def count_tokens(self, text: str) -> int:
+        _, tokenizer = self.load()
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
+               stats: dict | None = None) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        model, tokenizer = self.load()
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancelled = threading.Event()
+
+        class Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return cancelled.is_set()
+
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        kwargs = dict(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
+            streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancel()]),
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling,
+        )
+        failure: list[BaseException] = []
+        result: list[Any] = []
+
+        def run() -> None:
+            import torch
+
+            try:
+                with torch.inference_mode():
+                    result.append(model.generate(**kwargs))
+            except BaseException as exc:  # surfaced in the caller's thread below
+                failure.append(exc)
+                streamer.end()
+
+        with self._lock:
+            worker = threading.Thread(target=run, daemon=True)
+            worker.start()
+            try:
+                yield from streamer
+            finally:
+                cancelled.set()
+                worker.join()
+        if failure:
+            raise failure[0]
+        if stats is not None and result:
+            stats["prompt_tokens"] = int(inputs["input_ids"].shape[1])
+            stats["completion_tokens"] = int(result[0].shape[1] - inputs["input_ids"].shape[1])
+
+
+def _model_cache(settings: Any) -> Path:
+    return Path(settings.model_cache).expanduser()
+
+
+def _local(name: str, settings: Any) -> Generator:
+    preset = PRESETS.get(name)
+    if preset is None:
+        raise ConfigError(
+            f"unknown packaged model local:{name}; packaged: {', '.join('local:' + n for n in PRESETS)} "
+            "(or use hf:<folder> / ollama:<model>)"
+        )
+    return TransformersGenerator(f"local:{name}", lambda: converted_dir(preset, _model_cache(settings)),
+                                 settings.torch_threads)
+
+
+def _hf(name: str, settings: Any) -> Generator:
+    folder = Path(name).expanduser().resolve()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"hf:{name}: not a Hugging Face model folder (no config.json)")
+    return TransformersGenerator(f"hf:{name}", lambda: folder, settings.torch_threads)
+
+
+class OllamaGenerator(Generator):
+    """A chat model on an Ollama server, through langchain-ollama's ChatOllama."""
+
+    def __init__(self, model: str, settings: Any):
+        self.spec, self.model, self.url, self.settings = f"ollama:{model}", model, settings.ollama_url, settings
+
+    def _chat(self, temperature: float, max_new_tokens: int, schema: dict | None = None) -> Any:
+        from langchain_ollama import ChatOllama
+
+        return ChatOllama(model=self.model, base_url=self.url, temperature=temperature, num_predict=max_new_tokens,
+                          format=schema, client_kwargs=client_kwargs(self.settings))
+
+    def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
+               stats: dict | None = None) -> Iterator[str]:
+        chat = self._chat(temperature, max_new_tokens)
+        with ollama_errors(self.url, self.model):
+            for chunk in chat.stream([(m["role"], m["content"]) for m in messages]):
+                usage = getattr(chunk, "usage_metadata", None)
+                if usage and stats is not None:
+                    stats["prompt_tokens"] = usage.get("input_tokens")
+                    stats["completion_tokens"] = usage.get("output_tokens")
+                if chunk.content:
+                    yield chunk.content
+
+    def _json_reply(self, messages: Messages, schema: dict, max_new_tokens: int) -> str:
+        chat = self._chat(0.0, max_new_tokens, schema=schema)
+        with ollama_errors(self.url, self.model):
+            return chat.invoke([(m["role"], m["content"]) for m in messages]).content
+
+
+def _ollama(name: str, settings: Any) -> Generator:
+    return OllamaGenerator(name, settings)
+
+
+for _role in ("generator", "teacher", "judge"):
+    register(_role, "local")(_local)
+    register(_role, "hf")(_hf)
+    register(_role, "ollama")(_ollama)
