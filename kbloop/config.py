@@ -59,7 +59,7 @@ class Settings(BaseModel):
     )
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put in front of the model for each question.")
     min_score: float = Field(
-        0.30, ge=-1.0, le=1.0,
+        0.45, ge=-1.0, le=1.0,
         description=(
             "Refuse without asking the model when the best chunk's cosine similarity is below this "
             "(calibrated for local:all-minilm-l6-v2; see README)."
@@ -92,12 +92,41 @@ class Settings(BaseModel):
     torch_threads: int = Field(
         0, ge=0, le=512, description="CPU threads for local models; 0 lets torch decide."
     )
+    scan_interval_minutes: int = Field(
+        10, ge=0, le=10080,
+        description=(
+            "`kbloop daemon`: minutes between full scans of the docs folder, which catch changes "
+            "the file watcher missed; 0 turns them off."
+        ),
+    )
+    debounce_seconds: float = Field(
+        1.0, ge=0, le=60,
+        description="`kbloop daemon`: a changed file is ingested once it has been quiet this many seconds.",
+    )
+    check_at: str = Field(
+        "03:00",
+        description="`kbloop daemon`: local time (HH:MM) of the nightly index/manifest consistency check.",
+    )
+    job_retries: int = Field(
+        3, ge=0, le=10, description="`kbloop daemon`: times a failed job is retried before it is given up."
+    )
+    job_retry_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="`kbloop daemon`: wait before the first retry of a failed job; each later retry waits twice as long.",
+    )
 
     @field_validator("embedder", "generator", "judge", "teacher")
     @classmethod
     def _model_spec(cls, value: str) -> str:
         if not MODEL_SPEC.match(value):
             raise ValueError("expected provider:name, e.g. local:qwen2.5-0.5b or ollama:qwen3:4b")
+        return value
+
+    @field_validator("check_at")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        if not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", value):
+            raise ValueError("expected a 24-hour time HH:MM, such as 03:00")
         return value
 
     @field_validator("ollama_url")

@@ -36,3 +36,7 @@ class StoreError(KbloopError):
 
 class NeedsRebuild(StoreError):
     """The index was built with other settings than the current ones."""
+
+
+class DaemonRunning(KbloopError):
+    """Another daemon already holds this home's lock; two would race on the same store."""

@@ -14,6 +14,7 @@ from kbloop.config import Home, Settings
 from kbloop.errors import KbloopError
 from kbloop.ingest.indexer import CheckReport, IngestCounts, Indexer
 from kbloop.ingest.manifest import Hit, Manifest
+from kbloop.scheduler import daemon_status
 from kbloop.vector_store.faiss_store import FaissStore
 
 
@@ -99,4 +100,5 @@ class KnowledgeBase:
             "failures": failures,
             "notes": notes,
             "last_runs": self.manifest.last_runs(5),
+            "daemon": daemon_status(self.home.data_dir),
         }

@@ -36,6 +36,33 @@ def embedder():
     return emb
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """Packaged models are converted once per test session, here."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def generator(model_cache):
+    """The smallest packaged chat model, real, loaded once."""
+    gen = models.create("generator", "local:smollm2-135m", Settings(model_cache=str(model_cache)))
+    gen.load()
+    return gen
+
+
+@pytest.fixture
+def sample_home(home):
+    """A home holding the bundled sample documents (the Harbor manual)."""
+    import shutil
+    from importlib import resources
+
+    for item in resources.files("kbloop.samples").iterdir():
+        if item.name.endswith((".md", ".txt", ".html")):
+            with resources.as_file(item) as src:
+                shutil.copyfile(src, home.root / "docs" / item.name)
+    return home
+
+
 @pytest.fixture
 def home(tmp_path):
     return init_home(tmp_path / "kb")

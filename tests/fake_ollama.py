@@ -22,8 +22,10 @@ def bag_of_words(text: str) -> list[float]:
 
 
 class FakeOllama:
-    def __init__(self, models=("nomic-embed-text",)):
+    def __init__(self, models=("nomic-embed-text",), reply=None):
         self.models = set(models)
+        # reply(request body) -> the assistant's text for /api/chat
+        self.reply = reply or (lambda body: "I don't know.")
         self.requests: list[tuple[str, dict]] = []
         fake = self
 
@@ -45,13 +47,33 @@ class FakeOllama:
                 else:
                     self._send(404, {"error": "not found"})
 
+            def _chat(self, body: dict) -> None:
+                text = fake.reply(body)
+                words = re.findall(r"\S+\s*", text) or [""]
+                base = {"model": body["model"], "created_at": "2026-01-01T00:00:00Z"}
+                final = base | {"message": {"role": "assistant", "content": ""}, "done": True,
+                                "done_reason": "stop", "prompt_eval_count": 42, "eval_count": len(words)}
+                if body.get("stream", True) is False:
+                    self._send(200, final | {"message": {"role": "assistant", "content": text}})
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.end_headers()
+                for word in words:  # one NDJSON line per token, as Ollama streams
+                    line = base | {"message": {"role": "assistant", "content": word}, "done": False}
+                    self.wfile.write(json.dumps(line).encode() + b"\n")
+                    self.wfile.flush()
+                self.wfile.write(json.dumps(final).encode() + b"\n")
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 fake.requests.append((self.path, body))
-                if self.path != "/api/embed":
+                if self.path not in ("/api/embed", "/api/chat"):
                     self._send(404, {"error": "not found"})
                 elif body.get("model") not in fake.models:
                     self._send(404, {"error": f"model \"{body.get('model')}\" not found, try pulling it first"})
+                elif self.path == "/api/chat":
+                    self._chat(body)
                 else:
                     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
                     self._send(200, {"model": body["model"], "embeddings": [bag_of_words(t) for t in inputs]})

@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from kbloop.assistant.prompt import build_messages, cited_numbers, is_refusal
+from kbloop.assistant.grounding import attribute, unmentioned_terms
+from kbloop.assistant.prompt import (STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
+                                     is_refusal)
 from kbloop.ingest.manifest import Hit
 
 NOT_IN_KB = "The knowledge base does not contain the answer to this question."
@@ -47,9 +50,16 @@ class Answer:
         return data
 
 
+FOLLOW_UP = re.compile(
+    r"^\s*(and|but|also|so|then|what about|how about)\b|\b(it|its|that|this|they|them|those|these|there|one)\b",
+    re.IGNORECASE,
+)
+
+
 def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
-    """The retrieval query for a follow-up: the last question asked, then this one."""
-    if not history:
+    """The retrieval query: a follow-up ("and how do I change it?") is read together with the
+    question before it; a question that stands on its own is searched alone."""
+    if not history or not (FOLLOW_UP.search(question) or len(question.split()) <= 3):
         return question
     return f"{history[-1][0]} {question}"
 
@@ -77,25 +87,32 @@ class Assistant:
         model = getattr(self.generator, "spec", settings.generator)
         adapter = getattr(self.generator, "adapter", None)
 
-        if not hits or hits[0].score < settings.min_score:
-            best = f"{hits[0].score:.2f}" if hits else "none"
+        def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
+            return Answer(question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
+                          refusal_reason, self._sources(hits, cited), model, str(adapter) if adapter else None,
+                          timings)
+
+        reason = self._refuse_before_generating(question, hits)
+        if reason:
             yield NOT_IN_KB
-            yield Answer(question, NOT_IN_KB, True, f"no source is relevant enough (best score {best} < "
-                         f"KBLOOP_MIN_SCORE {settings.min_score})", self._sources(hits, ""), model,
-                         str(adapter) if adapter else None, timings)
+            yield answer(NOT_IN_KB, reason, [])
             return
 
         stats: dict = {}
-        pieces: list[str] = []
+        shown = StopFilter()
         first_token = None
-        for piece in self.generator.stream(build_messages(question, hits, history),
+        for piece in self.generator.stream(build_messages(question, hits, history), stop=STOP_STRINGS,
                                            max_new_tokens=settings.max_new_tokens, stats=stats):
             if first_token is None:
                 first_token = time.perf_counter()
-            pieces.append(piece)
-            yield piece
+            if text := shown.feed(piece):
+                yield text
+            if shown.stopped:
+                break
+        if rest := shown.flush():
+            yield rest
         done = time.perf_counter()
-        text = "".join(pieces).strip()
+        text = clean_answer(shown.text)
         tokens = stats.get("completion_tokens") or 0
         timings.update({
             "first_token_s": round((first_token or done) - retrieved, 4),
@@ -105,10 +122,21 @@ class Assistant:
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first_token), 2) if first_token and done > first_token else None,
             "total_s": round(done - started, 4),
         })
-        refused = is_refusal(text)
-        yield Answer(question, NOT_IN_KB if refused else text, refused,
-                     "the model found no answer in the sources" if refused else None,
-                     self._sources(hits, "" if refused else text), model, str(adapter) if adapter else None, timings)
+        if is_refusal(text):
+            yield answer(text, "the model found no answer in the sources", [])
+        else:
+            yield answer(text, None, sorted(set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))))
+
+    def _refuse_before_generating(self, question: str, hits: list[Hit]) -> str | None:
+        """Why the knowledge base cannot answer, when that is clear without asking the model."""
+        threshold = self.kb.settings.min_score
+        if not hits or hits[0].score < threshold:
+            best = f"{hits[0].score:.2f}" if hits else "none"
+            return f"no source is relevant enough (best score {best} < KBLOOP_MIN_SCORE {threshold})"
+        missing = unmentioned_terms(question, hits)
+        if missing:
+            return f"no source mentions {', '.join(missing)}"
+        return None
 
     def ask(self, question: str, history: list[tuple[str, str]] | None = None) -> Answer:
         for item in self.stream(question, history):
@@ -117,8 +145,7 @@ class Assistant:
         raise RuntimeError("stream ended without an answer")  # unreachable by construction
 
     @staticmethod
-    def _sources(hits: list[Hit], answer: str) -> list[Source]:
-        cited = set(cited_numbers(answer, len(hits)))
+    def _sources(hits: list[Hit], cited: list[int]) -> list[Source]:
         return [Source(n, h.path, h.location, h.metadata.get("page"), h.metadata.get("section"),
-                       round(h.score, 4), n in cited, h.text)
+                       round(h.score, 4), n in set(cited), h.text)
                 for n, h in enumerate(hits, start=1)]

@@ -8,10 +8,11 @@ from kbloop.ingest.manifest import Hit
 
 DONT_KNOW = "I don't know."
 
+# Measured on ../shared/kbdev with qwen2.5-0.5b: asking small models to cite [n] themselves
+# made them answer with a bare "[1]"; kbloop attributes sources itself (grounding.attribute).
 SYSTEM = (
-    "You answer questions using only the numbered sources you are given. "
-    "Reply with a short, direct answer (a value, a name, a command or one sentence) and cite the "
-    "source number in brackets, like [1]. "
+    "Answer the question from the sources. Quote the exact values, names and commands from the "
+    "sources, in one or two sentences. "
     f"If the sources do not contain the answer, reply exactly: {DONT_KNOW}"
 )
 
@@ -34,12 +35,57 @@ def source_heading(n: int, hit: Hit) -> str:
 
 
 def build_messages(question: str, hits: list[Hit], history: list[tuple[str, str]] | None = None) -> list[dict]:
-    sources = "\n\n".join(f"{source_heading(n, hit)}\n{hit.text.strip()}" for n, hit in enumerate(hits, start=1))
+    # Best source last, nearest the question: small models weigh what they read last most.
+    numbered = list(enumerate(hits, start=1))[::-1]
+    sources = "\n\n".join(f"{source_heading(n, hit)}\n{hit.text.strip()}" for n, hit in numbered)
     messages = [{"role": "system", "content": SYSTEM}]
     for past_question, past_answer in (history or [])[-2:]:
         messages += [{"role": "user", "content": past_question}, {"role": "assistant", "content": past_answer}]
     messages.append({"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"})
     return messages
+
+
+# Small models sometimes go on to invent the next turn; the answer ends there.
+STOP_STRINGS = ["\nQuestion:", "\nSources:"]
+
+
+class StopFilter:
+    """Passes streamed text through, holding back what might begin a stop string, and
+    reports when one has arrived (the text before it has then all been passed on)."""
+
+    def __init__(self, stops: list[str] = STOP_STRINGS):
+        self.stops, self.text, self.sent, self.stopped = stops, "", 0, False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._send(min(hits))
+        held = max((n for s in self.stops for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
+        return self._send(len(self.text) - held)
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._send(len(self.text))
+
+    def _send(self, upto: int) -> str:
+        out, self.sent = self.text[self.sent:upto], max(self.sent, upto)
+        return out
+
+
+def clean_answer(text: str) -> str:
+    """The answer without an invented next turn and without lines it already said."""
+    for stop in STOP_STRINGS:
+        text = text.split(stop)[0]
+    seen: set[str] = set()
+    lines = []
+    for line in text.strip().splitlines():
+        key = line.strip()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        lines.append(line)
+    return "\n".join(lines).strip()
 
 
 def is_refusal(answer: str) -> bool:

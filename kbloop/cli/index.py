@@ -58,6 +58,14 @@ def status(obj, as_json: bool) -> None:
             click.echo(f"  {f['path']}: {f['reason']}{suffix}")
     for note in info["notes"]:
         click.echo(f"note:     {note['path']}: {note['note']}")
+    daemon = info["daemon"]
+    if daemon["running"]:
+        doing = f"running {daemon['current']['name']}" if daemon.get("current") else "idle"
+        click.echo(f"daemon:   running (pid {daemon['pid']}), {doing}, {daemon.get('queue', 0)} jobs queued")
+        for job in daemon.get("recent", [])[:3]:
+            click.echo(f"job:      {job['name']} {job['status']}" + (f" ({job['error']})" if job["error"] else ""))
+    else:
+        click.echo("daemon:   not running")
     for run in info["last_runs"][:3]:
         click.echo(f"run:      {run['kind']} {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
 

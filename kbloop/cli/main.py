@@ -41,10 +41,10 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from kbloop.cli import assistant, home, index
+    from kbloop.cli import assistant, daemon, home, index
 
     for command in (home.init, home.quickstart, index.ingest, index.search, index.status, index.check,
-                    assistant.ask, assistant.chat):
+                    assistant.ask, assistant.chat, daemon.daemon):
         cli.add_command(command)
 
 

@@ -182,15 +182,11 @@ class Indexer:
     # -- the ingest -----------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[str | Path] | None = None, rebuild: bool = False) -> IngestCounts:
-        run_id = self.manifest.start_run("ingest")
-        started = time.perf_counter()
-        try:
+        with self.manifest.recording("ingest") as summary:
+            started = time.perf_counter()
             counts = self._ingest(paths, rebuild)
-        except BaseException as exc:
-            self.manifest.finish_run(run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
-            raise
-        counts.seconds = round(time.perf_counter() - started, 4)
-        self.manifest.finish_run(run_id, "ok", counts.as_dict())
+            counts.seconds = round(time.perf_counter() - started, 4)
+            summary.update(counts.as_dict())
         return counts
 
     def _ingest(self, paths: Iterable[str | Path] | None, rebuild: bool) -> IngestCounts:

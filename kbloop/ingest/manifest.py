@@ -262,6 +262,19 @@ class Manifest:
                         (time.time(), status, json.dumps(summary, sort_keys=True) if summary else None,
                          error, run_id))
 
+    @contextmanager
+    def recording(self, kind: str) -> Iterator[dict]:
+        """Record the body as one run: 'running' now, then 'ok' with the summary the body fills
+        in, or 'failed' with the error, so `kbloop status` shows what happened to it."""
+        run_id = self.start_run(kind)
+        summary: dict = {}
+        try:
+            yield summary
+        except BaseException as exc:
+            self.finish_run(run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+            raise
+        self.finish_run(run_id, "ok", summary)
+
     def last_runs(self, limit: int = 5) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(row) | {"summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]

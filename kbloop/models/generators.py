@@ -7,15 +7,13 @@ models a strict parse with small repairs and one retry). Local models load on fi
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from kbloop.errors import BackendUnavailable, ConfigError
+from kbloop.errors import ConfigError
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
 from kbloop.models.ollama import client_kwargs, ollama_errors
 from kbloop.models.packaged import PRESETS, converted_dir
@@ -34,8 +32,9 @@ class Generator(ABC):
 
     @abstractmethod
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
-               stats: dict | None = None) -> Iterator[str]:
-        """Yield the reply to ``messages`` piece by piece. ``stats`` receives token counts."""
+               stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece, ending early at any ``stop`` string.
+        ``stats`` receives token counts."""
 
     def generate(self, messages: Messages, **kwargs: Any) -> str:
         return "".join(self.stream(messages, **kwargs))
@@ -103,7 +102,7 @@ class TransformersGenerator(Generator):
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
-               stats: dict | None = None) -> Iterator[str]:
+               stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         model, tokenizer = self.load()
@@ -112,9 +111,13 @@ class TransformersGenerator(Generator):
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancelled = threading.Event()
 
+        prompt_length = inputs["input_ids"].shape[1]
+
         class Cancel(StoppingCriteria):
+            """Stops when the reader went away, or when greedy decoding starts to loop."""
+
             def __call__(self, input_ids, scores, **kwargs):
-                return cancelled.is_set()
+                return cancelled.is_set() or is_looping(input_ids[0, prompt_length:].tolist())
 
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         kwargs = dict(
@@ -122,6 +125,8 @@ class TransformersGenerator(Generator):
             streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancel()]),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling,
         )
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=tokenizer)
         failure: list[BaseException] = []
         result: list[Any] = []
 
@@ -143,11 +148,23 @@ class TransformersGenerator(Generator):
             finally:
                 cancelled.set()
                 worker.join()
+                # Also when the reader stopped early: the counts are of what was generated.
+                if stats is not None and result:
+                    stats["prompt_tokens"] = int(prompt_length)
+                    stats["completion_tokens"] = int(result[0].shape[1] - prompt_length)
         if failure:
             raise failure[0]
-        if stats is not None and result:
-            stats["prompt_tokens"] = int(inputs["input_ids"].shape[1])
-            stats["completion_tokens"] = int(result[0].shape[1] - inputs["input_ids"].shape[1])
+
+
+LOOP_WINDOW = 16
+
+
+def is_looping(generated: list[int], window: int = LOOP_WINDOW) -> bool:
+    """The last ``window`` tokens already occurred earlier in the reply: a greedy loop."""
+    if len(generated) < 2 * window:
+        return False
+    tail = generated[-window:]
+    return any(generated[i:i + window] == tail for i in range(len(generated) - 2 * window + 1))
 
 
 def _model_cache(settings: Any) -> Path:
@@ -178,15 +195,16 @@ class OllamaGenerator(Generator):
     def __init__(self, model: str, settings: Any):
         self.spec, self.model, self.url, self.settings = f"ollama:{model}", model, settings.ollama_url, settings
 
-    def _chat(self, temperature: float, max_new_tokens: int, schema: dict | None = None) -> Any:
+    def _chat(self, temperature: float, max_new_tokens: int, schema: dict | None = None,
+              stop: list[str] | None = None) -> Any:
         from langchain_ollama import ChatOllama
 
         return ChatOllama(model=self.model, base_url=self.url, temperature=temperature, num_predict=max_new_tokens,
-                          format=schema, client_kwargs=client_kwargs(self.settings))
+                          format=schema, stop=stop, client_kwargs=client_kwargs(self.settings))
 
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
-               stats: dict | None = None) -> Iterator[str]:
-        chat = self._chat(temperature, max_new_tokens)
+               stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
+        chat = self._chat(temperature, max_new_tokens, stop=stop)
         with ollama_errors(self.url, self.model):
             for chunk in chat.stream([(m["role"], m["content"]) for m in messages]):
                 usage = getattr(chunk, "usage_metadata", None)

@@ -1,0 +1,19 @@
+"""`kbloop daemon`: the scheduler in the foreground (run it under systemd, launchd or tmux)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.pass_obj
+def daemon(obj) -> None:
+    """Watch the docs folder and run scheduled jobs until SIGTERM or Ctrl-C.
+
+    Changed files are ingested about a second after they settle; a full scan runs every
+    KBLOOP_SCAN_INTERVAL_MINUTES and a consistency check daily at KBLOOP_CHECK_AT. One daemon
+    per home; logs go to stderr and data/logs/daemon.log; `kbloop status` shows what it does.
+    """
+    from kbloop.scheduler.daemon import run_daemon
+
+    run_daemon(obj.home())

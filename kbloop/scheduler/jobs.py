@@ -1,0 +1,59 @@
+"""The daemon's timetable: which plain functions of a knowledge base run, and when.
+
+Each row is a function ``(kb) -> summary dict`` and a time rule from settings. A later step
+of the loop (dataset build, finetune, evaluate) joins by adding its function and one row;
+the daemon needs no change. A function that records its own row in the manifest's ``runs``
+table (ingest does) says so, and the daemon records the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from kbloop.config import Settings
+from kbloop.errors import KbloopError
+from kbloop.kb import KnowledgeBase
+
+
+@dataclass(frozen=True)
+class Every:
+    """Every so many minutes, counted from the daemon's start."""
+
+    minutes: int
+
+
+@dataclass(frozen=True)
+class DailyAt:
+    """Once a day at a local time, "HH:MM"."""
+
+    time: str
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    name: str
+    when: Every | DailyAt
+    action: Callable[[KnowledgeBase], dict]
+    records_itself: bool = False
+
+
+def full_scan(kb: KnowledgeBase) -> dict:
+    """Walk the whole docs folder: catches what the watcher missed or what changed while down."""
+    return kb.ingest().as_dict()
+
+
+def consistency_check(kb: KnowledgeBase) -> dict:
+    """Check the store against the manifest and repair what is safe; files it marks for
+    re-embedding are picked up by the next scan. Problems it cannot repair fail the job."""
+    report = kb.check()
+    if report.problems:
+        raise KbloopError("consistency check: " + "; ".join(report.problems))
+    return asdict(report)
+
+
+def timetable(settings: Settings) -> list[ScheduledJob]:
+    jobs = [ScheduledJob("check", DailyAt(settings.check_at), consistency_check)]
+    if settings.scan_interval_minutes:
+        jobs.append(ScheduledJob("scan", Every(settings.scan_interval_minutes), full_scan, records_itself=True))
+    return jobs

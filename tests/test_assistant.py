@@ -1,0 +1,116 @@
+"""Grounded answers with citations and refusal, with the real small packaged model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import cli_env
+from kbloop.assistant.answer import NOT_IN_KB, Assistant, fold_query
+from kbloop.assistant.prompt import build_messages, cited_numbers, is_refusal
+
+
+@pytest.fixture
+def assistant(sample_home, open_kb, generator):
+    kb = open_kb(sample_home)
+    kb.ingest()
+    return Assistant(kb, generator)
+
+
+def test_answers_from_the_documents_and_lists_sources(assistant):
+    answer = assistant.ask("Which port does Harbor listen on by default?")
+    assert not answer.refused
+    assert "8735" in answer.answer
+    assert answer.sources[0].path == "getting-started.md"
+    assert answer.model == "local:smollm2-135m"
+    assert answer.timings["first_token_s"] > 0 and answer.timings["completion_tokens"] > 0
+
+
+def test_stream_yields_text_then_the_answer(assistant):
+    items = list(assistant.stream("What port does the Harbor server use unless configured otherwise?"))
+    *pieces, final = items
+    assert len(pieces) > 1 and all(isinstance(p, str) for p in pieces)
+    assert "8735" in "".join(pieces) and "8735" in final.answer
+    assert "Question:" not in "".join(pieces)
+    cited = [s.path for s in final.sources if s.cited]
+    assert cited == ["getting-started.md"]
+
+
+def test_question_about_a_term_no_source_mentions_is_refused(sample_home, open_kb, generator):
+    kb = open_kb(sample_home, min_score=-1.0)  # past the score threshold, so the term check decides
+    kb.ingest()
+    answer = Assistant(kb, generator).ask("What is the default value of harbor.compressionLevel for snapshots?")
+    assert answer.refused and answer.refusal_reason == "no source mentions harbor.compressionlevel"
+
+
+def test_stop_filter_holds_back_an_invented_next_turn():
+    from kbloop.assistant.prompt import StopFilter, clean_answer
+
+    stream = StopFilter()
+    shown = [stream.feed(p) for p in ["The port", " is 8735.", "\n", "Ques", "tion: what", " else"]]
+    assert "".join(shown) == "The port is 8735." and stream.stopped
+    assert clean_answer("It is 8735.\nIt is 8735.\nQuestion: more") == "It is 8735."
+
+
+def test_unrelated_question_is_refused_without_asking_the_model(sample_home, open_kb, generator, monkeypatch):
+    kb = open_kb(sample_home)
+    kb.ingest()
+    calls = []
+    monkeypatch.setattr(generator, "stream", lambda *a, **k: calls.append(a) or iter(()))
+    answer = Assistant(kb, generator).ask("What is the capital of Peru?")
+    assert answer.refused and answer.answer == NOT_IN_KB
+    assert "KBLOOP_MIN_SCORE" in answer.refusal_reason
+    assert calls == []
+
+
+def test_prompt_numbers_sources_and_cites(assistant):
+    hits = assistant.retrieve("Which port does Harbor listen on by default?")
+    messages = build_messages("Which port?", hits)
+    user = messages[-1]["content"]
+    assert user.startswith("Sources:\n\n[") and user.endswith("Question: Which port?")
+    # best source last, nearest the question
+    assert user.index("[1] getting-started.md") > user.index("[2] ")
+    assert cited_numbers("It is 8735 [1], see also [2] and [9].", 3) == [1, 2]
+
+
+@pytest.mark.parametrize("text,refused", [
+    ("I don't know.", True),
+    ("The sources do not contain this information.", True),
+    ("This is not mentioned in the sources.", True),
+    ("", True),
+    ("The default port is 8735 [1].", False),
+    ("Run harbor restore --snapshot <id>. It does not delete newer files [2].", False),
+])
+def test_refusal_detection(text, refused):
+    assert is_refusal(text) is refused
+
+
+def test_follow_up_questions_fold_the_history_into_retrieval():
+    assert fold_query("And how do I change it?", [("Which port does Harbor use?", "8735")]) == \
+        "Which port does Harbor use? And how do I change it?"
+    assert fold_query("Which port?", None) == "Which port?"
+    assert fold_query("What is the capital of Peru?", [("Which port does Harbor use?", "8735")]) == \
+        "What is the capital of Peru?"
+
+
+def test_ask_json_and_chat_from_the_command_line(sample_home, model_cache):
+    env = cli_env(sample_home.root, KBLOOP_GENERATOR="local:smollm2-135m", KBLOOP_MODEL_CACHE=str(model_cache))
+    run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "kbloop.cli.main", *args], env=env,
+                                             capture_output=True, text=True, timeout=600, **kw)
+    assert run("ingest").returncode == 0
+    out = run("ask", "Which port does Harbor listen on by default?", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"question", "answer", "refused", "refusal_reason", "sources", "model", "adapter", "timings"}
+    assert "8735" in data["answer"] and data["sources"][0]["path"] == "getting-started.md"
+    assert {"retrieve_s", "first_token_s", "tokens_per_s"} <= set(data["timings"])
+
+    out = run("ask", "Which port does Harbor listen on by default?")
+    assert "8735" in out.stdout and "Sources:" in out.stdout and "getting-started.md" in out.stdout
+
+    out = run("chat", input="Which port does Harbor listen on by default?\nWhat is the capital of Peru?\n\n")
+    assert out.returncode == 0, out.stderr
+    assert "8735" in out.stdout and NOT_IN_KB in out.stdout

@@ -1,0 +1,114 @@
+"""complete_json (repair, retry, clear failure) and the Ollama chat path over its real HTTP API."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from fake_ollama import FakeOllama
+from kbloop import models
+from kbloop.assistant.answer import NOT_IN_KB, Assistant
+from kbloop.config import Settings
+from kbloop.errors import BackendUnavailable
+from kbloop.models.jsonout import JsonOutputError, parse_json
+
+SCHEMA = {
+    "type": "object",
+    "required": ["score", "reason"],
+    "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5}, "reason": {"type": "string"}},
+}
+
+
+@pytest.mark.parametrize("text", [
+    '{"score": 4, "reason": "ok"}',
+    '```json\n{"score": 4, "reason": "ok"}\n```',
+    'Sure! Here is the JSON: {"score": 4, "reason": "ok",} Hope this helps.',
+    '{"score": 4, "reason": "ok",\n}',
+])
+def test_parse_json_repairs_fences_prose_and_trailing_commas(text):
+    assert parse_json(text, SCHEMA) == {"score": 4, "reason": "ok"}
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("I think it is a 4.", "no JSON object"),
+    ('{"score": 4}', "missing required key 'reason'"),
+    ('{"score": 9, "reason": "x"}', r"\$.score should be <= 5"),
+    ('{"score": "four", "reason": "x"}', r"\$.score should be integer"),
+    ('{"score": 4, "reason": }', "not valid JSON"),
+])
+def test_parse_json_names_what_is_wrong(text, problem):
+    with pytest.raises(JsonOutputError, match=problem):
+        parse_json(text, SCHEMA)
+
+
+def ollama_settings(server, **kw):
+    return Settings(ollama_url=server.url, **kw)
+
+
+def test_complete_json_sends_the_schema_and_retries_once():
+    replies = iter(['{"score": 7, "reason": "too high"}', '{"score": 5, "reason": "correct"}'])
+    with FakeOllama(models=("judge",), reply=lambda body: next(replies)) as server:
+        judge = models.create("judge", "ollama:judge", ollama_settings(server))
+        assert judge.complete_json("Grade this.", SCHEMA) == {"score": 5, "reason": "correct"}
+        chats = [body for path, body in server.requests if path == "/api/chat"]
+        assert len(chats) == 2 and all(body["format"] == SCHEMA for body in chats)
+        assert "should be <= 5" in chats[1]["messages"][-1]["content"]
+
+
+def test_complete_json_gives_up_with_a_clear_error():
+    with FakeOllama(models=("judge",), reply=lambda body: "no json here") as server:
+        judge = models.create("judge", "ollama:judge", ollama_settings(server))
+        with pytest.raises(JsonOutputError, match="ollama:judge gave no valid JSON after a retry"):
+            judge.complete_json("Grade this.", SCHEMA)
+        assert len(server.requests) == 2
+
+
+def test_local_model_json_failure_is_an_error_not_a_crash(generator):
+    schema = {"type": "object", "required": ["verdict"], "properties": {"verdict": {"enum": ["zebra-7"]}}}
+    try:
+        result = generator.complete_json("Say anything at all.", schema, max_new_tokens=24)
+    except JsonOutputError as exc:
+        assert "local:smollm2-135m gave no valid JSON after a retry" in str(exc)
+    else:
+        assert result == {"verdict": "zebra-7"}
+
+
+def test_ollama_generator_answers_through_the_assistant(sample_home, open_kb):
+    seen = []
+
+    def reply(body):
+        seen.append(body)
+        return "Harbor listens on TCP port 8735 by default."
+
+    with FakeOllama(models=("qwen3:4b",), reply=reply) as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        pieces = list(Assistant(kb, gen).stream("Which port does Harbor listen on by default?"))
+        final = pieces[-1]
+        assert len(pieces) > 3  # streamed, one NDJSON line per token
+        assert final.answer == "Harbor listens on TCP port 8735 by default." and not final.refused
+        assert final.model == "ollama:qwen3:4b" and final.timings["completion_tokens"] == 8
+        assert [s.path for s in final.sources if s.cited] == ["getting-started.md"]
+        assert seen[0]["stream"] is True and seen[0]["messages"][-1]["content"].endswith(
+            "Question: Which port does Harbor listen on by default?")
+
+
+def test_ollama_saying_it_does_not_know_is_a_refusal(sample_home, open_kb):
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "I don't know.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        answer = Assistant(kb, gen).ask("Which port does Harbor listen on by default?")
+        assert answer.refused and answer.answer == NOT_IN_KB
+        assert answer.refusal_reason == "the model found no answer in the sources"
+
+
+def test_ollama_down_is_one_clear_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=f"http://127.0.0.1:{port}"))
+    with pytest.raises(BackendUnavailable, match="cannot reach Ollama"):
+        gen.generate([{"role": "user", "content": "hi"}])
