@@ -18,6 +18,18 @@ from kbloop.scheduler import daemon_status
 from kbloop.vector_store.faiss_store import FaissStore
 
 
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
+    """Ids ordered by the sum of 1 / (k + rank) over the rankings that hold them."""
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+    return sorted(scores, key=lambda item: -scores[item])
+
+
 class KnowledgeBase:
     def __init__(self, home: Home, settings: Settings | None = None, *, embedder: Any = None,
                  generator: Any = None, progress: bool = False):
@@ -71,6 +83,11 @@ class KnowledgeBase:
         return self.indexer.store
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
+        """The k chunks that best answer ``query``: vector and keyword rankings fused (RRF).
+
+        Each hit's score is its cosine similarity to the query, whichever ranking found it,
+        so scores mean the same thing everywhere (the refusal threshold reads them).
+        """
         if not query.strip():
             raise KbloopError("empty query: say what to search for")
         k = k or self.settings.search_k
@@ -78,8 +95,24 @@ class KnowledgeBase:
         if store is None or len(store) == 0:
             return []
         vector = self.embedder.embed_query(query)
-        # Ask for a few extra: vectors awaiting cleanup after a crash are skipped by hits().
-        return self.manifest.hits(store.search(vector, k + 8))[:k]
+        depth = max(4 * k, 20)
+        dense = dict(store.search(vector, depth))
+        keyword = self.manifest.keyword_search(query, depth)
+        scored = []
+        for vid in reciprocal_rank_fusion([list(dense), keyword])[: k + 8]:
+            score = self._cosine(store, vid, dense, vector)
+            if score is not None:
+                scored.append((vid, score))
+        # A few extra: vectors awaiting cleanup after a crash are skipped by hits().
+        return self.manifest.hits(scored)[:k]
+
+    @staticmethod
+    def _cosine(store: FaissStore, vid: int, dense: dict[int, float], query: Any) -> float | None:
+        """The query's similarity to a stored vector (None if the id is not stored)."""
+        if vid in dense:
+            return dense[vid]
+        vector = store.vector(vid)
+        return None if vector is None else float(vector @ query)
 
     def status(self) -> dict:
         header = FaissStore.read_header(self.home.vector_store_dir)

@@ -105,3 +105,40 @@ def test_langchain_retriever_face(open_kb, home):
     assert [s for _, s in scored] == sorted([s for _, s in scored], reverse=True)
     with pytest.raises(Exception, match="follows the docs folder"):
         KbloopVectorStore(kb).add_texts(["x"])
+
+
+def test_keyword_index_follows_chunks_through_edits_and_deletes(open_kb, home):
+    docs = home.root / "docs"
+    write_corpus(docs)
+    kb = open_kb()
+    kb.ingest()
+    guide_ids = {c.vector_id for c in kb.manifest.chunks_of(kb.manifest.files()["guide.md"].id)}
+    assert set(kb.manifest.keyword_search("brass lens forty minutes", 3)) & guide_ids
+    (docs / "guide.md").write_text((docs / "guide.md").read_text().replace("forty", "ninety"))
+    kb = open_kb()
+    kb.ingest()
+    assert kb.manifest.keyword_search("ninety", 5) and not kb.manifest.keyword_search("forty", 5)
+    (docs / "guide.md").unlink()
+    kb = open_kb()
+    kb.ingest()
+    assert kb.manifest.keyword_search("lighthouse ninety", 5) == []
+
+
+def test_an_older_manifest_is_migrated_on_open(tmp_path):
+    import sqlite3
+
+    from kbloop.ingest import manifest as manifest_module
+
+    path = tmp_path / "kbloop.sqlite"
+    name, sql = manifest_module.MIGRATIONS[0]
+    db = sqlite3.connect(path)
+    db.executescript(sql + ";CREATE TABLE migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL);")
+    db.execute("INSERT INTO migrations VALUES (?, 0)", (name,))
+    db.execute("INSERT INTO files VALUES (1, 'a.md', 'x', 1, 1, 0, 'indexed', NULL, NULL, 1, 0)")
+    db.execute("INSERT INTO chunks VALUES (1, 1, 0, 'h', 'the walrus sings at dawn', '{}', 7)")
+    db.commit()
+    db.close()
+    m = manifest_module.Manifest(path)
+    applied = [r[0] for r in m.db.execute("SELECT name FROM migrations ORDER BY name")]
+    assert applied == [n for n, _ in manifest_module.MIGRATIONS]
+    assert m.keyword_search("walrus", 5) == [7]

@@ -130,9 +130,10 @@ class Assistant:
     def _refuse_before_generating(self, question: str, hits: list[Hit]) -> str | None:
         """Why the knowledge base cannot answer, when that is clear without asking the model."""
         threshold = self.kb.settings.min_score
-        if not hits or hits[0].score < threshold:
-            best = f"{hits[0].score:.2f}" if hits else "none"
-            return f"no source is relevant enough (best score {best} < KBLOOP_MIN_SCORE {threshold})"
+        best = max((h.score for h in hits), default=None)
+        if best is None or best < threshold:
+            shown = "none" if best is None else f"{best:.2f}"
+            return f"no source is relevant enough (best score {shown} < KBLOOP_MIN_SCORE {threshold})"
         missing = unmentioned_terms(question, hits)
         if missing:
             return f"no source mentions {', '.join(missing)}"

@@ -7,6 +7,7 @@ older manifest opens with a newer kbloop.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -52,6 +53,31 @@ MIGRATIONS: list[tuple[str, str]] = [
             summary TEXT,                       -- JSON counts
             error TEXT
         );
+        """,
+    ),
+    (
+        "002_chunks_fts",
+        # A keyword index beside the vectors: exact terms (option names, config keys) that
+        # embeddings blur. Triggers keep it equal to the chunks table, cascades included.
+        """
+        CREATE VIRTUAL TABLE chunks_fts USING fts5(body, tokenize = 'unicode61 remove_diacritics 2');
+        CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts (rowid, body) VALUES (new.id,
+                coalesce(json_extract(new.metadata, '$.title'), '') || ' ' ||
+                coalesce(json_extract(new.metadata, '$.section'), '') || ' ' || new.text);
+        END;
+        CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+            DELETE FROM chunks_fts WHERE rowid = old.id;
+        END;
+        CREATE TRIGGER chunks_fts_update AFTER UPDATE OF text, metadata ON chunks BEGIN
+            UPDATE chunks_fts SET body =
+                coalesce(json_extract(new.metadata, '$.title'), '') || ' ' ||
+                coalesce(json_extract(new.metadata, '$.section'), '') || ' ' || new.text
+            WHERE rowid = new.id;
+        END;
+        INSERT INTO chunks_fts (rowid, body)
+            SELECT id, coalesce(json_extract(metadata, '$.title'), '') || ' ' ||
+                       coalesce(json_extract(metadata, '$.section'), '') || ' ' || text FROM chunks;
         """,
     ),
 ]
@@ -227,6 +253,19 @@ class Manifest:
 
     def delete_chunks(self, chunk_ids: list[int]) -> None:
         self.db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in chunk_ids])
+
+    def keyword_search(self, query: str, limit: int) -> list[int]:
+        """Vector ids of the chunks that best match the query's words (BM25), best first."""
+        words = [w for w in re.findall(r"\w+", query.lower()) if len(w) > 1]
+        if not words:
+            return []
+        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+        rows = self.db.execute(
+            """SELECT chunks.vector_id FROM chunks_fts JOIN chunks ON chunks.id = chunks_fts.rowid
+               WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?""",
+            (match, limit),
+        )
+        return [row[0] for row in rows]
 
     def hits(self, scored: list[tuple[int, float]]) -> list[Hit]:
         """Search results for (vector id, score) pairs, in the same order; unknown ids are dropped."""

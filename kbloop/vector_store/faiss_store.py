@@ -123,6 +123,13 @@ class FaissStore:
     def reconstruct(self, vector_id: int) -> np.ndarray:
         return self.index.reconstruct(int(vector_id))
 
+    def vector(self, vector_id: int) -> np.ndarray | None:
+        """The stored vector, or None when the id is not in the index."""
+        try:
+            return self.index.reconstruct(int(vector_id))
+        except RuntimeError:
+            return None
+
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to ``k`` (id, cosine similarity) pairs, best first."""
         if self.index.ntotal == 0:
