@@ -63,8 +63,11 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     assert out.returncode == 1 and "outside the docs folder" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_quickstart_runs_offline_on_bundled_samples(tmp_path):
-    out = kbloop("quickstart", str(tmp_path / "qs"))
+def test_quickstart_runs_offline_on_bundled_samples(tmp_path, model_cache):
+    out = kbloop("quickstart", str(tmp_path / "qs"),
+                 env=cli_env(KBLOOP_GENERATOR="local:smollm2-135m", KBLOOP_MODEL_CACHE=str(model_cache)))
     assert out.returncode == 0, out.stderr
     assert "3 added" in out.stdout and "0 failed" in out.stdout
     assert "getting-started.md" in out.stdout.split("search:")[1].splitlines()[1]
+    answer = out.stdout.split("ask (local:smollm2-135m):")[1]
+    assert "8735" in answer and "Sources:" in answer
