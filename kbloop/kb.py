@@ -78,8 +78,9 @@ class KnowledgeBase:
         return self.indexer.ingest(paths, rebuild=rebuild)
 
     def store(self) -> FaissStore | None:
+        """The index for reading; ingest and check are what repair it."""
         if self.indexer.store is None:
-            self.indexer.check()
+            self.indexer.store = self.indexer.load_store()
         return self.indexer.store
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:

@@ -142,3 +142,19 @@ def test_an_older_manifest_is_migrated_on_open(tmp_path):
     applied = [r[0] for r in m.db.execute("SELECT name FROM migrations ORDER BY name")]
     assert applied == [n for n, _ in manifest_module.MIGRATIONS]
     assert m.keyword_search("walrus", 5) == [7]
+
+
+def test_readers_never_repair_so_they_cannot_race_a_writer(open_kb, home):
+    """Vectors a writer saved but has not recorded yet look like orphans; a search must leave them."""
+    write_corpus(home.root / "docs")
+    kb = open_kb()
+    kb.ingest()
+    store = kb.store()
+    store.add(np.array([777_777]), unit(1, dim=store.dim))
+    store.save()
+    reader = open_kb()
+    assert reader.search(QUERIES["guide.md"], 1)[0].path == "guide.md"
+    reader.status()
+    assert 777_777 in FaissStore.load(home.vector_store_dir).ids().tolist()
+    open_kb().ingest()  # a writer repairs
+    assert 777_777 not in FaissStore.load(home.vector_store_dir).ids().tolist()

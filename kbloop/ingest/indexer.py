@@ -19,14 +19,16 @@ the next open; the manifest never refers to a vector the saved store lacks.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -119,6 +121,8 @@ class Indexer:
         self.clock = clock
         self.progress = progress
         self.store: FaissStore | None = None
+        self._write_depth = 0
+        self._write_lock = None
         self.splitter = make_splitter(settings.chunk_size, settings.chunk_overlap)
 
     @property
@@ -133,8 +137,51 @@ class Indexer:
 
     # -- consistency ----------------------------------------------------------------------
 
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the home's write lock: one process at a time changes the store and manifest.
+
+        Re-entrant within this indexer (an ingest runs the check). Another process that
+        writes (an ingest from the command line while the daemon ingests) waits its turn.
+        """
+        if self._write_depth == 0:
+            self.home.data_dir.mkdir(parents=True, exist_ok=True)
+            self._write_lock = open(self.home.data_dir / "write.lock", "w")
+            fcntl.flock(self._write_lock, fcntl.LOCK_EX)
+        self._write_depth += 1
+        try:
+            yield
+        finally:
+            self._write_depth -= 1
+            if self._write_depth == 0:
+                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+                self._write_lock.close()
+
+    def load_store(self) -> FaissStore | None:
+        """The saved store for reading: no repairs, so a reader never races a writer.
+
+        Vectors a writer has saved but not yet recorded are skipped by searches anyway.
+        """
+        try:
+            store = FaissStore.load(self.store_dir)
+        except StoreError as exc:
+            raise StoreError(f"{exc}: run `kbloop check` (then `kbloop ingest`) to repair") from None
+        if store is not None and store.embedder != self.settings.embedder:
+            raise self._needs_rebuild(store)
+        return store
+
+    def _needs_rebuild(self, store: FaissStore) -> NeedsRebuild:
+        return NeedsRebuild(
+            f"the index was built with {store.embedder} but KBLOOP_EMBEDDER is {self.settings.embedder}: "
+            "run `kbloop ingest --rebuild` to re-embed everything, or set KBLOOP_EMBEDDER back"
+        )
+
     def check(self, rebuild: bool = False) -> CheckReport:
         """Load the store and make it agree with the manifest; repair what is safe."""
+        with self.writing():
+            return self._check(rebuild)
+
+    def _check(self, rebuild: bool) -> CheckReport:
         report = CheckReport()
         try:
             store = FaissStore.load(self.store_dir)
@@ -149,10 +196,7 @@ class Indexer:
             store = None
             report.repaired.append("rebuild: every file will be parsed and embedded again")
         elif store is not None and store.embedder != self.settings.embedder:
-            raise NeedsRebuild(
-                f"the index was built with {store.embedder} but KBLOOP_EMBEDDER is {self.settings.embedder}: "
-                "run `kbloop ingest --rebuild` to re-embed everything, or set KBLOOP_EMBEDDER back"
-            )
+            raise self._needs_rebuild(store)
         manifest_ids = self.manifest.vector_ids()
         store_ids = set(store.ids().tolist()) if store is not None else set()
         orphans, missing = store_ids - manifest_ids, manifest_ids - store_ids
@@ -182,7 +226,7 @@ class Indexer:
     # -- the ingest -----------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[str | Path] | None = None, rebuild: bool = False) -> IngestCounts:
-        with self.manifest.recording("ingest") as summary:
+        with self.writing(), self.manifest.recording("ingest") as summary:
             started = time.perf_counter()
             counts = self._ingest(paths, rebuild)
             counts.seconds = round(time.perf_counter() - started, 4)
