@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Any
 
 from kbloop import models
+from kbloop.assistant.grounding import technical_terms
 from kbloop.config import Home, Settings
 from kbloop.errors import KbloopError
 from kbloop.ingest.indexer import CheckReport, IngestCounts, Indexer
@@ -100,12 +101,16 @@ class KnowledgeBase:
         dense = dict(store.search(vector, depth))
         keyword = self.manifest.keyword_search(query, depth)
         scored = []
-        for vid in reciprocal_rank_fusion([list(dense), keyword])[: k + 8]:
+        for vid in reciprocal_rank_fusion([list(dense), keyword])[: depth]:
             score = self._cosine(store, vid, dense, vector)
             if score is not None:
                 scored.append((vid, score))
-        # A few extra: vectors awaiting cleanup after a crash are skipped by hits().
-        return self.manifest.hits(scored)[:k]
+        hits = self.manifest.hits(scored)  # drops vectors awaiting cleanup after a crash
+        # Chunks that contain the exact technical terms the question names come first.
+        terms = technical_terms(query)
+        if terms:
+            hits.sort(key=lambda h: -sum(term in h.text.lower() for term in terms))  # stable
+        return hits[:k]
 
     @staticmethod
     def _cosine(store: FaissStore, vid: int, dense: dict[int, float], query: Any) -> float | None:
