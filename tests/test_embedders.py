@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from docs_factory import QUERIES, write_corpus
+from docs_factory import write_corpus
 from fake_ollama import FakeOllama
 from kbloop import models
 from kbloop.config import Settings
