@@ -25,7 +25,6 @@ import argparse
 import json
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +34,7 @@ from kbloop.config import Home, init_home
 from kbloop.ingest.chunking import embed_text
 from kbloop.ingest.indexer import IngestCounts
 from kbloop.kb import KnowledgeBase
+from workdir import bench_workdir
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO.parent / "shared" / "kbdev" / "corpus" / "initial"
@@ -231,16 +231,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_workdir(workdir: Path | None) -> tuple[Path, bool]:
-    """The folder to work in, and whether this script created it as a temporary folder."""
-    if workdir is None:
-        return Path(tempfile.mkdtemp(prefix="kbloop-bench-ingest-")), True
-    workdir.mkdir(parents=True, exist_ok=True)
-    if any(workdir.iterdir()):
-        raise SystemExit(f"--workdir {workdir} is not empty")
-    return workdir.resolve(), False
-
-
 def run(corpus: Path, workdir: Path) -> dict:
     files = corpus_files(corpus)
     if not any(f.name == EDITED_FILE for f in files):
@@ -296,14 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     corpus = args.corpus.resolve()
     if not corpus.is_dir():
         raise SystemExit(f"corpus folder {corpus} does not exist")
-    workdir, temporary = prepare_workdir(args.workdir)
-    try:
+    with bench_workdir(args.workdir, args.keep, prefix="kbloop-bench-ingest-") as workdir:
         results = run(corpus, workdir)
-    finally:
-        if temporary and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        elif temporary:
-            print(f"\nkept {workdir}")
     if args.json:
         print("\n" + json.dumps(results, indent=2))
 

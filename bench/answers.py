@@ -1,0 +1,501 @@
+"""Answer benchmark: kbloop's question answering against a plain LangChain RAG baseline.
+
+Both pipelines answer the kbdev benchmark (``../shared/kbdev``) over ``corpus/initial``
+with the same embedding model (local:all-minilm-l6-v2) and the same generator object, greedily:
+
+- ``kbloop``: a kbloop home holding the corpus, ingested once; ``Assistant(kb).ask(question)``.
+  Retrieval is measured with ``kb.search(question, 5)``.
+- ``plain``: stock LangChain parts: one langchain-community loader per format (TextLoader for
+  .md/.txt, BSHTMLLoader for .html, PyPDFLoader for .pdf, Docx2txtLoader for .docx),
+  RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=150), a langchain-community
+  FAISS store, the top 4 chunks of ``similarity_search`` as context, and a one-line
+  "answer using only the context" prompt. Refusals are judged with kbloop's ``is_refusal``.
+
+For every model in ``--models`` and every pipeline in ``--pipelines`` it reports:
+
+- hit@1 / hit@5: the gold source file (``source`` or ``source2``) is among the top 1 / 5
+  retrieved chunks' files (qa_initial items);
+- accuracy: answers to qa_initial that state the answer or an accepted form
+  (``kbloop.evaluate.metrics.matches`` on the answer with citation marks such as ``[1]``
+  removed, so that a bare citation does not count as the number 1); a refusal is never
+  correct there;
+- refusal: qa_unanswerable items (answer NOT_IN_KB) where the pipeline says the knowledge
+  base does not hold the answer (the correct behaviour);
+- false refusal: qa_initial items the pipeline refused;
+- median time to first token (from the start of generation, retrieval excluded) and median
+  decode tokens/s ((completion tokens - 1) / time from first to last token), over the items
+  that reached the model.
+
+Each model is loaded and warmed up before anything is timed. Per-item results (question,
+expected and given answer, correct, refused, top sources, timings) go to
+``bench/out/answers-<time>.jsonl``.
+
+Run it from the repository root:
+
+    pip install -r bench/requirements.txt
+    python bench/answers.py [--models local:qwen2.5-0.5b,local:smollm2-135m]
+                            [--pipelines kbloop,plain] [--limit N]
+                            [--workdir DIR] [--keep] [--json]
+
+The full default run (2 models x 2 pipelines x 48 questions) takes tens of minutes on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kbloop import models
+from kbloop.assistant.answer import Assistant
+from kbloop.assistant.prompt import is_refusal
+from kbloop.config import Home, init_home
+from kbloop.evaluate.metrics import NOT_IN_KB, matches, reference_forms
+from kbloop.kb import KnowledgeBase
+from workdir import bench_workdir
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
+OUT_DIR = REPO / "bench" / "out"
+EMBEDDER = "local:all-minilm-l6-v2"
+DEFAULT_MODELS = "local:qwen2.5-0.5b,local:smollm2-135m"
+PIPELINES = ("kbloop", "plain")
+
+HIT_K = 5
+PLAIN_CONTEXT_K = 4
+PLAIN_CHUNK_SIZE = 1000
+PLAIN_CHUNK_OVERLAP = 150
+PLAIN_MAX_NEW_TOKENS = 200
+PLAIN_SYSTEM = "Answer using only the context; if it is not there, say you don't know."
+CITATION_MARK = re.compile(r"\[\d{1,2}\]")
+
+
+# -- benchmark items -------------------------------------------------------------------------
+
+def read_jsonl(path: Path, limit: int | None) -> list[dict]:
+    items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return items[:limit] if limit else items
+
+
+def load_items(bench: Path, limit: int | None) -> list[dict]:
+    """qa_initial then qa_unanswerable, each item tagged with the file it came from."""
+    items = []
+    for name in ("qa_initial", "qa_unanswerable"):
+        for item in read_jsonl(bench / f"{name}.jsonl", limit):
+            items.append({**item, "set": name})
+    return items
+
+
+def gold_sources(item: dict) -> set[str]:
+    return {s for s in (item.get("source"), item.get("source2")) if s}
+
+
+def answerable(item: dict) -> bool:
+    return item["answer"] != NOT_IN_KB
+
+
+def file_name(path: str) -> str:
+    return Path(path).name
+
+
+# -- one answer, whatever the pipeline -------------------------------------------------------
+
+@dataclass
+class Reply:
+    """What a pipeline said for one question, and how long generation took."""
+
+    answer: str
+    refused: bool
+    sources: list[dict]
+    first_token_s: float | None = None
+    tokens_per_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def without_citations(answer: str) -> str:
+    """The answer with citation marks such as [1] removed, so they never pass for numbers."""
+    return CITATION_MARK.sub(" ", answer)
+
+
+def grade(item: dict, reply: Reply) -> bool:
+    if not answerable(item):
+        return reply.refused
+    return not reply.refused and matches(without_citations(reply.answer), reference_forms(item))
+
+
+def stream_timed(pieces: Iterator[str], stats: dict) -> tuple[str, float | None, float | None]:
+    """Consume a generator stream: its text, seconds to the first piece, decode tokens/s."""
+    started = time.perf_counter()
+    first = None
+    text = []
+    for piece in pieces:
+        if first is None:
+            first = time.perf_counter()
+        text.append(piece)
+    done = time.perf_counter()
+    tokens = stats.get("completion_tokens") or 0
+    tps = max(tokens - 1, 0) / (done - first) if first is not None and done > first else None
+    return "".join(text).strip(), (first or done) - started, tps
+
+
+# -- the kbloop pipeline ---------------------------------------------------------------------
+
+def make_kbloop_home(root: Path, corpus: Path) -> Home:
+    home = init_home(root)
+    docs = home.docs_dir(home.load_settings())
+    for src in sorted(p for p in corpus.iterdir() if p.is_file()):
+        shutil.copyfile(src, docs / src.name)
+    return home
+
+
+def ingest_kbloop(home: Home, embedder: Any) -> dict:
+    with KnowledgeBase(home, embedder=embedder) as kb:
+        started = time.perf_counter()
+        counts = kb.ingest()
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "files": counts.files_added, "chunks": counts.chunks_embedded,
+            "failed": counts.files_failed}
+
+
+def kbloop_retrieval(home: Home, embedder: Any, items: list[dict]) -> dict[str, list[str]]:
+    """Top-5 files of ``kb.search`` for each question, by item id."""
+    with KnowledgeBase(home, embedder=embedder) as kb:
+        return {item["id"]: [file_name(h.path) for h in kb.search(item["question"], HIT_K)] for item in items}
+
+
+class KbloopPipeline:
+    name = "kbloop"
+
+    def __init__(self, home: Home, embedder: Any, generator: Any, model: str):
+        settings = home.load_settings().model_copy(update={"generator": model})
+        self.kb = KnowledgeBase(home, settings, embedder=embedder, generator=generator)
+        self.assistant = Assistant(self.kb)
+
+    def answer(self, question: str) -> Reply:
+        ans = self.assistant.ask(question)
+        timings = ans.timings
+        return Reply(
+            answer=ans.answer, refused=ans.refused,
+            sources=[{"path": s.path, "score": s.score} for s in ans.sources],
+            first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
+            prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
+        )
+
+    def close(self) -> None:
+        self.kb.close()
+
+
+# -- the plain LangChain pipeline ------------------------------------------------------------
+
+def langchain_loader(path: Path) -> Any:
+    """The stock langchain-community loader for one file, by extension."""
+    from langchain_community.document_loaders import (
+        BSHTMLLoader, Docx2txtLoader, PyPDFLoader, TextLoader,
+    )
+
+    loaders: dict[str, Callable[[str], Any]] = {
+        ".md": lambda p: TextLoader(p, encoding="utf-8"),
+        ".txt": lambda p: TextLoader(p, encoding="utf-8"),
+        ".html": lambda p: BSHTMLLoader(p, open_encoding="utf-8"),
+        ".pdf": PyPDFLoader,
+        ".docx": Docx2txtLoader,
+    }
+    make = loaders.get(path.suffix.lower())
+    return make(str(path)) if make else None
+
+
+def load_corpus(corpus: Path) -> tuple[list[Any], list[str]]:
+    """LangChain documents for every file, and one note per file that could not be loaded."""
+    from bs4 import XMLParsedAsHTMLWarning
+
+    documents, notes = [], []
+    for path in sorted(p for p in corpus.iterdir() if p.is_file()):
+        loader = langchain_loader(path)
+        if loader is None:
+            notes.append(f"{path.name}: no loader for {path.suffix}")
+            continue
+        try:
+            with warnings.catch_warnings():  # the corpus's XHTML pages, parsed as HTML on purpose
+                warnings.simplefilter("ignore", XMLParsedAsHTMLWarning)
+                documents += loader.load()
+        except Exception as exc:  # a baseline file that fails is reported, not fatal
+            notes.append(f"{path.name}: {exc.__class__.__name__}: {exc}")
+    return documents, notes
+
+
+def build_plain_store(corpus: Path, embedder: Any) -> tuple[Any, dict]:
+    from langchain_community.vectorstores import FAISS
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    started = time.perf_counter()
+    documents, notes = load_corpus(corpus)
+    splitter = RecursiveCharacterTextSplitter(chunk_size=PLAIN_CHUNK_SIZE, chunk_overlap=PLAIN_CHUNK_OVERLAP)
+    chunks = splitter.split_documents(documents)
+    store = FAISS.from_documents(chunks, embedder.as_langchain())
+    info = {"seconds": time.perf_counter() - started, "documents": len(documents),
+            "chunks": len(chunks), "notes": notes}
+    return store, info
+
+
+def plain_search(store: Any, question: str, k: int) -> list[Any]:
+    return store.similarity_search(question, k=k)
+
+
+def plain_retrieval(store: Any, items: list[dict]) -> dict[str, list[str]]:
+    return {item["id"]: [file_name(d.metadata.get("source", "")) for d in plain_search(store, item["question"], HIT_K)]
+            for item in items}
+
+
+def plain_messages(question: str, chunks: list[Any]) -> list[dict]:
+    context = "\n\n".join(chunk.page_content for chunk in chunks)
+    return [
+        {"role": "system", "content": PLAIN_SYSTEM},
+        {"role": "user", "content": f"Context:\n{context}\n\nQuestion: {question}"},
+    ]
+
+
+class PlainPipeline:
+    name = "plain"
+
+    def __init__(self, store: Any, generator: Any):
+        self.store = store
+        self.generator = generator
+
+    def answer(self, question: str) -> Reply:
+        chunks = plain_search(self.store, question, PLAIN_CONTEXT_K)
+        stats: dict = {}
+        pieces = self.generator.stream(plain_messages(question, chunks),
+                                       max_new_tokens=PLAIN_MAX_NEW_TOKENS, stats=stats)
+        text, first_token_s, tps = stream_timed(pieces, stats)
+        return Reply(
+            answer=text, refused=is_refusal(text),
+            sources=[{"path": file_name(c.metadata.get("source", "")), "page": c.metadata.get("page")}
+                     for c in chunks],
+            first_token_s=first_token_s, tokens_per_s=tps,
+            prompt_tokens=stats.get("prompt_tokens"), completion_tokens=stats.get("completion_tokens"),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+# -- running and scoring ---------------------------------------------------------------------
+
+@dataclass
+class Context:
+    """Everything prepared once and shared by all models."""
+
+    items: list[dict]
+    embedder: Any
+    home: Home
+    store: Any = None
+    retrieval: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+
+
+def open_pipeline(name: str, ctx: Context, generator: Any, model: str) -> Any:
+    if name == "kbloop":
+        return KbloopPipeline(ctx.home, ctx.embedder, generator, model)
+    return PlainPipeline(ctx.store, generator)
+
+
+def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: list[str], seconds: float) -> dict:
+    gold = sorted(gold_sources(item))
+    return {
+        "id": item["id"], "set": item["set"], "pipeline": pipeline, "model": model,
+        "question": item["question"], "expected": item["answer"], "accept": item.get("accept", []),
+        "answer": reply.answer, "correct": grade(item, reply), "refused": reply.refused,
+        "gold_sources": gold,
+        "hit1": bool(gold) and any(f in gold for f in top_files[:1]),
+        "hit5": bool(gold) and any(f in gold for f in top_files[:HIT_K]),
+        "retrieved_top5": top_files, "top_sources": reply.sources,
+        "first_token_s": reply.first_token_s, "tokens_per_s": reply.tokens_per_s,
+        "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "seconds": round(seconds, 3),
+    }
+
+
+def run_pipeline(pipeline: Any, model: str, ctx: Context, out: Any) -> list[dict]:
+    records = []
+    for n, item in enumerate(ctx.items, 1):
+        started = time.perf_counter()
+        reply = pipeline.answer(item["question"])
+        record = item_record(item, pipeline.name, model, reply, ctx.retrieval[pipeline.name][item["id"]],
+                             time.perf_counter() - started)
+        records.append(record)
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+        ttft = f"{reply.first_token_s:.2f}s" if reply.first_token_s is not None else "-"
+        print(f"  [{n}/{len(ctx.items)}] {item['id']} correct={record['correct']!s:5} "
+              f"refused={reply.refused!s:5} ttft={ttft} answer={one_line(reply.answer, 70)!r}", flush=True)
+    return records
+
+
+def one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def load_generator(model: str, settings: Any) -> tuple[Any, float]:
+    """The generator for ``model``, loaded (and converted if needed) and warmed up."""
+    generator = models.create("generator", model, settings)
+    started = time.perf_counter()
+    generator.generate([{"role": "user", "content": "hi"}], max_new_tokens=2)
+    return generator, time.perf_counter() - started
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def rate(records: list[dict], key: str) -> dict:
+    hits = sum(1 for r in records if r[key])
+    return {"n": hits, "of": len(records), "rate": hits / len(records) if records else None}
+
+
+def summarise(records: list[dict]) -> dict:
+    answerable_records = [r for r in records if r["expected"] != NOT_IN_KB]
+    unanswerable_records = [r for r in records if r["expected"] == NOT_IN_KB]
+    return {
+        "hit1": rate(answerable_records, "hit1"),
+        "hit5": rate(answerable_records, "hit5"),
+        "accuracy": rate(answerable_records, "correct"),
+        "refusal": rate(unanswerable_records, "correct"),
+        "false_refusal": rate(answerable_records, "refused"),
+        "median_first_token_s": median([r["first_token_s"] for r in records]),
+        "median_tokens_per_s": median([r["tokens_per_s"] for r in records]),
+        "seconds": sum(r["seconds"] for r in records),
+    }
+
+
+def format_rate(value: dict) -> str:
+    if value["rate"] is None:
+        return "-"
+    return f"{value['rate']:.3f} ({value['n']}/{value['of']})"
+
+
+def format_number(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_table(rows: list[dict]) -> str:
+    header = ("model", "pipeline", "hit@1", "hit@5", "accuracy", "refusal (unanswerable)",
+              "false refusal", "median TTFT s", "median decode tok/s", "answer time s")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        s = row["summary"]
+        cells = (row["model"], row["pipeline"], format_rate(s["hit1"]), format_rate(s["hit5"]),
+                 format_rate(s["accuracy"]), format_rate(s["refusal"]), format_rate(s["false_refusal"]),
+                 format_number(s["median_first_token_s"], 2), format_number(s["median_tokens_per_s"], 1),
+                 format_number(s["seconds"], 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -- setup and main --------------------------------------------------------------------------
+
+def prepare(ctx: Context, pipelines: list[str], corpus: Path) -> dict:
+    """Index the corpus once for each pipeline and record each pipeline's retrieval."""
+    info = {}
+    if "kbloop" in pipelines:
+        info["kbloop"] = ingest_kbloop(ctx.home, ctx.embedder)
+        ctx.retrieval["kbloop"] = kbloop_retrieval(ctx.home, ctx.embedder, ctx.items)
+        print(f"kbloop: ingested {info['kbloop']['files']} files, {info['kbloop']['chunks']} chunks "
+              f"({info['kbloop']['failed']} failed) in {info['kbloop']['seconds']:.1f} s")
+    if "plain" in pipelines:
+        ctx.store, info["plain"] = build_plain_store(corpus, ctx.embedder)
+        ctx.retrieval["plain"] = plain_retrieval(ctx.store, ctx.items)
+        print(f"plain: {info['plain']['documents']} LangChain documents, {info['plain']['chunks']} chunks "
+              f"in {info['plain']['seconds']:.1f} s")
+        for note in info["plain"]["notes"]:
+            print(f"  plain loader note: {note}")
+    return info
+
+
+def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
+    items = load_items(args.bench, args.limit)
+    corpus = args.bench / "corpus" / "initial"
+    print(f"benchmark: {args.bench} ({sum(answerable(i) for i in items)} answerable, "
+          f"{sum(not answerable(i) for i in items)} unanswerable items)")
+    print(f"workdir: {workdir}\nper-item results: {out_path}")
+
+    home = make_kbloop_home(workdir / "kbloop", corpus)
+    settings = home.load_settings()
+    ctx = Context(items=items, embedder=models.create("embedder", EMBEDDER, settings), home=home)
+    ctx.embedder.embed(["warm up"])
+    indexes = prepare(ctx, args.pipelines, corpus)
+
+    rows = []
+    with out_path.open("w", encoding="utf-8") as out:
+        for model in args.models:
+            generator, warm_seconds = load_generator(model, settings)
+            print(f"\n{model}: loaded and warmed up in {warm_seconds:.1f} s (not counted)")
+            for name in args.pipelines:
+                print(f"{model} / {name}:", flush=True)
+                pipeline = open_pipeline(name, ctx, generator, model)
+                try:
+                    records = run_pipeline(pipeline, model, ctx, out)
+                finally:
+                    pipeline.close()
+                rows.append({"model": model, "pipeline": name, "summary": summarise(records)})
+            del generator
+
+    print("\n## Summary\n")
+    print(summary_table(rows))
+    print(f"\nper-item results: {out_path}")
+    return {"bench": str(args.bench), "embedder": EMBEDDER, "limit": args.limit,
+            "indexes": indexes, "results": rows, "items_file": str(out_path)}
+
+
+def comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=comma_list, default=comma_list(DEFAULT_MODELS),
+                        help=f"generator specs, comma-separated (default: {DEFAULT_MODELS})")
+    parser.add_argument("--pipelines", type=comma_list, default=list(PIPELINES),
+                        help="pipelines to run, comma-separated: kbloop, plain (default: both)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="ask only the first N items of each qa file (quick runs)")
+    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
+                        help=f"the kbdev benchmark folder (default: {DEFAULT_BENCH})")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="empty or new folder for the indexes (default: a new temporary folder, "
+                             "deleted at the end unless --keep; a folder given here is kept)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.pipelines if p not in PIPELINES]
+    if unknown or not args.pipelines:
+        parser.error(f"--pipelines: expected some of {', '.join(PIPELINES)}, got {','.join(args.pipelines)}")
+    if not args.models:
+        parser.error("--models: give at least one generator spec")
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be at least 1")
+    args.bench = args.bench.resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not (args.bench / "qa_initial.jsonl").is_file():
+        raise SystemExit(f"{args.bench} is not the kbdev benchmark (no qa_initial.jsonl)")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_path = OUT_DIR / f"answers-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    with bench_workdir(args.workdir, args.keep, prefix="kbloop-bench-answers-") as workdir:
+        results = run(args, workdir, out_path)
+    if args.json:
+        print("\n" + json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
