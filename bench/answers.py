@@ -16,8 +16,8 @@ For every model in ``--models`` and every pipeline in ``--pipelines`` it reports
 - hit@1 / hit@5: the gold source file (``source`` or ``source2``) is among the top 1 / 5
   retrieved chunks' files (qa_initial items);
 - accuracy: answers to qa_initial that state the answer or an accepted form
-  (``kbloop.evaluate.metrics.matches`` on the answer with citation marks such as ``[1]``
-  removed, so that a bare citation does not count as the number 1); a refusal is never
+  (``kbloop.evaluate.metrics.matches``, which ignores citation marks such as ``[1]``, so a
+  bare citation never counts as the number 1); a refusal is never
   correct there;
 - refusal: qa_unanswerable items (answer NOT_IN_KB) where the pipeline says the knowledge
   base does not hold the answer (the correct behaviour);
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import time
@@ -74,7 +73,6 @@ PLAIN_CHUNK_SIZE = 1000
 PLAIN_CHUNK_OVERLAP = 150
 PLAIN_MAX_NEW_TOKENS = 200
 PLAIN_SYSTEM = "Answer using only the context; if it is not there, say you don't know."
-CITATION_MARK = re.compile(r"\[\d{1,2}\]")
 
 
 # -- benchmark items -------------------------------------------------------------------------
@@ -120,15 +118,10 @@ class Reply:
     completion_tokens: int | None = None
 
 
-def without_citations(answer: str) -> str:
-    """The answer with citation marks such as [1] removed, so they never pass for numbers."""
-    return CITATION_MARK.sub(" ", answer)
-
-
 def grade(item: dict, reply: Reply) -> bool:
     if not answerable(item):
         return reply.refused
-    return not reply.refused and matches(without_citations(reply.answer), reference_forms(item))
+    return not reply.refused and matches(reply.answer, reference_forms(item))
 
 
 def stream_timed(pieces: Iterator[str], stats: dict) -> tuple[str, float | None, float | None]:

@@ -12,13 +12,14 @@ from collections import Counter
 from typing import Iterable
 
 NOT_IN_KB = "NOT_IN_KB"
+_CITATION = re.compile(r"\[\d{1,2}\]")  # a source mark like [1] is not the number 1
 _PUNCT = re.compile(r"[`*_\\\"'“”‘’()\[\]{},;:!?]")
 _SPACE = re.compile(r"\s+")
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 
 def normalise(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
+    text = _CITATION.sub(" ", unicodedata.normalize("NFKC", text).lower())
     text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 6,700 -> 6700
     text = _PUNCT.sub(" ", text)
     text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # sentence dots, not decimal points

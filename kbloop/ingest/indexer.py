@@ -20,7 +20,6 @@ the next open; the manifest never refers to a vector the saved store lacks.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 from kbloop.config import Home, Settings
 from kbloop.errors import KbloopError, LoaderError, NeedsRebuild, StoreError
+from kbloop.fsutil import sha256_file
 from kbloop.ingest.chunking import Chunk, chunk_document, make_splitter
 from kbloop.ingest.loaders import load, supported
 from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
@@ -56,14 +56,6 @@ def is_ignored_name(name: str) -> bool:
     """Hidden files, editor backups and partial downloads are never documents."""
     return (name.startswith((".", "~$", "#")) or name.endswith(IGNORED_SUFFIXES)
             or name.lower().endswith(IGNORED_SUFFIXES))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from kbloop.errors import BackendUnavailable
+from kbloop.fsutil import sha256_file
 from kbloop.models.files import package_dir
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def gguf_file(preset: PackagedGGUF, cache_dir: Path) -> Path:
     """The verified GGUF file: in place for a single-file package, assembled for chunks."""
     if not preset.chunked:
@@ -151,7 +144,7 @@ def converted_dir(preset: PackagedGGUF, cache_dir: Path) -> Path:
         if _stamp_matches(target, stamp):
             return target
         source = gguf_file(preset, cache_dir)
-        if not preset.chunked and _sha256(source) != preset.sha256:
+        if not preset.chunked and sha256_file(source) != preset.sha256:
             raise BackendUnavailable(f"{source} does not match its pinned SHA-256; reinstall: {preset.install}")
         log.warning("converting %s to safetensors once (this takes up to a minute)", preset.name)
         tmp = target.with_name(f".{preset.name}.converting")

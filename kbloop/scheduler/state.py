@@ -8,20 +8,17 @@ by this file: a daemon killed with -9 leaves a file that still says "running".
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from kbloop.fsutil import atomic_write_bytes
 from kbloop.scheduler.lock import lock_holder
 
 STATE_NAME = "daemon.json"
 
 
 def write_state(data_dir: Path, state: dict) -> None:
-    """Temp file + ``os.replace``: a reader sees the old state or the new one, never half."""
-    path = Path(data_dir) / STATE_NAME
-    tmp = path.with_name(f".{STATE_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomically: a reader sees the old state or the new one, never half."""
+    atomic_write_bytes(Path(data_dir) / STATE_NAME, json.dumps(state, indent=2, sort_keys=True).encode())
 
 
 def read_state(data_dir: Path) -> dict:
