@@ -112,17 +112,3 @@ def test_ollama_down_is_one_clear_error():
     gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=f"http://127.0.0.1:{port}"))
     with pytest.raises(BackendUnavailable, match="cannot reach Ollama"):
         gen.generate([{"role": "user", "content": "hi"}])
-
-
-def test_an_answer_that_only_restates_the_question_is_retried_once(sample_home, open_kb):
-    question = "Which port does Harbor listen on by default?"
-    replies = iter([question, "Harbor listens on port 8735 by default."])
-    with FakeOllama(models=("qwen3:4b",), reply=lambda body: next(replies)) as server:
-        kb = open_kb(sample_home)
-        kb.ingest()
-        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
-        answer = Assistant(kb, gen).ask(question)
-        assert answer.answer == "Harbor listens on port 8735 by default." and not answer.refused
-        assert answer.timings["retries"] == 1
-        chats = [body for path, body in server.requests if path == "/api/chat"]
-        assert len(chats) == 2 and "only repeats the question" in chats[1]["messages"][-1]["content"]

@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from kbloop.assistant.grounding import attribute, restates, unmentioned_terms
-from kbloop.assistant.prompt import (RESTATED, STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
+from kbloop.assistant.grounding import attribute, unmentioned_terms
+from kbloop.assistant.prompt import (STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
                                      is_refusal)
 from kbloop.ingest.manifest import Hit
 
@@ -99,20 +99,20 @@ class Assistant:
             return
 
         stats: dict = {}
-        messages = build_messages(question, hits, history)
-        first_token: list[float] = []
-        shown = yield from self._generate(messages, stats, first_token)
-        text = clean_answer(shown)
-        if restates(question, text):
-            # One more try that names the mistake; only the second reply counts.
-            yield "\n"
-            messages += [{"role": "assistant", "content": text}, {"role": "user", "content": RESTATED}]
-            retry_stats: dict = {}
-            text = clean_answer((yield from self._generate(messages, retry_stats, [])))
-            stats["completion_tokens"] = (stats.get("completion_tokens") or 0) + (retry_stats.get("completion_tokens") or 0)
-            timings["retries"] = 1  # the first reply only restated the question
-        first_token = first_token[0] if first_token else None
+        shown = StopFilter()
+        first_token = None
+        for piece in self.generator.stream(build_messages(question, hits, history), stop=STOP_STRINGS,
+                                           max_new_tokens=settings.max_new_tokens, stats=stats):
+            if first_token is None:
+                first_token = time.perf_counter()
+            if text := shown.feed(piece):
+                yield text
+            if shown.stopped:
+                break
+        if rest := shown.flush():
+            yield rest
         done = time.perf_counter()
+        text = clean_answer(shown.text)
         tokens = stats.get("completion_tokens") or 0
         timings.update({
             "first_token_s": round((first_token or done) - retrieved, 4),
@@ -126,21 +126,6 @@ class Assistant:
             yield answer(text, "the model found no answer in the sources", [])
         else:
             yield answer(text, None, sorted(set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))))
-
-    def _generate(self, messages: list[dict], stats: dict, first_token: list[float]) -> Iterator[str]:
-        """Stream one reply, holding back an invented next turn; returns the text shown."""
-        shown = StopFilter()
-        for piece in self.generator.stream(messages, stop=STOP_STRINGS, stats=stats,
-                                           max_new_tokens=self.kb.settings.max_new_tokens):
-            if not first_token:
-                first_token.append(time.perf_counter())
-            if text := shown.feed(piece):
-                yield text
-            if shown.stopped:
-                break
-        if rest := shown.flush():
-            yield rest
-        return shown.text
 
     def _refuse_before_generating(self, question: str, hits: list[Hit]) -> str | None:
         """Why the knowledge base cannot answer, when that is clear without asking the model."""

@@ -45,11 +45,3 @@ def attribute(answer: str, question: str, hits: list[Hit]) -> list[int]:
     overlaps = [sum(1 for w in content if w in set(normalise(h.text).split())) for h in hits]
     best = max(overlaps, default=0)
     return [n for n, o in enumerate(overlaps, start=1) if best and o == best]
-
-
-def restates(question: str, answer: str) -> bool:
-    """The answer only repeats the question (small models do this with long questions)."""
-    asked = set(normalise(question).split())
-    said = normalise(answer).split()
-    new = [w for w in said if w not in asked and w not in STOPWORDS]
-    return len(said) >= 0.8 * len(asked) and len(new) <= 1

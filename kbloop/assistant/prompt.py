@@ -28,12 +28,6 @@ REFUSAL = re.compile(
 CITATION = re.compile(r"\[(\d{1,2})\]")
 
 
-RESTATED = (
-    "That only repeats the question. Answer it: give the value, name or command the sources state. "
-    f"If the sources do not contain it, reply exactly: {DONT_KNOW}"
-)
-
-
 def source_heading(n: int, hit: Hit) -> str:
     where = " > ".join(v for v in (hit.metadata.get("title"), hit.metadata.get("section")) if v)
     page = f", page {hit.metadata['page']}" if hit.metadata.get("page") else ""
