@@ -175,28 +175,27 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
-@loader(".md", ".markdown")
-def load_markdown(path: Path) -> Loaded:
+def _partition_text_file(path: Path, fn_name: str, module: str, plain_text: bool = False) -> Loaded:
+    """Decode a text-based file ourselves (with the encoding note), then partition the text."""
     text, notes = read_text(path)
-    loaded = _partition("partition_md", "unstructured.partition.md", text=text)
+    loaded = _partition(fn_name, module, plain_text=plain_text, text=text)
     loaded.notes += notes
     return loaded
+
+
+@loader(".md", ".markdown")
+def load_markdown(path: Path) -> Loaded:
+    return _partition_text_file(path, "partition_md", "unstructured.partition.md")
 
 
 @loader(".txt")
 def load_text(path: Path) -> Loaded:
-    text, notes = read_text(path)
-    loaded = _partition("partition_text", "unstructured.partition.text", plain_text=True, text=text)
-    loaded.notes += notes
-    return loaded
+    return _partition_text_file(path, "partition_text", "unstructured.partition.text", plain_text=True)
 
 
 @loader(".html", ".htm")
 def load_html(path: Path) -> Loaded:
-    text, notes = read_text(path)
-    loaded = _partition("partition_html", "unstructured.partition.html", text=text)
-    loaded.notes += notes
-    return loaded
+    return _partition_text_file(path, "partition_html", "unstructured.partition.html")
 
 
 @loader(".docx")
