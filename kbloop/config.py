@@ -92,6 +92,27 @@ class Settings(BaseModel):
     torch_threads: int = Field(
         0, ge=0, le=512, description="CPU threads for local models; 0 lets torch decide."
     )
+    dataset_teacher_pairs: int = Field(
+        2, ge=0, le=10,
+        description=(
+            "`kbloop dataset build`: question/answer pairs the teacher model writes per new chunk, besides "
+            "the extractive ones that need no model; 0 builds from extractive pairs only (fast, offline)."
+        ),
+    )
+    dataset_distractors: int = Field(
+        3, ge=0, le=20, description="`kbloop dataset build`: retrieved non-source chunks put beside each question."
+    )
+    dataset_oracle_p: float = Field(
+        0.8, ge=0.0, le=1.0,
+        description=(
+            "`kbloop dataset build`: share of training records whose knowledge includes the source chunk; "
+            "the rest teach the model to say the knowledge does not hold the answer."
+        ),
+    )
+    dataset_eval_fraction: float = Field(
+        0.1, ge=0.0, le=0.9,
+        description="`kbloop dataset build`: share of source chunks held out for evaluation (never trained on).",
+    )
     scan_interval_minutes: int = Field(
         10, ge=0, le=10080,
         description=(
@@ -113,6 +134,21 @@ class Settings(BaseModel):
     job_retry_seconds: float = Field(
         30.0, gt=0, le=3600,
         description="`kbloop daemon`: wait before the first retry of a failed job; each later retry waits twice as long.",
+    )
+    serve_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "`kbloop serve`: address to listen on. The default answers this machine only; 0.0.0.0 "
+            "exposes the API to the network, so set KBLOOP_API_KEY too."
+        ),
+    )
+    serve_port: int = Field(8765, ge=0, le=65535, description="`kbloop serve`: TCP port; 0 picks a free one.")
+    api_key: str = Field(
+        "",
+        description=(
+            "`kbloop serve`: when set, every /api and /v1 request must send `Authorization: Bearer <key>`; "
+            "empty means no key."
+        ),
     )
 
     @field_validator("embedder", "generator", "judge", "teacher")
@@ -216,6 +252,18 @@ class Home:
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.data_dir / "evals"
 
     def docs_dir(self, settings: Settings) -> Path:
         path = Path(settings.docs_dir).expanduser()

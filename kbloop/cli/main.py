@@ -41,10 +41,10 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from kbloop.cli import assistant, daemon, home, index
+    from kbloop.cli import assistant, daemon, dataset, home, index
 
     for command in (home.init, home.quickstart, index.ingest, index.search, index.status, index.check,
-                    assistant.ask, assistant.chat, daemon.daemon):
+                    assistant.ask, assistant.chat, daemon.daemon, dataset.dataset):
         cli.add_command(command)
 
 

@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -80,6 +80,59 @@ MIGRATIONS: list[tuple[str, str]] = [
                        coalesce(json_extract(metadata, '$.section'), '') || ' ' || text FROM chunks;
         """,
     ),
+    (
+        "003_datasets",
+        # Dataset versions and the status of every record in them. The records themselves live
+        # in data/datasets/<version>.jsonl, never edited; retiring one is a row update here.
+        """
+        CREATE TABLE dataset_versions (
+            version TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            parent TEXT,
+            info TEXT NOT NULL                  -- JSON: settings, teacher, counts
+        );
+        CREATE TABLE dataset_records (
+            id TEXT PRIMARY KEY,                -- hash of source text hash + question
+            version TEXT NOT NULL REFERENCES dataset_versions(version),
+            split TEXT NOT NULL,                -- train | eval
+            text_hash TEXT NOT NULL,            -- the source chunk's text hash
+            path TEXT NOT NULL,
+            generator TEXT NOT NULL,
+            oracle INTEGER NOT NULL,            -- 1 = the source chunk is in the knowledge
+            question TEXT NOT NULL,
+            status TEXT NOT NULL,               -- active | retired
+            retired_in TEXT,
+            retired_reason TEXT                 -- changed | deleted
+        );
+        CREATE INDEX dataset_records_hash ON dataset_records(text_hash);
+        CREATE INDEX dataset_records_status ON dataset_records(status, split);
+        CREATE TABLE dataset_chunks (           -- chunk texts already turned into records
+            text_hash TEXT PRIMARY KEY,
+            version TEXT NOT NULL,
+            n_records INTEGER NOT NULL
+        );
+        """,
+    ),
+    (
+        "004_feedback",
+        # Thumbs up or down on an answer, from the web page or the API. Thumbs-down answers are
+        # candidates for the eval set: a question the assistant got wrong is worth re-asking.
+        """
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            created_at REAL NOT NULL,
+            rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
+            comment TEXT,
+            question TEXT NOT NULL,
+            answer TEXT NOT NULL,
+            sources TEXT NOT NULL,              -- JSON: the sources shown with the answer
+            model TEXT,
+            adapter TEXT,
+            refused INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX feedback_rating ON feedback(rating, id);
+        """,
+    ),
 ]
 
 
@@ -106,6 +159,25 @@ class ChunkRecord:
     text: str
     metadata: dict
     vector_id: int
+
+
+Rating = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A user's rating of one answer, with what they were shown."""
+
+    id: int
+    created_at: float
+    rating: str
+    comment: str | None
+    question: str
+    answer: str
+    sources: list[dict]
+    model: str | None
+    adapter: str | None
+    refused: bool
 
 
 @dataclass(frozen=True)
@@ -317,6 +389,31 @@ class Manifest:
     def last_runs(self, limit: int = 5) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(row) | {"summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]
+
+    # -- feedback -------------------------------------------------------------------------
+
+    def add_feedback(self, rating: Rating, question: str, answer: str, *, comment: str | None = None,
+                     sources: list[dict] | None = None, model: str | None = None, adapter: str | None = None,
+                     refused: bool = False) -> int:
+        """Store one rating of an answer; returns its id."""
+        cur = self.db.execute(
+            """INSERT INTO feedback (created_at, rating, comment, question, answer, sources, model, adapter, refused)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (time.time(), rating, comment or None, question, answer, json.dumps(sources or [], sort_keys=True),
+             model, adapter, int(refused)),
+        )
+        return int(cur.lastrowid)
+
+    def feedback(self, rating: Rating | None = None, limit: int = 100) -> list[Feedback]:
+        """Stored ratings, newest first; only one kind when ``rating`` is given."""
+        where, args = ("WHERE rating = ?", [rating]) if rating else ("", [])
+        rows = self.db.execute(f"SELECT * FROM feedback {where} ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [Feedback(**dict(row) | {"sources": json.loads(row["sources"]), "refused": bool(row["refused"])})
+                for row in rows]
+
+    def eval_candidates(self, limit: int = 1000) -> list[Feedback]:
+        """Answers users marked wrong: questions an eval set should ask again."""
+        return self.feedback("down", limit)
 
 
 def _chunk(row: sqlite3.Row) -> ChunkRecord:

@@ -1,0 +1,192 @@
+"""``kbloop dataset build``: records from the chunks that are new since the last build.
+
+The algorithm, in ``build``:
+
+1. read the indexed chunks in one snapshot (an ingest may run meanwhile; the next build sees it);
+2. chunk texts turned into records before but no longer indexed retire their records:
+   "changed" when their file is still there (the new text's records supersede them), else "deleted";
+3. each new chunk text gives pairs: extractive ones always, the teacher's when configured;
+   a pair is kept only if the chunk supports its answer, its lengths are sane and its
+   question is not a near-duplicate;
+4. each kept pair becomes a record: its chunk plus retrieved distractors (RAFT), in the
+   eval split when the chunk's hash says so;
+5. the version's files are written, then its rows, in one manifest transaction.
+
+An unchanged knowledge base yields no version at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from kbloop.dataset.extractive import Pair, extract_pairs
+from kbloop.dataset.filters import Deduplicator, length_problem, supported
+from kbloop.dataset.records import Knowledge, Record, assemble, in_eval_split, record_id
+from kbloop.dataset.store import DatasetStore
+from kbloop.dataset.teacher import teacher_pairs
+from kbloop.fsutil import exclusive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceChunk:
+    text_hash: str
+    path: str
+    text: str
+    metadata: dict
+    vector_id: int
+
+    @property
+    def knowledge(self) -> Knowledge:
+        return Knowledge(self.path, self.text, self.metadata, oracle=True)
+
+
+@dataclass
+class BuildCounts:
+    version: str | None = None
+    chunks_new: int = 0
+    chunks_unchanged: int = 0
+    chunks_retired: int = 0
+    pairs_generated: int = 0
+    pairs_unsupported: int = 0
+    pairs_bad_length: int = 0
+    pairs_duplicate: int = 0
+    records_train: int = 0
+    records_eval: int = 0
+    records_retired: int = 0
+    by_generator: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def indexed_chunks(manifest) -> dict[str, SourceChunk]:
+    """Every indexed chunk text, by hash (one place per text), read in one snapshot."""
+    with manifest.transaction() as db:
+        rows = db.execute(
+            """SELECT chunks.text_hash, chunks.text, chunks.metadata, chunks.vector_id, files.path FROM chunks
+               JOIN files ON files.id = chunks.file_id WHERE files.status = 'indexed'
+               ORDER BY files.path, chunks.ordinal"""
+        ).fetchall()
+    out: dict[str, SourceChunk] = {}
+    for r in rows:
+        out.setdefault(r["text_hash"], SourceChunk(r["text_hash"], r["path"], r["text"], json.loads(r["metadata"]),
+                                                   r["vector_id"]))
+    return out
+
+
+def build(kb, teacher=None, progress: bool = False, limit: int | None = None) -> BuildCounts:
+    """Build the next dataset version from what changed; ``limit`` caps the new chunks read
+    (the rest wait for the next build)."""
+    with exclusive(kb.home.data_dir / "dataset.lock", "dataset build"):
+        with kb.manifest.recording("dataset") as summary:
+            counts = _build(kb, teacher, progress, limit)
+            summary.update({k: v for k, v in counts.as_dict().items() if k != "by_generator"})
+    return counts
+
+
+def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
+    started = time.perf_counter()
+    settings = kb.settings
+    store = DatasetStore(kb.home, kb.manifest)
+    counts = BuildCounts()
+
+    current = indexed_chunks(kb.manifest)
+    processed = store.processed_hashes()
+    live_paths = {c.path for c in current.values()}
+    retire = {}
+    for text_hash, path in kb.manifest.db.execute(
+            "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active'"):
+        if text_hash not in current:
+            retire[text_hash] = "changed" if path in live_paths else "deleted"
+    retire.update({h: "deleted" for h in processed - current.keys() if h not in retire})
+    new = [c for h, c in current.items() if h not in processed]
+    counts.chunks_unchanged = len(current) - len(new)
+    if limit is not None:
+        new = new[:limit]
+    counts.chunks_new, counts.chunks_retired = len(new), len(retire)
+
+    version = store.next_version()
+    by_vector = {c.vector_id: c for c in current.values()}
+    dedupe = Deduplicator(store.active_questions())
+    records: list[Record] = []
+    done: dict[str, int] = {}
+    for chunk in _bar(new, progress):
+        pairs = extract_pairs(chunk.text, chunk.metadata, chunk.path)
+        if teacher is not None and settings.dataset_teacher_pairs:
+            pairs += teacher_pairs(teacher, chunk.text, chunk.metadata, chunk.path, settings.dataset_teacher_pairs)
+        kept = _keep(pairs, chunk, dedupe, counts)
+        split = "eval" if in_eval_split(chunk.text_hash, settings.dataset_eval_fraction) else "train"
+        for pair in kept:
+            rid = record_id(chunk.text_hash, pair.question)
+            distractors = _distractors(kb, pair, chunk, by_vector, settings.dataset_distractors)
+            source = {"path": chunk.path, "text_hash": chunk.text_hash, "vector_id": chunk.vector_id,
+                      "metadata": chunk.metadata}
+            records.append(assemble(rid, version, split, pair.generator, pair.question, pair.answer,
+                                    chunk.knowledge, distractors, settings.dataset_oracle_p, source))
+            counts.by_generator[pair.generator] = counts.by_generator.get(pair.generator, 0) + 1
+        done[chunk.text_hash] = len(kept)
+
+    counts.records_train = sum(r.split == "train" for r in records)
+    counts.records_eval = sum(r.split == "eval" for r in records)
+    if retire:
+        counts.records_retired = kb.manifest.db.execute(
+            f"SELECT COUNT(*) FROM dataset_records WHERE status = 'active' AND text_hash IN "
+            f"({','.join('?' * len(retire))})", list(retire)).fetchone()[0]
+    if records or retire or done:
+        info = {
+            "settings": {k: getattr(settings, k) for k in ("dataset_teacher_pairs", "dataset_distractors",
+                                                           "dataset_oracle_p", "dataset_eval_fraction",
+                                                           "chunk_size", "chunk_overlap", "embedder")},
+            "teacher": getattr(teacher, "spec", None),
+            "counts": {k: v for k, v in counts.as_dict().items() if k not in ("version", "seconds")},
+        }
+        store.commit(version, store.latest(), info, records, done, retire)
+        counts.version = version
+    counts.seconds = round(time.perf_counter() - started, 3)
+    return counts
+
+
+def _keep(pairs: list[Pair], chunk: SourceChunk, dedupe: Deduplicator, counts: BuildCounts) -> list[Pair]:
+    kept: list[Pair] = []
+    siblings: list[frozenset[str]] = []
+    for pair in pairs:
+        counts.pairs_generated += 1
+        if length_problem(pair.question, pair.answer):
+            counts.pairs_bad_length += 1
+        elif not supported(pair.answer, chunk.text):
+            counts.pairs_unsupported += 1
+        elif not dedupe.admit(pair.question, siblings):
+            counts.pairs_duplicate += 1
+        else:
+            kept.append(pair)
+    return kept
+
+
+def _distractors(kb, pair: Pair, chunk: SourceChunk, by_vector: dict[int, SourceChunk], k: int) -> list[Knowledge]:
+    """The chunks retrieval ranks highest for the question that are not its source and do not
+    state its answer: plausible, and wrong to answer from."""
+    if k == 0:
+        return []
+    out: list[Knowledge] = []
+    for hit in kb.search(pair.question, k + 6):
+        other = by_vector.get(hit.vector_id)
+        if other is None or other.text_hash == chunk.text_hash or supported(pair.answer, other.text):
+            continue
+        out.append(Knowledge(other.path, other.text, other.metadata, oracle=False))
+        if len(out) == k:
+            break
+    return out
+
+
+def _bar(items, progress: bool):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="dataset", unit="chunk", dynamic_ncols=True)

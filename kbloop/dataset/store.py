@@ -1,0 +1,131 @@
+"""Dataset versions on disk and the status of their records in the manifest.
+
+Each build writes ``data/datasets/<version>.jsonl`` (its new records) and ``<version>.json``
+(settings, teacher, counts, parent), both atomically and never edited afterwards. Which records
+are still active is a column in the manifest's ``dataset_records`` table, so retiring a record
+whose chunk changed or vanished edits no file. The files are written first and the manifest
+rows second, in one transaction: a crash in between leaves an unreferenced file that the next
+build, reusing the version number, replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from kbloop import __version__
+from kbloop.config import Home
+from kbloop.errors import KbloopError
+from kbloop.fsutil import atomic_write_bytes
+from kbloop.dataset.records import Record, Split
+from kbloop.ingest.manifest import Manifest
+
+
+class DatasetStore:
+    def __init__(self, home: Home, manifest: Manifest):
+        self.home, self.manifest, self.db = home, manifest, manifest.db
+        self.dir = home.datasets_dir
+
+    # -- versions -------------------------------------------------------------------------
+
+    def versions(self) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM dataset_versions ORDER BY version")
+        return [{"version": r["version"], "created_at": r["created_at"], "parent": r["parent"],
+                 **json.loads(r["info"])} for r in rows]
+
+    def latest(self) -> str | None:
+        row = self.db.execute("SELECT MAX(version) FROM dataset_versions").fetchone()
+        return row[0]
+
+    def next_version(self) -> str:
+        latest = self.latest()
+        return f"{int(latest) + 1:04d}" if latest else "0001"
+
+    def records_file(self, version: str) -> Path:
+        return self.dir / f"{version}.jsonl"
+
+    # -- what has been built ----------------------------------------------------------------
+
+    def processed_hashes(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT text_hash FROM dataset_chunks")}
+
+    def active_questions(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT question FROM dataset_records WHERE status = 'active'")}
+
+    def commit(self, version: str, parent: str | None, info: dict, records: list[Record],
+               processed: dict[str, int], retire: dict[str, str]) -> None:
+        """Write the version's files, then record it: new records active, ``retire``'s text
+        hashes (hash → reason) retired, ``processed`` chunk hashes marked done."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(r.as_dict(), sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+        atomic_write_bytes(self.records_file(version), lines.encode("utf-8"))
+        meta = {"version": version, "parent": parent, "kbloop_version": __version__, **info}
+        atomic_write_bytes(self.dir / f"{version}.json",
+                           (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        with self.manifest.transaction() as db:
+            db.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, ?)",
+                       (version, time.time(), parent, json.dumps(info, sort_keys=True)))
+            for text_hash, reason in retire.items():
+                db.execute("""UPDATE dataset_records SET status = 'retired', retired_in = ?, retired_reason = ?
+                              WHERE text_hash = ? AND status = 'active'""", (version, reason, text_hash))
+                db.execute("DELETE FROM dataset_chunks WHERE text_hash = ?", (text_hash,))
+            db.executemany(
+                "INSERT OR REPLACE INTO dataset_records VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', NULL, NULL)",
+                [(r.id, version, r.split, r.source["text_hash"], r.source["path"], r.generator, int(r.oracle),
+                  r.instruction) for r in records],
+            )
+            db.executemany("INSERT OR REPLACE INTO dataset_chunks VALUES (?, ?, ?)",
+                           [(h, version, n) for h, n in processed.items()])
+
+    # -- reading --------------------------------------------------------------------------
+
+    def records(self, version: str) -> list[Record]:
+        path = self.records_file(version)
+        if not path.is_file():
+            raise KbloopError(f"dataset version {version} has no records file at {path}")
+        with open(path, encoding="utf-8") as fh:
+            return [Record.from_dict(json.loads(line)) for line in fh if line.strip()]
+
+    def status_of(self) -> dict[str, str]:
+        return {r["id"]: r["status"] for r in self.db.execute("SELECT id, status FROM dataset_records")}
+
+    def active_records(self, split: Split | None = None, versions: set[str] | None = None) -> list[Record]:
+        """Records still backed by the knowledge base, oldest version first."""
+        query = "SELECT id, version FROM dataset_records WHERE status = 'active'"
+        args: list = []
+        if split:
+            query += " AND split = ?"
+            args.append(split)
+        wanted: dict[str, set[str]] = {}
+        for row in self.db.execute(query, args):
+            if versions is None or row["version"] in versions:
+                wanted.setdefault(row["version"], set()).add(row["id"])
+        out: list[Record] = []
+        for version in sorted(wanted):
+            out += [r for r in self.records(version) if r.id in wanted[version]]
+        return out
+
+    def stats(self) -> dict:
+        rows = self.db.execute("SELECT split, status, generator, path, oracle FROM dataset_records").fetchall()
+        by = {key: Counter() for key in ("status", "split", "generator", "source")}
+        active = Counter()
+        for r in rows:
+            by["status"][r["status"]] += 1
+            if r["status"] == "active":
+                by["split"][r["split"]] += 1
+                by["generator"][r["generator"]] += 1
+                by["source"][r["path"]] += 1
+                active["oracle" if r["oracle"] else "no_oracle"] += 1
+        return {
+            "versions": len(self.versions()),
+            "latest": self.latest(),
+            "records": len(rows),
+            "by_status": dict(by["status"]),
+            "active_by_split": dict(by["split"]),
+            "active_by_generator": dict(by["generator"]),
+            "active_by_source": dict(sorted(by["source"].items())),
+            "active_oracle": dict(active),
+            "chunks_covered": self.db.execute("SELECT COUNT(*) FROM dataset_chunks").fetchone()[0],
+        }
