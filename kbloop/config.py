@@ -113,6 +113,50 @@ class Settings(BaseModel):
         0.1, ge=0.0, le=0.9,
         description="`kbloop dataset build`: share of source chunks held out for evaluation (never trained on).",
     )
+    finetune_lora_r: int = Field(8, ge=1, le=256, description="`kbloop finetune`: LoRA rank of a new adapter.")
+    finetune_lora_alpha: int = Field(16, ge=1, le=1024, description="`kbloop finetune`: LoRA alpha (scale) of a new adapter.")
+    finetune_lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="`kbloop finetune`: LoRA dropout.")
+    finetune_target_modules: str = Field(
+        "q_proj,k_proj,v_proj,o_proj",
+        description="`kbloop finetune`: comma-separated module names a new adapter wraps (attention projections).",
+    )
+    finetune_lr: float = Field(2e-4, gt=0, lt=1, description="`kbloop finetune`: learning rate of a new adapter.")
+    finetune_incremental_lr: float = Field(
+        1e-4, gt=0, lt=1,
+        description="`kbloop finetune`: learning rate when continuing an adapter (lower, to keep what it learned).",
+    )
+    finetune_epochs: int = Field(2, ge=1, le=100, description="`kbloop finetune`: passes over the selected records.")
+    finetune_batch_size: int = Field(
+        2, ge=1, le=256, description="`kbloop finetune`: records per forward pass (grouped by length)."
+    )
+    finetune_grad_accum: int = Field(
+        4, ge=1, le=1024, description="`kbloop finetune`: forward passes per optimizer step."
+    )
+    finetune_max_seq_len: int = Field(
+        1024, ge=64, le=32768, description="`kbloop finetune`: longest record in tokens; longer ones are skipped."
+    )
+    finetune_replay_ratio: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description=(
+            "`kbloop finetune`: when continuing an adapter, older active records replayed per new record, "
+            "so it does not forget what it knew."
+        ),
+    )
+    finetune_max_records: int = Field(
+        0, ge=0,
+        description=(
+            "`kbloop finetune`: at most this many new records per run (the rest wait for the next run); "
+            "0 takes them all. Bounds how long one run takes on CPU."
+        ),
+    )
+    finetune_checkpoint_steps: int = Field(
+        20, ge=1, le=100000,
+        description="`kbloop finetune`: optimizer steps between checkpoints that `kbloop finetune --resume` continues from.",
+    )
+    finetune_gradient_checkpointing: bool = Field(
+        False, description="`kbloop finetune`: trade compute for memory (about 30% slower, much less RAM)."
+    )
+    finetune_seed: int = Field(0, ge=0, description="`kbloop finetune`: seed for record order, replay sampling and LoRA init.")
     scan_interval_minutes: int = Field(
         10, ge=0, le=10080,
         description=(

@@ -6,7 +6,9 @@ wiring, search and the status summary.
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from kbloop import models
@@ -18,6 +20,7 @@ from kbloop.ingest.manifest import Hit, Manifest
 from kbloop.scheduler import daemon_status
 from kbloop.vector_store.faiss_store import FaissStore
 
+log = logging.getLogger(__name__)
 
 RRF_K = 60
 
@@ -52,9 +55,29 @@ class KnowledgeBase:
 
     @property
     def generator(self) -> Any:
+        """The answering model, with the current adapter applied when one is promoted for it."""
         if self._generator is None:
-            self._generator = models.create("generator", self.settings.generator, self.settings)
+            generator = models.create("generator", self.settings.generator, self.settings)
+            adapter = self.current_adapter()
+            if adapter is not None and hasattr(generator, "adapter"):
+                generator.adapter = adapter
+            self._generator = generator
         return self._generator
+
+    def current_adapter(self) -> Path | None:
+        """The promoted adapter's folder, if it was trained for KBLOOP_GENERATOR's model."""
+        from kbloop.finetune.registry import AdapterRegistry
+
+        registry = AdapterRegistry(self.home, self.manifest)
+        path = registry.current_path()
+        if path is None:
+            return None
+        trained_for = registry.lineage(path.name).get("generator")
+        if trained_for != self.settings.generator:
+            log.warning("adapter %s was trained for %s, not %s: answering without it",
+                        path.name, trained_for, self.settings.generator)
+            return None
+        return path
 
     @cached_property
     def indexer(self) -> Indexer:

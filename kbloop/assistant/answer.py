@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from kbloop.assistant.grounding import attribute, unmentioned_terms
@@ -89,7 +90,7 @@ class Assistant:
 
         def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
             return Answer(question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
-                          refusal_reason, self._sources(hits, cited), model, str(adapter) if adapter else None,
+                          refusal_reason, self._sources(hits, cited), model, Path(adapter).name if adapter else None,
                           timings)
 
         reason = self._refuse_before_generating(question, hits)

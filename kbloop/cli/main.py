@@ -41,10 +41,11 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from kbloop.cli import assistant, daemon, dataset, home, index
+    from kbloop.cli import assistant, daemon, dataset, finetune, home, index, serve
 
     for command in (home.init, home.quickstart, index.ingest, index.search, index.status, index.check,
-                    assistant.ask, assistant.chat, daemon.daemon, dataset.dataset):
+                    assistant.ask, assistant.chat, daemon.daemon, dataset.dataset,
+                    finetune.finetune, finetune.adapters, finetune.export, serve.serve):
         cli.add_command(command)
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from kbloop import __version__
 from kbloop.config import Home
+from kbloop.dataset.records import Record, Split
 from kbloop.errors import KbloopError
 from kbloop.fsutil import atomic_write_bytes
-from kbloop.dataset.records import Record, Split
 from kbloop.ingest.manifest import Manifest
 
 

@@ -1,0 +1,500 @@
+"""kbloop's HTTP API and web page, served by one process (`kbloop serve`).
+
+- ``/v1/models`` and ``/v1/chat/completions`` (streamed or not) speak OpenAI's chat API, so chat
+  clients can use kbloop as a model; each answer carries its sources in an extra ``kbloop`` field.
+- ``/api/search``, ``/api/status``, ``/api/ingest``, ``/api/feedback``, ``/api/adapters`` and
+  ``/api/evals`` serve the web page (``/``) and scripts.
+- Every error, from any route, is ``{"error": {"type", "message", "status"}}``.
+
+This module is the HTTP edge only; ``kbloop.assistant.service`` holds what keeps concurrent
+requests and a running ingest from getting in each other's way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from kbloop.assistant.answer import Answer
+from kbloop.assistant.reports import adapters, eval_file, evals
+from kbloop.assistant.service import IngestRunning, Service
+from kbloop.errors import (
+    BackendUnavailable,
+    ConfigError,
+    HomeNotFound,
+    KbloopError,
+    NeedsRebuild,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_ID = "kbloop"
+MAX_BODY = 1 << 20
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid_request",
+               500: "internal_error", 503: "unavailable"}
+# A domain error's status: the first class it is an instance of; other KbloopErrors are the caller's.
+KBLOOP_STATUS: list[tuple[type[KbloopError], int]] = [
+    (IngestRunning, 409), (NeedsRebuild, 409), (StoreError, 503), (BackendUnavailable, 503),
+    (ConfigError, 500), (HomeNotFound, 500),
+]
+WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
+             "style.css": "text/css; charset=utf-8"}
+PAGE_POLICY = "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """A request the API refuses, with the status code it is refused with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error shape of every route."""
+    body = {"error": {"type": ERROR_TYPES.get(status, "error"), "message": message, "status": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_event(exc: BaseException) -> dict:
+    """An error inside a stream that has already begun, in the same shape."""
+    status, message = describe_error(exc)
+    return {"error": {"type": ERROR_TYPES.get(status, "error"), "message": message, "status": status}}
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    if isinstance(exc, ApiError):
+        return exc.status, exc.message
+    if isinstance(exc, KbloopError):
+        return next((status for cls, status in KBLOOP_STATUS if isinstance(exc, cls)), 400), str(exc)
+    log.error("request failed", exc_info=exc)
+    return 500, f"internal error ({exc.__class__.__name__}); the server log has the details"
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
+
+
+# -- request bodies ----------------------------------------------------------------------------
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: only the text ones mean anything here
+            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    # Sampling options (temperature, max_tokens, ...) are accepted and ignored: answers are
+    # greedy and grounded, and their length is KBLOOP_MAX_NEW_TOKENS.
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=4000)
+    k: int | None = Field(None, ge=1, le=200)
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paths: list[str] | None = Field(None, description="Files or folders inside docs/; all of docs/ when absent.")
+    rebuild: bool = False
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: Literal["up", "down"]
+    question: str = Field(min_length=1, max_length=8000)
+    answer: str = Field(max_length=50000)
+    comment: str | None = Field(None, max_length=8000)
+    sources: list[dict[str, Any]] = Field(default_factory=list, max_length=100)
+    model: str | None = None
+    adapter: str | None = None
+    refused: bool = False
+
+
+async def read_body(request: Request, model: type[M]) -> M:
+    """The JSON body as ``model``; an empty body means every field's default."""
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY:
+            raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError as exc:
+        raise ApiError(400, f"the body is not valid JSON ({exc})") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, _validation_message(exc)) from None
+
+
+# -- OpenAI-shaped answers ---------------------------------------------------------------------
+
+def conversation(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
+    """The question (the last user message) and the earlier (question, answer) turns.
+    System messages are ignored: kbloop writes its own grounded prompt."""
+    turns = [(m.role, m.text()) for m in messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+        raise ApiError(400, "the last message must be the user's question, and not empty")
+    history, pending = [], None
+    for role, text in turns[:-1]:
+        if role == "user":
+            pending = text
+        elif pending is not None:
+            history.append((pending, text))
+            pending = None
+    return turns[-1][1].strip(), history
+
+
+def usage(answer: Answer) -> dict:
+    prompt = answer.timings.get("prompt_tokens") or 0
+    completion = answer.timings.get("completion_tokens") or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion(request_id: str, created: int, answer: Answer) -> dict:
+    return {
+        "id": request_id, "object": "chat.completion", "created": created, "model": MODEL_ID,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},
+                     "finish_reason": "stop", "logprobs": None}],
+        "usage": usage(answer), "kbloop": answer.as_dict(with_text=True),
+    }
+
+
+def chunk(request_id: str, created: int, delta: dict, finish: str | None = None, **extra: Any) -> dict:
+    return {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": MODEL_ID,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+_END = object()
+
+
+async def in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
+    """Iterate a blocking iterator on its own thread. Closing this stops and closes it there,
+    which is where a generator holding the model lock must be closed."""
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item: Any, error: BaseException | None = None) -> None:
+        try:
+            loop.call_soon_threadsafe(items.put_nowait, (item, error))
+        except RuntimeError:  # the server shut down under us
+            stop.set()
+
+    def work() -> None:
+        try:
+            source = make()
+            try:
+                for item in source:
+                    put(item)
+                    if stop.is_set():
+                        break
+            finally:
+                getattr(source, "close", lambda: None)()
+        except BaseException as exc:  # noqa: BLE001 - handed to the request's task, which answers with it
+            put(None, exc)
+            return
+        put(_END)
+
+    threading.Thread(target=work, name="kbloop-answer", daemon=True).start()
+    try:
+        while True:
+            item, error = await items.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+class Guard:
+    """Checks every request before routing: the Host (against DNS rebinding, when bound to
+    loopback), the Origin (no cross-site calls from a browser) and, when set, the API key."""
+
+    def __init__(self, app: Any, *, api_key: str, loopback_only: bool):
+        self.app, self.api_key, self.loopback_only = app, api_key, loopback_only
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        problem = self.check(scope) if scope["type"] == "http" else None
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message = problem
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        await error_response(status, message, headers)(scope, receive, send)
+
+    def check(self, scope: dict) -> tuple[int, str] | None:
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if self.loopback_only and urlsplit(f"//{host}").hostname not in LOOPBACK:
+            return 403, f"host {host!r} is not a loopback name; the server listens on loopback only"
+        origin = headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != host:
+            return 403, f"cross-origin request from {origin} refused"
+        if self.api_key and scope["path"].startswith(("/api/", "/v1/")):
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+                return 401, "missing or wrong API key: send the header Authorization: Bearer <KBLOOP_API_KEY>"
+        return None
+
+
+def create_app(service: Service) -> Any:
+    """The ASGI app serving ``service``: routes, the error shape and the request guard."""
+    data_dir = service.home.data_dir
+    web = resources.files("kbloop.assistant").joinpath("web")
+
+    def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def page(request: Request) -> Response:
+        name = request.path_params.get("name", "index.html")
+        if name not in WEB_FILES:
+            raise ApiError(404, f"no page file {name}")
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        if name == "index.html":
+            headers |= {"Content-Security-Policy": PAGE_POLICY, "Referrer-Policy": "no-referrer"}
+        return Response(web.joinpath(name).read_bytes(), media_type=WEB_FILES[name], headers=headers)
+
+    async def list_models(request: Request) -> JSONResponse:
+        return json_response({"object": "list", "data": [{
+            "id": MODEL_ID, "object": "model", "created": service.started_at, "owned_by": "kbloop",
+            "kbloop": {"generator": service.settings.generator, "embedder": service.settings.embedder},
+        }]})
+
+    async def chat_completions(request: Request) -> Response:
+        body = await read_body(request, ChatRequest)
+        if body.model != MODEL_ID:
+            raise ApiError(404, f"unknown model {body.model!r}: GET /v1/models lists {MODEL_ID!r}")
+        question, history = conversation(body.messages)
+        request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        items = in_thread(lambda: service.answer(question, history))
+        first = await anext(items)  # errors before the first piece still get their status code
+        if not body.stream:
+            try:
+                item = first
+                while not isinstance(item, Answer):
+                    item = await anext(items)
+            finally:
+                await items.aclose()
+            return json_response(completion(request_id, created, item))
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield sse(chunk(request_id, created, {"role": "assistant", "content": ""}))
+                item = first
+                while not isinstance(item, Answer):
+                    yield sse(chunk(request_id, created, {"content": item}))
+                    item = await anext(items)
+                yield sse(chunk(request_id, created, {}, "stop", kbloop=item.as_dict(with_text=True)))
+                if include_usage:
+                    yield sse(chunk(request_id, created, {}) | {"choices": [], "usage": usage(item)})
+            except Exception as exc:  # noqa: BLE001 - the stream has begun: the error becomes its last event
+                yield sse(error_event(exc))
+            finally:
+                await items.aclose()
+            yield sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def search(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            body = await read_body(request, SearchRequest)
+        else:
+            params = {"query": request.query_params.get("q"), "k": request.query_params.get("k")}
+            try:
+                body = SearchRequest.model_validate({k: v for k, v in params.items() if v is not None})
+            except ValidationError as exc:
+                raise ApiError(422, _validation_message(exc).replace("query:", "q:")) from None
+        started = time.perf_counter()
+        hits = await run_in_threadpool(service.search, body.query, body.k)
+        return json_response({"query": body.query, "hits": hits,
+                              "took_ms": round((time.perf_counter() - started) * 1000, 2)})
+
+    async def status(request: Request) -> JSONResponse:
+        return json_response(await run_in_threadpool(service.status))
+
+    async def start_ingest(request: Request) -> JSONResponse:
+        body = await read_body(request, IngestRequest)
+        job = service.ingests.start(service.ingest_paths(body.paths), body.rebuild)
+        return json_response(asdict(job), 202, {"Location": f"/api/ingest/{job.id}"})
+
+    async def ingest_job(request: Request) -> JSONResponse:
+        job_id = request.path_params.get("job")
+        job = service.ingests.jobs.get(job_id) if job_id else service.ingests.latest()
+        if job is None:
+            raise ApiError(404, f"no ingest {job_id}" if job_id else "no ingest has run in this server")
+        return json_response(asdict(job))
+
+    async def feedback(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            body = await read_body(request, FeedbackRequest)
+            feedback_id = await run_in_threadpool(lambda: service.add_feedback(
+                body.rating, body.question, body.answer, comment=body.comment, sources=body.sources,
+                model=body.model, adapter=body.adapter, refused=body.refused))
+            return json_response({"id": feedback_id, "rating": body.rating,
+                                  "eval_candidate": body.rating == "down"}, 201)
+        rating = request.query_params.get("rating")
+        if rating not in (None, "up", "down"):
+            raise ApiError(422, "rating: expected up or down")
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", 100)), 1000))
+        except ValueError:
+            raise ApiError(422, "limit: expected a whole number") from None
+        return json_response({"feedback": await run_in_threadpool(service.feedback, rating, limit)})
+
+    async def list_adapters(request: Request) -> JSONResponse:
+        serving = service.model.adapter if service.model.loaded else None
+        return json_response({"adapters": await run_in_threadpool(adapters, data_dir, serving)})
+
+    async def list_evals(request: Request) -> JSONResponse:
+        return json_response(await run_in_threadpool(evals, data_dir))
+
+    async def report_file(request: Request) -> Response:
+        run, name = request.path_params["run"], request.path_params["name"]
+        found = eval_file(data_dir, run, name)
+        if found is None:
+            raise ApiError(404, f"no report file {run}/{name}")
+        path, media_type = found
+        return Response(path.read_bytes(), media_type=media_type,
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, HTTPException):
+            message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+            return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)), exc.headers)
+        return error_response(*describe_error(exc))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    routes = [
+        Route("/", page, methods=["GET"]),
+        Route("/static/{name}", page, methods=["GET"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/api/search", search, methods=["GET", "POST"]),
+        Route("/api/status", status, methods=["GET"]),
+        Route("/api/ingest", start_ingest, methods=["POST"]),
+        Route("/api/ingest", ingest_job, methods=["GET"]),
+        Route("/api/ingest/{job}", ingest_job, methods=["GET"]),
+        Route("/api/feedback", feedback, methods=["GET", "POST"]),
+        Route("/api/adapters", list_adapters, methods=["GET"]),
+        Route("/api/evals", list_evals, methods=["GET"]),
+        Route("/api/evals/{run}/{name}", report_file, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: on_error, ApiError: on_error, KbloopError: on_error,
+                                        Exception: on_error})
+    loopback_only = service.settings.serve_host in LOOPBACK
+    return Guard(app, api_key=service.settings.api_key, loopback_only=loopback_only)
+
+
+# -- running it --------------------------------------------------------------------------------
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or one line saying why there is none."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets that
+    # say they are TCP, and with Nagle on each small response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise KbloopError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): "
+                          "pick another with --port or KBLOOP_SERVE_PORT") from None
+    sock.listen(128)  # from here on a client's connection waits in the backlog for the server
+    return sock
+
+
+def base_url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(app: Any, log_requests: bool = False) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="info" if log_requests else "warning",
+                                         access_log=log_requests, timeout_graceful_shutdown=5))
+
+
+def run_server(app: Any, sock: socket.socket, log_requests: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM (the foreground `kbloop serve`)."""
+    _server(app, log_requests).run(sockets=[sock])
+
+
+@contextmanager
+def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Serve ``app`` on a background thread of this process and yield its base URL: the
+    in-process way to call the real HTTP API, for tests and benchmarks."""
+    sock = bind(host, port)
+    server = _server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="kbloop-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield base_url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -1,0 +1,75 @@
+"""Adapters for other tools: an Ollama Modelfile, or a merged Hugging Face model folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from kbloop.errors import KbloopError
+from kbloop.finetune.registry import AdapterRegistry
+from kbloop.models.packaged import PRESETS, gguf_file
+
+
+def _resolve(kb, version: str) -> tuple[str, Path, dict]:
+    registry = AdapterRegistry(kb.home, kb.manifest)
+    name = registry.resolve(version)
+    return name, registry.path(name), registry.lineage(name)
+
+
+def _base_source(kb, lineage: dict) -> Path:
+    """What Ollama's FROM names: the packaged GGUF, or the Hugging Face folder."""
+    spec = lineage.get("generator") or kb.settings.generator
+    provider, _, name = spec.partition(":")
+    if provider == "local" and name in PRESETS:
+        return gguf_file(PRESETS[name], Path(kb.settings.model_cache).expanduser())
+    if provider == "hf":
+        return Path(name).expanduser().resolve()
+    raise KbloopError(f"cannot export an adapter trained for {spec}")
+
+
+def export_ollama(kb, version: str, out: Path | None) -> tuple[Path, str]:
+    name, adapter_dir, lineage = _resolve(kb, version)
+    out = (out or kb.home.data_dir / "exports" / f"{name}-ollama").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    adapter_copy = out / "adapter"
+    shutil.rmtree(adapter_copy, ignore_errors=True)
+    shutil.copytree(adapter_dir, adapter_copy,
+                    ignore=shutil.ignore_patterns("train_log.jsonl", "lineage.json", "training_config.json"))
+    base = _base_source(kb, lineage)
+    modelfile = out / "Modelfile"
+    modelfile.write_text(
+        f"# kbloop adapter {name} for {lineage.get('generator')}\n"
+        f"FROM {base}\n"
+        f"ADAPTER {adapter_copy}\n"
+        "PARAMETER temperature 0\n",
+        encoding="utf-8",
+    )
+    return modelfile, f"ollama create kbloop-{name} -f {modelfile}"
+
+
+def export_merged(kb, version: str, out: Path | None) -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name, adapter_dir, lineage = _resolve(kb, version)
+    if lineage.get("generator") != kb.settings.generator:
+        raise KbloopError(f"adapter {name} was trained for {lineage.get('generator')}: "
+                          f"set KBLOOP_GENERATOR to it to export")
+    base_dir = kb.generator._locate()
+    out = (out or kb.home.data_dir / "exports" / f"{name}-merged").resolve()
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    # A packaged model's converted folder still names its GGUF origin as a quantization; the
+    # weights are plain float32, so the merged folder drops that note and saves normally.
+    merged.hf_quantizer = None
+    if hasattr(merged.config, "quantization_config"):
+        del merged.config.quantization_config
+    merged.save_pretrained(tmp, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_dir, local_files_only=True).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,126 @@
+"""The adapter registry: versions under data/adapters/<version>/, and which one answers.
+
+A version folder holds the PEFT adapter (``adapter_model.safetensors``, ``adapter_config.json``),
+``training_config.json`` and ``lineage.json`` (parent, dataset versions, record counts, base
+model, losses and, later, evaluations and gate decisions). It appears by one rename of a
+finished folder, so a crash mid-training never leaves a half-written version.
+
+``current`` is a record in the manifest, not a copy: promoting or rolling back is one row.
+A new adapter is a candidate until the evaluation gate or an explicit promote makes it current.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from kbloop.errors import KbloopError
+from kbloop.fsutil import atomic_write_bytes
+
+CURRENT_KEY = "adapter_current"
+HISTORY_KEY = "adapter_history"
+VERSION = re.compile(r"^\d{4}$")
+
+
+class AdapterRegistry:
+    def __init__(self, home, manifest):
+        self.dir: Path = home.adapters_dir
+        self.manifest = manifest
+
+    # -- versions -------------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        return sorted(p.name for p in self.dir.iterdir()
+                      if VERSION.match(p.name) and (p / "lineage.json").is_file())
+
+    def next_version(self) -> str:
+        taken = [int(v) for v in self.versions()]
+        runs = self.dir / ".runs"
+        if runs.is_dir():  # a version reserved by an unfinished run stays reserved for --resume
+            taken += [int(p.name) for p in runs.iterdir() if VERSION.match(p.name)]
+        return f"{max(taken, default=0) + 1:04d}"
+
+    def path(self, version: str) -> Path:
+        folder = self.dir / version
+        if not (folder / "lineage.json").is_file():
+            known = ", ".join(self.versions()) or "none yet (run `kbloop finetune`)"
+            raise KbloopError(f"no adapter version {version!r}; versions: {known}")
+        return folder
+
+    def lineage(self, version: str) -> dict:
+        return json.loads((self.path(version) / "lineage.json").read_text())
+
+    def update_lineage(self, version: str, **fields) -> dict:
+        """Add fields (evaluations, gate decisions) to a version's lineage, atomically."""
+        data = self.lineage(version) | fields
+        atomic_write_bytes(self.path(version) / "lineage.json",
+                           (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        return data
+
+    def resolve(self, version: str | None) -> str:
+        """A version name, or ``current`` / ``latest``, to a version name."""
+        if version in (None, "current"):
+            current = self.current()
+            if current is None:
+                raise KbloopError("no adapter is current yet: name a version, or promote one")
+            return current
+        if version == "latest":
+            versions = self.versions()
+            if not versions:
+                raise KbloopError("no adapters yet: run `kbloop finetune`")
+            return versions[-1]
+        self.path(version)
+        return version
+
+    # -- which one answers ------------------------------------------------------------------
+
+    def current(self) -> str | None:
+        value = self.manifest.get_meta(CURRENT_KEY)
+        return value or None
+
+    def current_path(self) -> Path | None:
+        current = self.current()
+        return self.dir / current if current and (self.dir / current / "lineage.json").is_file() else None
+
+    def history(self) -> list[dict]:
+        return json.loads(self.manifest.get_meta(HISTORY_KEY, "[]"))
+
+    def promote(self, version: str | None, reason: str) -> None:
+        """Make ``version`` (None: the base model alone) the one that answers."""
+        if version is not None:
+            self.path(version)
+        with self.manifest.transaction():
+            history = self.history() + [{"version": version, "previous": self.current(), "reason": reason,
+                                         "at": time.time()}]
+            self.manifest.set_meta(CURRENT_KEY, version or "")
+            self.manifest.set_meta(HISTORY_KEY, json.dumps(history))
+
+    def rollback(self) -> str | None:
+        """Go back to what was current before the last promotion; returns the version now current."""
+        history = self.history()
+        if not history:
+            raise KbloopError("nothing to roll back: no adapter has been promoted")
+        previous = history[-1]["previous"]
+        self.promote(previous, f"rollback from {history[-1]['version'] or 'base'}")
+        return previous
+
+    def listing(self) -> list[dict]:
+        current = self.current()
+        out = []
+        for version in self.versions():
+            lineage = self.lineage(version)
+            out.append({
+                "version": version,
+                "current": version == current,
+                "parent": lineage.get("parent"),
+                "base_model": lineage.get("base_model"),
+                "created_at": lineage.get("created_at"),
+                "records": lineage.get("records", {}),
+                "final_loss": lineage.get("final_probe_loss"),
+                "gate": (lineage.get("gate") or {}).get("decision"),
+            })
+        return out

@@ -1,0 +1,398 @@
+"""``kbloop finetune``: LoRA on CPU, continuing from the adapter that answers now.
+
+The run, top to bottom (``finetune``):
+
+1. plan: the parent is the current adapter (or ``--from``, or none with ``--fresh``); the
+   records are the active training records the parent has not seen, plus a replay sample of
+   ones it has (``KBLOOP_FINETUNE_REPLAY_RATIO`` per new record), so it keeps what it knew;
+2. load the generator's base model and either the parent adapter, trainable, or a new one;
+3. measure the loss on a fixed probe of the parent's records before training: it equals the
+   parent's final probe loss, which shows the run starts from the parent's weights;
+4. train: answer tokens only, batches of similar length, gradient accumulation, AdamW with a
+   short warm-up and cosine decay; a checkpoint every N steps for ``--resume``;
+5. measure the final probe loss, write the adapter folder and its lineage, and rename the
+   folder into the registry in one step. The new version is a candidate, not current.
+
+All of a run's state lives in data/adapters/.runs/<version>/ until that last rename, so a
+crash damages no adapter, and ``--resume`` continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kbloop import __version__
+from kbloop.dataset.records import Record
+from kbloop.dataset.store import DatasetStore
+from kbloop.errors import KbloopError
+from kbloop.finetune.data import Example, collate, encode, length_batches
+from kbloop.finetune.registry import AdapterRegistry
+from kbloop.fsutil import atomic_write_bytes, exclusive
+
+log = logging.getLogger(__name__)
+
+PROBE_SIZE = 16
+WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class Plan:
+    """Everything a run needs to be repeated or resumed, written before the first step."""
+
+    version: str
+    parent: str | None
+    base_model: str
+    lr: float
+    record_ids: list[str]            # the new records
+    replay_ids: list[str]            # older records mixed in
+    probe_ids: list[str]             # fixed sample whose loss is measured before and after
+    parent_probe_ids: list[str]      # the parent's probe, to show where this run starts
+    dataset_versions: list[str]
+    config: dict
+    seen_ids: list[str] = field(default_factory=list)  # all records this adapter has learned from
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    version: str
+    parent: str | None
+    steps: int
+    records_new: int
+    records_replay: int
+    records_skipped: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    initial_parent_probe_loss: float | None
+    final_probe_loss: float
+    resumed_from_step: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def training_config(settings) -> dict:
+    """The settings that shape a run, saved sorted next to the adapter."""
+    keys = [k for k in type(settings).model_fields if k.startswith("finetune_")]
+    return {k.removeprefix("finetune_"): getattr(settings, k) for k in sorted(keys)}
+
+
+def base_model_id(folder: Path) -> str:
+    """Which base weights an adapter belongs to: the packaged GGUF's pinned hash, else the
+    folder's config plus its weight files' names and sizes."""
+    import hashlib
+
+    stamp = folder / "kbloop-source.json"
+    if stamp.is_file():
+        return "gguf-sha256:" + json.loads(stamp.read_text())["gguf_sha256"]
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return "folder-sha256:" + digest.hexdigest()
+
+
+# -- planning --------------------------------------------------------------------------------
+
+
+def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, base_id: str) -> Plan:
+    settings = kb.settings
+    if fresh:
+        parent = None
+    elif parent is None:
+        parent = registry.current()
+    parent_lineage = registry.lineage(parent) if parent else {}
+    if parent and parent_lineage.get("base_model") != base_id:
+        raise KbloopError(
+            f"adapter {parent} was trained for another base model than KBLOOP_GENERATOR={settings.generator}; "
+            "use --fresh to start a new adapter"
+        )
+    active = DatasetStore(kb.home, kb.manifest).active_records("train")
+    if not active:
+        raise KbloopError("no training records: run `kbloop dataset build` first")
+    seen = set(parent_lineage.get("seen_ids", []))
+    new = [r.id for r in active if r.id not in seen]
+    if settings.finetune_max_records and len(new) > settings.finetune_max_records:
+        keep = set(random.Random(settings.finetune_seed).sample(new, settings.finetune_max_records))
+        new = [i for i in new if i in keep]
+    if not new:
+        raise KbloopError(f"nothing new to learn: adapter {parent} has seen every active training record "
+                          "(build a dataset after the documents change, or use --fresh)")
+    rng = random.Random(settings.finetune_seed)
+    pool = [r.id for r in active if r.id in seen]
+    replay = rng.sample(pool, min(len(pool), round(settings.finetune_replay_ratio * len(new)))) if parent else []
+    probe = rng.sample(new + replay, min(PROBE_SIZE, len(new) + len(replay)))
+    by_id = {r.id: r for r in active}
+    return Plan(
+        version=registry.next_version(), parent=parent, base_model=base_id,
+        lr=settings.finetune_incremental_lr if parent else settings.finetune_lr,
+        record_ids=new, replay_ids=replay, probe_ids=probe,
+        parent_probe_ids=parent_lineage.get("probe_ids", []),
+        dataset_versions=sorted({by_id[i].version for i in new + replay}),
+        config=training_config(settings) | {"generator": settings.generator},
+        seen_ids=sorted(seen | set(new)),
+    )
+
+
+def records_by_id(kb, ids: set[str]) -> dict[str, Record]:
+    """Records by id from every dataset version's file (retired ones too: a probe is fixed)."""
+    store = DatasetStore(kb.home, kb.manifest)
+    found: dict[str, Record] = {}
+    for version in [v["version"] for v in store.versions()]:
+        for record in store.records(version):
+            if record.id in ids:
+                found[record.id] = record
+    return found
+
+
+# -- the loop's helpers ----------------------------------------------------------------------
+
+
+def get_lr(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over the first steps, then cosine decay to a tenth of the peak."""
+    warmup = max(1, int(total * WARMUP_FRACTION))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def estimate_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> float | None:
+    """Mean loss per answer token over ``examples``, dropout off."""
+    import torch
+
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = examples[i:i + batch_size]
+            inputs = collate(batch, pad_id)
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            shift_logits, shift_labels = logits[:, :-1].float(), inputs["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total += float(loss)
+            tokens += int((shift_labels != -100).sum())
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def load_for_training(base_dir: Path, plan: Plan, registry: AdapterRegistry, threads: int):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(plan.config["seed"])
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, dtype=torch.float32)
+    if plan.config["gradient_checkpointing"]:
+        base.gradient_checkpointing_enable()
+        base.enable_input_require_grads()
+    if plan.parent:
+        model = PeftModel.from_pretrained(base, registry.path(plan.parent), is_trainable=True)
+    else:
+        model = get_peft_model(base, LoraConfig(
+            r=plan.config["lora_r"], lora_alpha=plan.config["lora_alpha"], lora_dropout=plan.config["lora_dropout"],
+            target_modules=[m.strip() for m in plan.config["target_modules"].split(",") if m.strip()],
+            task_type="CAUSAL_LM",
+        ))
+    return model, tokenizer
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = False,
+             progress: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+    """Train the next adapter version; see the module docstring for the steps."""
+    registry = AdapterRegistry(kb.home, kb.manifest)
+    runs = registry.dir / ".runs"
+    with exclusive(registry.dir / ".train.lock", "fine-tuning run"):
+        generator = kb.generator
+        if not hasattr(generator, "_locate"):
+            raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} cannot be fine-tuned here: "
+                              "use a local: or hf: model (an Ollama model can use an exported adapter)")
+        base_dir = generator._locate()
+        base_id = base_model_id(base_dir)
+        if resume:
+            unfinished = sorted(p for p in runs.glob("*/plan.json")) if runs.is_dir() else []
+            if not unfinished:
+                raise KbloopError("no interrupted fine-tuning run to resume")
+            run_dir = unfinished[-1].parent
+            plan = Plan(**json.loads((run_dir / "plan.json").read_text()))
+        else:
+            plan = plan_run(kb, registry, parent, fresh, base_id)
+            run_dir = runs / plan.version
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            atomic_write_bytes(run_dir / "plan.json", json.dumps(plan.as_dict(), indent=1).encode())
+        with kb.manifest.recording("finetune") as summary:
+            result = _train(kb, registry, plan, base_dir, run_dir, progress, stop_after_steps)
+            summary.update(result.as_dict())
+    return result
+
+
+def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: Path, progress: bool,
+           stop_after_steps: int | None) -> TrainResult:
+    import torch
+
+    cfg = plan.config
+    model, tokenizer = load_for_training(base_dir, plan, registry, kb.settings.torch_threads)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    wanted = set(plan.record_ids) | set(plan.replay_ids) | set(plan.probe_ids) | set(plan.parent_probe_ids)
+    records = records_by_id(kb, wanted)
+
+    def examples(ids: list[str]) -> list[Example]:
+        out = [encode(records[i], tokenizer, cfg["max_seq_len"]) for i in ids if i in records]
+        return [e for e in out if e is not None]
+
+    train_set = examples(plan.record_ids + plan.replay_ids)
+    skipped = len(plan.record_ids) + len(plan.replay_ids) - len(train_set)
+    if not train_set:
+        raise KbloopError(f"every selected record is longer than KBLOOP_FINETUNE_MAX_SEQ_LEN={cfg['max_seq_len']}")
+    probe, parent_probe = examples(plan.probe_ids), examples(plan.parent_probe_ids)
+
+    batches = [b for epoch in range(cfg["epochs"])
+               for b in length_batches(train_set, cfg["batch_size"], cfg["seed"] + epoch)]
+    accum = cfg["grad_accum"]
+    total_steps = math.ceil(len(batches) / accum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
+
+    step, tokens_done = 0, 0
+    checkpoint = run_dir / "checkpoint"
+    initial = None
+    if (checkpoint / "state.pt").is_file():
+        from peft import set_peft_model_state_dict
+
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        set_peft_model_state_dict(model, state["adapter"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, tokens_done, initial = state["step"], state["tokens"], state["initial_parent_probe_loss"]
+        log.info("resuming %s at step %d of %d", plan.version, step, total_steps)
+    else:
+        # Before any step: a continued adapter's loss on its parent's probe is the parent's final loss.
+        initial = estimate_loss(model, parent_probe or probe, pad_id, cfg["batch_size"])
+    resumed_from = step
+
+    model.train()
+    train_log = open(run_dir / "train_log.jsonl", "a", encoding="utf-8")
+    bar = _bar(total_steps, step, plan.version) if progress else None
+    timed_tokens, timed_from = 0, time.perf_counter()
+    try:
+        while step < total_steps:
+            lr = get_lr(step, total_steps, plan.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro = batches[step * accum:(step + 1) * accum]
+            n_answer = sum(e.n_answer_tokens for b in micro for e in b)
+            loss_sum = 0.0
+            for batch in micro:
+                inputs = collate(batch, pad_id)
+                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+                shift_logits, shift_labels = logits[:, :-1], inputs["labels"][:, 1:]
+                # Summed over answer tokens and divided by the step's total: every answer token
+                # weighs the same, however the records fell into micro-batches.
+                loss = torch.nn.functional.cross_entropy(
+                    shift_logits.reshape(-1, shift_logits.size(-1)).float(), shift_labels.reshape(-1),
+                    ignore_index=-100, reduction="sum") / max(n_answer, 1)
+                loss.backward()
+                loss_sum += loss.item()
+                n_tokens = sum(e.n_tokens for e in batch)
+                tokens_done += n_tokens
+                timed_tokens += n_tokens
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            rate = timed_tokens / max(time.perf_counter() - timed_from, 1e-9)
+            entry = {"step": step, "of": total_steps, "loss": round(loss_sum, 5), "lr": lr,
+                     "tokens": tokens_done, "tokens_per_s": round(rate, 1), "time": time.time()}
+            train_log.write(json.dumps(entry) + "\n")
+            train_log.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:.0f}")
+                bar.update(1)
+            if step % cfg["checkpoint_steps"] == 0 and step < total_steps:
+                _save_checkpoint(model, optimizer, step, tokens_done, initial, checkpoint)
+            if stop_after_steps is not None and step - resumed_from >= stop_after_steps and step < total_steps:
+                _save_checkpoint(model, optimizer, step, tokens_done, initial, checkpoint)
+                raise KbloopError(f"stopped after {step} steps as asked; continue with `kbloop finetune --resume`")
+    finally:
+        train_log.close()
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - timed_from
+    final = estimate_loss(model, probe, pad_id, cfg["batch_size"])
+    _publish(model, registry, plan, run_dir, {
+        "final_probe_loss": final, "initial_parent_probe_loss": initial if plan.parent else None,
+        "base_probe_loss": None if plan.parent else initial,
+    }, tokens_done, skipped)
+    return TrainResult(plan.version, plan.parent, step, len(plan.record_ids), len(plan.replay_ids), skipped,
+                       tokens_done, round(seconds, 2), round(timed_tokens / max(seconds, 1e-9), 1),
+                       initial if plan.parent else None, final, resumed_from)
+
+
+def _save_checkpoint(model, optimizer, step: int, tokens: int, initial: float | None, folder: Path) -> None:
+    """Adapter weights, optimizer state and the step, replacing the previous checkpoint atomically."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    tmp = folder.with_name(".checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step,
+                "tokens": tokens, "initial_parent_probe_loss": initial}, tmp / "state.pt")
+    old = folder.with_name(".checkpoint.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish(model, registry: AdapterRegistry, plan: Plan, run_dir: Path, losses: dict, tokens: int,
+             skipped: int) -> None:
+    """Write the finished adapter next to the run, then move it into the registry in one rename."""
+    staging = run_dir / "adapter"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    lineage = {
+        "version": plan.version, "parent": plan.parent, "base_model": plan.base_model,
+        "generator": plan.config.get("generator"), "created_at": time.time(), "kbloop_version": __version__,
+        "dataset_versions": plan.dataset_versions,
+        "records": {"new": len(plan.record_ids), "replay": len(plan.replay_ids), "skipped_too_long": skipped,
+                    "seen_total": len(plan.seen_ids)},
+        "tokens": tokens, "lr": plan.lr, "probe_ids": plan.probe_ids, "seen_ids": plan.seen_ids,
+        "record_ids": plan.record_ids, "replay_ids": plan.replay_ids, **losses,
+    }
+    (staging / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
+    (staging / "training_config.json").write_text(
+        json.dumps(plan.config | {"kbloop_version": __version__}, indent=2, sort_keys=True) + "\n")
+    shutil.copyfile(run_dir / "train_log.jsonl", staging / "train_log.jsonl")
+    registry.dir.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, registry.dir / plan.version)
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _bar(total: int, done: int, version: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"finetune {version}", unit="step", dynamic_ncols=True)
