@@ -157,6 +157,33 @@ class Settings(BaseModel):
         False, description="`kbloop finetune`: trade compute for memory (about 30% slower, much less RAM)."
     )
     finetune_seed: int = Field(0, ge=0, description="`kbloop finetune`: seed for record order, replay sampling and LoRA init.")
+    eval_max_items: int = Field(
+        60, ge=1, le=100000, description="`kbloop evaluate`: most eval questions asked per run (user sets included)."
+    )
+    eval_old_share: float = Field(
+        0.3, ge=0.0, le=1.0,
+        description=(
+            "`kbloop evaluate`: least share of the questions drawn from older dataset versions, so "
+            "forgetting shows even when much is new."
+        ),
+    )
+    eval_pairwise: bool = Field(
+        True, description="`kbloop evaluate`: also ask the judge which of two answers is better, in both orders."
+    )
+    gate_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0,
+        description=(
+            "`kbloop evaluate`: a candidate may score this much below the baseline (0-1 scale), overall and "
+            "on old knowledge, and still be promoted."
+        ),
+    )
+    learn_at: str = Field(
+        "02:00",
+        description=(
+            "`kbloop daemon`: local time (HH:MM) of the nightly learning run: dataset build, then finetune and "
+            "evaluate with promotion when there are new records; empty turns it off."
+        ),
+    )
     scan_interval_minutes: int = Field(
         10, ge=0, le=10080,
         description=(
@@ -201,6 +228,11 @@ class Settings(BaseModel):
         if not MODEL_SPEC.match(value):
             raise ValueError("expected provider:name, e.g. local:qwen2.5-0.5b or ollama:qwen3:4b")
         return value
+
+    @field_validator("learn_at")
+    @classmethod
+    def _optional_clock_time(cls, value: str) -> str:
+        return value and cls._clock_time(value)
 
     @field_validator("check_at")
     @classmethod

@@ -40,3 +40,7 @@ class NeedsRebuild(StoreError):
 
 class DaemonRunning(KbloopError):
     """Another daemon already holds this home's lock; two would race on the same store."""
+
+
+class NothingToEvaluate(KbloopError):
+    """No eval questions: the dataset's eval split is empty and no eval file was given."""

@@ -143,6 +143,21 @@ class KnowledgeBase:
         vector = store.vector(vid)
         return None if vector is None else float(vector @ query)
 
+    def _learning_status(self) -> dict:
+        """Dataset, adapters and evaluations at a glance."""
+        from kbloop.dataset.store import DatasetStore
+        from kbloop.finetune.registry import AdapterRegistry
+
+        registry = AdapterRegistry(self.home, self.manifest)
+        stats = DatasetStore(self.home, self.manifest).stats()
+        last_eval = self.manifest.db.execute(
+            "SELECT run, candidate, baseline, decision FROM evaluations ORDER BY created_at DESC LIMIT 1").fetchone()
+        return {
+            "dataset_version": stats["latest"], "records_active": stats["active_by_split"],
+            "adapters": len(registry.versions()), "current_adapter": registry.current(),
+            "last_evaluation": dict(last_eval) if last_eval else None,
+        }
+
     def status(self) -> dict:
         header = FaissStore.read_header(self.home.vector_store_dir)
         store = self.store()
@@ -162,5 +177,6 @@ class KnowledgeBase:
             "failures": failures,
             "notes": notes,
             "last_runs": self.manifest.last_runs(5),
+            "learning": self._learning_status(),
             "daemon": daemon_status(self.home.data_dir),
         }

@@ -33,7 +33,7 @@ from kbloop.config import Settings
 from kbloop.errors import ConfigError, DaemonRunning
 from kbloop.ingest.watcher import Debouncer, DocsEventHandler
 from kbloop.scheduler import daemon_status
-from kbloop.scheduler.jobs import DailyAt, Every, consistency_check, full_scan, timetable
+from kbloop.scheduler.jobs import DailyAt, Every, consistency_check, full_scan, learn, timetable
 from kbloop.scheduler.lock import LOCK_NAME, DaemonLock, lock_holder
 from kbloop.scheduler.queue import Job, JobQueue, retry_delay
 
@@ -318,7 +318,8 @@ def test_the_timetable_comes_from_settings():
     rows = {row.name: row for row in timetable(Settings(check_at="04:30", scan_interval_minutes=15))}
     assert rows["check"].when == DailyAt("04:30") and rows["check"].action is consistency_check
     assert rows["scan"].when == Every(15) and rows["scan"].action is full_scan and rows["scan"].records_itself
-    assert [row.name for row in timetable(Settings(scan_interval_minutes=0))] == ["check"]
+    assert rows["learn"].when == DailyAt("02:00") and rows["learn"].action is learn
+    assert [row.name for row in timetable(Settings(scan_interval_minutes=0, learn_at=""))] == ["check"]
 
 
 @pytest.mark.parametrize("value", ["3:00", "24:00", "03:60", "noon"])

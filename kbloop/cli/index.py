@@ -58,6 +58,16 @@ def status(obj, as_json: bool) -> None:
             click.echo(f"  {f['path']}: {f['reason']}{suffix}")
     for note in info["notes"]:
         click.echo(f"note:     {note['path']}: {note['note']}")
+    learning = info["learning"]
+    if learning["dataset_version"]:
+        records = ", ".join(f"{n} {split}" for split, n in sorted(learning["records_active"].items()))
+        click.echo(f"dataset:  version {learning['dataset_version']} ({records or 'no active'} records)")
+    if learning["adapters"]:
+        click.echo(f"adapter:  {learning['current_adapter'] or 'none current (base model answers)'} "
+                   f"of {learning['adapters']} versions")
+    if learning["last_evaluation"]:
+        ev = learning["last_evaluation"]
+        click.echo(f"evaluated: {ev['candidate']} vs {ev['baseline']}: {ev['decision']} ({ev['run']})")
     daemon = info["daemon"]
     if daemon["running"]:
         doing = f"running {daemon['current']['name']}" if daemon.get("current") else "idle"

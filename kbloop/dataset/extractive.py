@@ -24,7 +24,8 @@ FLAG_AND_TEXT = re.compile(rf"^\s*({FLAG}(?:,\s*{FLAG})*)\s+([A-Z][^\n]+)$")
 CONFIG_KEY = r"[a-z][a-zA-Z0-9-]*(?:\.[a-zA-Z0-9<>*_-]+)+"
 KEY_ONLY = re.compile(rf"^\s*({CONFIG_KEY})\s*$")
 KEY_AND_TEXT = re.compile(rf"^\s*({CONFIG_KEY})\s+([A-Z][^\n]+)$")
-DEFAULT = re.compile(r"\b(?:default(?:s)?(?: value)? (?:is|to|of)|defaults to|by default)\b", re.IGNORECASE)
+DEFAULT = re.compile(r"\b(?:default(?: value)? (?:is|of)|defaults to|by default)\b", re.IGNORECASE)
+HEADING = re.compile(r"^[A-Za-z][\w .,'()-]{1,60}$")  # a title, not a command line or a value
 DEFINITION = re.compile(
     r"^(?:(?:The|A|An)\s+)?(`?[\w.'`<>-]+(?:\s+[\w.'`<>-]+){0,3}`?)\s+(is|are)\s+(?:a|an|the|used|one)\b"
 )
@@ -155,7 +156,8 @@ def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
                 pairs.append(Pair(f"What {verb} {term}, according to {doc}?", short_answer(paragraph, 1),
                                   "extractive:definition"))
     section = (metadata.get("section") or "").strip()
-    if section and section.lower() not in DULL_SECTIONS and section != metadata.get("title"):
+    if (section and section.lower() not in DULL_SECTIONS and section != metadata.get("title")
+            and HEADING.match(section) and len(section.split()) <= 8):
         body = text.strip()
         if body.lower().startswith(section.lower()):
             body = body[len(section):]

@@ -33,7 +33,7 @@ from kbloop import __version__
 from kbloop.dataset.records import Record
 from kbloop.dataset.store import DatasetStore
 from kbloop.errors import KbloopError
-from kbloop.finetune.data import Example, collate, encode, length_batches
+from kbloop.finetune.data import Example, answer_loss, collate, encode, length_batches
 from kbloop.finetune.registry import AdapterRegistry
 from kbloop.fsutil import atomic_write_bytes, exclusive
 
@@ -58,6 +58,7 @@ class Plan:
     dataset_versions: list[str]
     config: dict
     seen_ids: list[str] = field(default_factory=list)  # all records this adapter has learned from
+    new_dataset_versions: list[str] = field(default_factory=list)  # where the new records came from
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +106,14 @@ def base_model_id(folder: Path) -> str:
 # -- planning --------------------------------------------------------------------------------
 
 
+def pending_records(kb) -> int:
+    """Active training records the current adapter has not learned from."""
+    registry = AdapterRegistry(kb.home, kb.manifest)
+    current = registry.current()
+    seen = set(registry.lineage(current).get("seen_ids", [])) if current else set()
+    return sum(1 for r in DatasetStore(kb.home, kb.manifest).active_records("train") if r.id not in seen)
+
+
 def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, base_id: str) -> Plan:
     settings = kb.settings
     if fresh:
@@ -123,7 +132,10 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
     seen = set(parent_lineage.get("seen_ids", []))
     new = [r.id for r in active if r.id not in seen]
     if settings.finetune_max_records and len(new) > settings.finetune_max_records:
-        keep = set(random.Random(settings.finetune_seed).sample(new, settings.finetune_max_records))
+        # The newest knowledge first; within a dataset version, a seeded sample.
+        version_of = {r.id: r.version for r in active}
+        shuffled = random.Random(settings.finetune_seed).sample(new, len(new))
+        keep = set(sorted(shuffled, key=lambda i: version_of[i], reverse=True)[:settings.finetune_max_records])
         new = [i for i in new if i in keep]
     if not new:
         raise KbloopError(f"nothing new to learn: adapter {parent} has seen every active training record "
@@ -141,6 +153,7 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
         dataset_versions=sorted({by_id[i].version for i in new + replay}),
         config=training_config(settings) | {"generator": settings.generator},
         seen_ids=sorted(seen | set(new)),
+        new_dataset_versions=sorted({by_id[i].version for i in new}),
     )
 
 
@@ -178,14 +191,9 @@ def estimate_loss(model, examples: list[Example], pad_id: int, batch_size: int) 
     total, tokens = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            batch = examples[i:i + batch_size]
-            inputs = collate(batch, pad_id)
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            shift_logits, shift_labels = logits[:, :-1].float(), inputs["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            loss, n = answer_loss(model, collate(examples[i:i + batch_size], pad_id))
             total += float(loss)
-            tokens += int((shift_labels != -100).sum())
+            tokens += n
     model.train(was_training)
     return total / max(tokens, 1)
 
@@ -305,14 +313,10 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
             n_answer = sum(e.n_answer_tokens for b in micro for e in b)
             loss_sum = 0.0
             for batch in micro:
-                inputs = collate(batch, pad_id)
-                logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-                shift_logits, shift_labels = logits[:, :-1], inputs["labels"][:, 1:]
                 # Summed over answer tokens and divided by the step's total: every answer token
                 # weighs the same, however the records fell into micro-batches.
-                loss = torch.nn.functional.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.size(-1)).float(), shift_labels.reshape(-1),
-                    ignore_index=-100, reduction="sum") / max(n_answer, 1)
+                summed, _ = answer_loss(model, collate(batch, pad_id))
+                loss = summed / max(n_answer, 1)
                 loss.backward()
                 loss_sum += loss.item()
                 n_tokens = sum(e.n_tokens for e in batch)
@@ -377,7 +381,7 @@ def _publish(model, registry: AdapterRegistry, plan: Plan, run_dir: Path, losses
     lineage = {
         "version": plan.version, "parent": plan.parent, "base_model": plan.base_model,
         "generator": plan.config.get("generator"), "created_at": time.time(), "kbloop_version": __version__,
-        "dataset_versions": plan.dataset_versions,
+        "dataset_versions": plan.dataset_versions, "new_dataset_versions": plan.new_dataset_versions,
         "records": {"new": len(plan.record_ids), "replay": len(plan.replay_ids), "skipped_too_long": skipped,
                     "seen_total": len(plan.seen_ids)},
         "tokens": tokens, "lr": plan.lr, "probe_ids": plan.probe_ids, "seen_ids": plan.seen_ids,

@@ -133,6 +133,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX feedback_rating ON feedback(rating, id);
         """,
     ),
+    (
+        "005_evaluations",
+        # Judge verdicts by (question, answer, reference, judge, prompt version): a re-run of an
+        # evaluation asks the judge nothing it has answered before.
+        """
+        CREATE TABLE judge_cache (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL,                -- JSON verdict
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE evaluations (
+            run TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            candidate TEXT,
+            baseline TEXT,
+            decision TEXT NOT NULL,             -- accept | reject
+            summary TEXT NOT NULL               -- JSON scores
+        );
+        """,
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from kbloop.config import Settings
-from kbloop.errors import KbloopError
+from kbloop.errors import KbloopError, NothingToEvaluate
 from kbloop.kb import KnowledgeBase
 
 
@@ -52,8 +52,37 @@ def consistency_check(kb: KnowledgeBase) -> dict:
     return asdict(report)
 
 
+def learn(kb: KnowledgeBase) -> dict:
+    """The learning half of the loop: records from what changed, then, when there are records
+    the current adapter has not seen, a continued adapter that answers only if the gate
+    accepts it. Each step records its own run; this summary names what each did."""
+    from kbloop import models
+    from kbloop.dataset.build import build
+    from kbloop.evaluate.run import evaluate
+    from kbloop.finetune.train import finetune, pending_records
+
+    settings = kb.settings
+    teacher = models.create("teacher", settings.teacher, settings) if settings.dataset_teacher_pairs else None
+    summary: dict = {"dataset": build(kb, teacher).as_dict()}
+    if not pending_records(kb):
+        summary["finetune"] = "no new training records"
+        return summary
+    trained = finetune(kb)
+    summary["finetune"] = {"version": trained.version, "records_new": trained.records_new, "steps": trained.steps}
+    try:
+        report = evaluate(kb, trained.version, "current", promote=True)
+    except NothingToEvaluate as exc:
+        summary["evaluate"] = f"{exc}; adapter {trained.version} stays a candidate"
+        return summary
+    summary["evaluate"] = {"run": report["run"], "decision": report["decision"]["decision"],
+                           "promoted": bool(report.get("promoted"))}
+    return summary
+
+
 def timetable(settings: Settings) -> list[ScheduledJob]:
     jobs = [ScheduledJob("check", DailyAt(settings.check_at), consistency_check)]
+    if settings.learn_at:
+        jobs.append(ScheduledJob("learn", DailyAt(settings.learn_at), learn))
     if settings.scan_interval_minutes:
         jobs.append(ScheduledJob("scan", Every(settings.scan_interval_minutes), full_scan, records_itself=True))
     return jobs

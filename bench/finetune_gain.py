@@ -1,0 +1,94 @@
+"""Does fine-tuning pay? RAG with the base model against RAG with a kbloop adapter, one run.
+
+On ``../shared/kbdev``: ingest ``corpus/initial``, ``kbloop dataset build`` (extractive pairs;
+``--teacher`` adds the teacher's), ``kbloop finetune`` a new adapter for ``--model``, then ask
+the 40 answerable and 8 unanswerable questions with the same retrieval and prompt, once with
+the base model and once with the adapter applied, and print accuracy, refusal and false
+refusal side by side (graded as in bench/answers.py).
+
+    python bench/finetune_gain.py [--model local:smollm2-135m] [--max-records 320] [--epochs 1]
+                                  [--workdir DIR] [--keep]
+
+The questions are kbdev's own, written by people; no training record is built from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from answers import (Context, KbloopPipeline, kbloop_retrieval, load_items, make_kbloop_home,  # noqa: E402
+                     run_pipeline, summarise)
+from workdir import bench_workdir  # noqa: E402
+
+from kbloop import models  # noqa: E402
+from kbloop.config import Settings  # noqa: E402
+from kbloop.dataset.build import build  # noqa: E402
+from kbloop.finetune.train import finetune  # noqa: E402
+from kbloop.kb import KnowledgeBase  # noqa: E402
+
+KBDEV = Path(__file__).resolve().parent.parent.parent / "shared" / "kbdev"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="local:smollm2-135m")
+    parser.add_argument("--max-records", type=int, default=320)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--teacher", action="store_true")
+    parser.add_argument("--kbdev", type=Path, default=KBDEV)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+
+    out_dir = Path(__file__).parent / "out"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with bench_workdir(args.workdir, args.keep, "kbloop-gain-") as workdir:
+        home = make_kbloop_home(workdir / "kb", args.kbdev / "corpus" / "initial")
+        extra = {"KBLOOP_GENERATOR": args.model, "KBLOOP_FINETUNE_EPOCHS": str(args.epochs),
+                 "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records)}
+        if args.lr:
+            extra["KBLOOP_FINETUNE_LR"] = str(args.lr)
+        with open(home.env_file, "a") as fh:
+            fh.writelines(f"{k}={v}\n" for k, v in extra.items())
+        settings = home.load_settings()
+        embedder = models.create("embedder", settings.embedder, settings)
+        with KnowledgeBase(home, embedder=embedder) as kb:
+            kb.ingest()
+            teacher = models.create("teacher", settings.teacher, settings) if args.teacher else None
+            counts = build(kb, teacher)
+            print(f"dataset: {json.dumps(counts.as_dict())}", flush=True)
+            trained = finetune(kb, fresh=True, progress=True)
+            print(f"finetune: {json.dumps(trained.as_dict())}", flush=True)
+            adapter = kb.home.adapters_dir / trained.version
+
+        ctx = Context(items=load_items(args.kbdev, None), embedder=embedder, home=home)
+        ctx.retrieval = {"kbloop": kbloop_retrieval(home, embedder, ctx.items)}
+        rows = {}
+        with open(out_dir / f"finetune-gain-{stamp}.jsonl", "w") as out:
+            for label, adapter_dir in (("base", None), (f"adapter {trained.version}", adapter)):
+                generator = models.create("generator", args.model, Settings(model_cache=settings.model_cache))
+                generator.adapter = adapter_dir
+                print(f"== {args.model} with {label}", flush=True)
+                pipeline = KbloopPipeline(home, embedder, generator, args.model)
+                rows[label] = summarise(run_pipeline(pipeline, args.model, ctx, out))
+                pipeline.close()
+    print(f"\n{args.model}: {trained.records_new} records, {trained.tokens} tokens, {trained.seconds:.0f}s "
+          f"({trained.tokens_per_s:.0f} tok/s)")
+    print("| answers with | accuracy | refusal | false refusal |")
+    print("| --- | --- | --- | --- |")
+    for label, s in rows.items():
+        print(f"| {label} | {s['accuracy']['rate']:.3f} ({s['accuracy']['n']}/{s['accuracy']['of']}) | "
+              f"{s['refusal']['rate']:.3f} ({s['refusal']['n']}/{s['refusal']['of']}) | "
+              f"{s['false_refusal']['rate']:.3f} ({s['false_refusal']['n']}/{s['false_refusal']['of']}) |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The questions an evaluation asks: the dataset's held-out split, sliced into new and old
+knowledge, plus any eval JSONL the user adds ({question, answer, source?})."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from kbloop.dataset.store import DatasetStore
+from kbloop.errors import KbloopError, NothingToEvaluate
+from kbloop.evaluate.metrics import NOT_IN_KB
+
+Slice = Literal["new", "old", "user"]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    id: str
+    question: str
+    reference: str
+    slice: Slice
+    gold_hash: str | None = None     # the source chunk's text hash (dataset items)
+    gold_path: str | None = None     # the source file (dataset items; user items that name one)
+    dataset_version: str | None = None
+    accept: tuple[str, ...] = ()     # other forms of the reference that also count as correct
+
+    @property
+    def answerable(self) -> bool:
+        return self.reference != NOT_IN_KB
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def user_items(path: Path) -> list[EvalItem]:
+    """A user's eval JSONL: one {question, answer, source?, accept?} per line; answer NOT_IN_KB
+    marks a question the knowledge base must refuse; accept lists other correct forms."""
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            question, answer = str(data["question"]).strip(), str(data["answer"]).strip()
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise KbloopError(f"{path}:{n}: expected a JSON object with question and answer ({exc})") from None
+        if not question or not answer:
+            raise KbloopError(f"{path}:{n}: question and answer must not be empty")
+        rid = hashlib.sha256(f"user\n{question}\n{answer}".encode()).hexdigest()[:20]
+        accept = tuple(str(a) for a in data.get("accept") or ())
+        items.append(EvalItem(rid, question, answer, "user", gold_path=data.get("source"), accept=accept))
+    return items
+
+
+def _spread(items: list[EvalItem], n: int) -> list[EvalItem]:
+    """A deterministic sample: the n items whose id hashes lowest (stable as the set grows)."""
+    return sorted(items, key=lambda i: hashlib.sha256(i.id.encode()).hexdigest())[:n]
+
+
+def build_evalset(kb, new_versions: set[str], user_files: list[Path], max_items: int,
+                  old_share: float) -> list[EvalItem]:
+    """Held-out dataset items (new = from ``new_versions``, old = from earlier versions) plus
+    the user's items; capped at ``max_items`` with at least ``old_share`` of them old when
+    old items exist."""
+    user: list[EvalItem] = []
+    for path in user_files:
+        user += user_items(path)
+    records = DatasetStore(kb.home, kb.manifest).active_records("eval")
+    dataset = [EvalItem(r.id, r.instruction, r.reference, "new" if r.version in new_versions else "old",
+                        r.source["text_hash"], r.source["path"], r.version) for r in records]
+    new = [i for i in dataset if i.slice == "new"]
+    old = [i for i in dataset if i.slice == "old"]
+    room = max(0, max_items - len(user))
+    n_old = min(len(old), max(round(room * old_share), room - len(new)))
+    picked = _spread(user, max_items) + _spread(new, room - n_old) + _spread(old, n_old)
+    if not picked:
+        raise NothingToEvaluate("nothing to evaluate: build a dataset (its eval split) or pass --set FILE.jsonl")
+    return picked

@@ -1,0 +1,227 @@
+"""``kbloop evaluate``: candidate against baseline on the eval set, a report, the gate.
+
+The run, in ``evaluate``:
+
+1. resolve the candidate (default: the newest adapter) and the baseline (default: the current
+   adapter, or the base model when none is current);
+2. build the eval set: held-out dataset items, new knowledge (the candidate's new dataset
+   versions) and old, plus the user's eval files;
+3. retrieval metrics once (hit@k and MRR of the gold chunk or file; the same for both sides);
+4. each side answers every question through the assistant (its adapter applied); answer
+   metrics: normalised match, token F1, refusal correctness;
+5. the judge scores each answer, and compares the two answers in both orders;
+6. the gate decides; the report, the decision and its reasons are recorded with the candidate,
+   and ``--promote`` makes an accepted candidate current.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+from kbloop import models
+from kbloop.assistant.answer import Assistant
+from kbloop.errors import KbloopError
+from kbloop.evaluate.evalset import EvalItem, build_evalset
+from kbloop.evaluate.gate import decide, score
+from kbloop.evaluate.judge import Judge, judge_norm
+from kbloop.evaluate.metrics import matches, token_f1
+from kbloop.evaluate.report import write_report
+from kbloop.finetune.registry import AdapterRegistry
+
+log = logging.getLogger(__name__)
+
+SLICES = ("all", "new", "old", "user")
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def retrieval_ranks(kb, items: list[EvalItem], k: int) -> dict[str, int | None]:
+    """1-based rank of each item's gold chunk (or gold file) in the top k, None when absent."""
+    ranks: dict[str, int | None] = {}
+    for item in items:
+        if item.gold_hash is None and item.gold_path is None:
+            continue
+        hits = kb.search(item.question, k)
+        rank = None
+        for n, hit in enumerate(hits, start=1):
+            if item.gold_hash:
+                row = kb.manifest.db.execute("SELECT text_hash FROM chunks WHERE vector_id = ?",
+                                             (hit.vector_id,)).fetchone()
+                found = row is not None and row["text_hash"] == item.gold_hash
+            else:
+                found = Path(hit.path).name == Path(item.gold_path).name
+            if found:
+                rank = n
+                break
+        ranks[item.id] = rank
+    return ranks
+
+
+def answer_all(kb, adapter: Path | None, items: list[EvalItem], progress: bool, label: str) -> dict[str, dict]:
+    """Each item answered by the generator with ``adapter`` (None: the base model)."""
+    generator = models.create("generator", kb.settings.generator, kb.settings)
+    if adapter is not None:
+        if not hasattr(generator, "adapter"):
+            raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} cannot apply a LoRA adapter")
+        generator.adapter = adapter
+    assistant = Assistant(kb, generator)
+    out = {}
+    for item in _bar(items, progress, f"answers ({label})"):
+        ans = assistant.ask(item.question)
+        if item.answerable:
+            correct = not ans.refused and matches(ans.answer, [item.reference, *item.accept])
+            f1 = 0.0 if ans.refused else token_f1(ans.answer, item.reference)
+        else:
+            correct, f1 = ans.refused, float(ans.refused)
+        out[item.id] = {"answer": ans.answer, "refused": ans.refused, "correct": correct, "f1": round(f1, 4),
+                        "sources": [s.text for s in ans.sources], "source_paths": [s.path for s in ans.sources]}
+    del assistant, generator
+    gc.collect()
+    return out
+
+
+def side_metrics(items: list[EvalItem], answers: dict[str, dict], ranks: dict[str, int | None], k: int) -> dict:
+    by_slice = {}
+    for part in SLICES:
+        chosen = [i for i in items if part == "all" or i.slice == part]
+        if not chosen:
+            continue
+        answerable = [i for i in chosen if i.answerable]
+        unanswerable = [i for i in chosen if not i.answerable]
+        ranked = [ranks[i.id] for i in chosen if i.id in ranks]
+        judged = [answers[i.id].get("judge_norm") for i in answerable]
+        by_slice[part] = {
+            "n": len(chosen),
+            "accuracy": _mean([float(answers[i.id]["correct"]) for i in chosen]),
+            "answer_match": _mean([float(answers[i.id]["correct"]) for i in answerable]),
+            "f1": _mean([answers[i.id]["f1"] for i in chosen]),
+            "refusal_correct": _mean([float(answers[i.id]["refused"]) for i in unanswerable]),
+            "false_refusal": _mean([float(answers[i.id]["refused"]) for i in answerable]),
+            "judge": _mean(judged),
+            "judge_failures": sum(1 for i in answerable if "error" in answers[i.id].get("verdict", {})),
+            f"hit@{k}": _mean([float(r is not None) for r in ranked]),
+            "mrr": _mean([1.0 / r if r else 0.0 for r in ranked]),
+        }
+        by_slice[part]["score"] = score(by_slice[part])
+    return by_slice
+
+
+def knowledge_new_to(registry: AdapterRegistry, lineage: dict, kb) -> set[str]:
+    """Dataset versions that are new knowledge for a candidate: those built after what its
+    parent was trained on (all of them for a first adapter). The rest is old knowledge, where
+    forgetting would show."""
+    from kbloop.dataset.store import DatasetStore
+
+    versions = {v["version"] for v in DatasetStore(kb.home, kb.manifest).versions()}
+    parent = lineage.get("parent")
+    known = registry.lineage(parent).get("dataset_versions", []) if parent and parent in registry.versions() else []
+    if not known:
+        return versions
+    horizon = max(known)
+    return {v for v in versions if v > horizon}
+
+
+def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_files: list[Path] | None = None,
+             use_judge: bool = True, promote: bool = False, progress: bool = False,
+             max_items: int | None = None) -> dict:
+    settings = kb.settings
+    registry = AdapterRegistry(kb.home, kb.manifest)
+    cand = registry.resolve(candidate or "latest")
+    if baseline == "current":
+        base = registry.current()
+    elif baseline == "base":
+        base = None
+    else:
+        base = registry.resolve(baseline)
+    if base == cand:
+        raise KbloopError(f"the candidate and the baseline are both {cand}: name another --baseline (e.g. base)")
+    lineage = registry.lineage(cand)
+    if lineage.get("generator") != settings.generator:
+        raise KbloopError(f"adapter {cand} was trained for {lineage.get('generator')}, "
+                          f"but KBLOOP_GENERATOR is {settings.generator}")
+    new_versions = knowledge_new_to(registry, lineage, kb)
+    items = build_evalset(kb, new_versions, list(user_files or []), max_items or settings.eval_max_items,
+                          settings.eval_old_share)
+    started = time.time()
+    k = settings.retrieve_k
+    ranks = retrieval_ranks(kb, items, k)
+    sides = {"candidate": (cand, registry.path(cand)),
+             "baseline": (base, registry.path(base) if base else None)}
+    answers = {side: answer_all(kb, path, items, progress, name or "base") for side, (name, path) in sides.items()}
+
+    judge = None
+    pairwise = {"wins": 0, "losses": 0, "ties": 0, "inconsistent": 0}
+    if use_judge:
+        judge = Judge(models.create("judge", settings.judge, settings), kb.manifest)
+        answerable = [i for i in items if i.answerable]
+        for item in _bar(answerable, progress, "judge"):
+            for side in sides:
+                got = answers[side][item.id]
+                verdict = judge.score(item.question, got["answer"], item.reference, got["sources"])
+                got["verdict"], got["judge_norm"] = verdict, judge_norm(verdict)
+            if settings.eval_pairwise:
+                pref = judge.prefer(item.question, item.reference, answers["candidate"][item.id]["answer"],
+                                    answers["baseline"][item.id]["answer"])
+                key = {"first": "wins", "second": "losses", "tie": "ties", None: "inconsistent"}[pref]
+                pairwise[key] += 1
+                answers["candidate"][item.id]["pairwise"] = pref
+
+    metrics = {side: side_metrics(items, answers[side], ranks, k) for side in sides}
+    decision = decide(metrics["candidate"], metrics["baseline"], settings.gate_tolerance)
+    run = time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + f"-{cand}"
+    report = {
+        "run": run, "created_at": started, "seconds": round(time.time() - started, 1),
+        "candidate": cand, "baseline": base or "base", "generator": settings.generator,
+        "judge": judge.spec if judge else None,
+        "judge_calls": judge.calls if judge else 0, "judge_cache_hits": judge.cache_hits if judge else 0,
+        "judge_failures": judge.failures if judge else 0,
+        "items": len(items), "slices": {s: sum(1 for i in items if i.slice == s) for s in ("new", "old", "user")},
+        "metrics": metrics, "pairwise": pairwise if judge and settings.eval_pairwise else None,
+        "decision": decision.as_dict(),
+        "details": [item.as_dict() | {"retrieval_rank": ranks.get(item.id),
+                                      "candidate": _public(answers["candidate"][item.id]),
+                                      "baseline": _public(answers["baseline"][item.id])} for item in items],
+    }
+    folder = write_report(kb, report)
+    report["folder"] = str(folder)
+    _record(kb, registry, report)
+    if promote and decision.decision == "accept":
+        registry.promote(cand, f"evaluation {run}: accepted against {base or 'base'}")
+        report["promoted"] = True
+    return report
+
+
+def _public(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k != "sources"}
+
+
+def _record(kb, registry: AdapterRegistry, report: dict) -> None:
+    import json
+
+    summary = {"metrics": report["metrics"], "pairwise": report["pairwise"]}
+    kb.manifest.db.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
+                           (report["run"], report["created_at"], report["candidate"], report["baseline"],
+                            report["decision"]["decision"], json.dumps(summary, sort_keys=True)))
+    lineage = registry.lineage(report["candidate"])
+    evaluations = lineage.get("evaluations", []) + [{
+        "run": report["run"], "baseline": report["baseline"], "at": report["created_at"],
+        "score": report["metrics"]["candidate"]["all"]["score"],
+        "baseline_score": report["metrics"]["baseline"]["all"]["score"],
+        "decision": report["decision"]["decision"],
+    }]
+    registry.update_lineage(report["candidate"], evaluations=evaluations,
+                            gate=report["decision"] | {"run": report["run"], "baseline": report["baseline"]})
+
+
+def _bar(items, progress: bool, desc: str):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="q", dynamic_ncols=True)
