@@ -43,7 +43,8 @@ Run it from the repository root:
                              [--records N] [--corpus-files 5] [--epochs 1]
                              [--skip-incremental] [--workdir DIR] [--keep] [--json]
 
-The full default run takes about 20 minutes on 2 CPU cores.
+The full default run takes about 25 minutes on 2 otherwise idle CPU cores and needs about
+10 GiB of free memory (fp32 training, no gradient checkpointing).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ DEFAULT_CORPUS = REPO.parent / "shared" / "kbdev" / "corpus" / "initial"
 OUT_DIR = REPO / "bench" / "out"
 EMBEDDER = "local:all-minilm-l6-v2"
 DEFAULT_MODELS = "local:smollm2-135m,local:qwen2.5-0.5b"
-# Records per model when --records is not given (a record is about 900 tokens): a few
-# minutes per side on 2 cores; 8 records make one optimizer step at the default settings.
-DEFAULT_RECORDS = {"local:smollm2-135m": 16, "local:qwen2.5-0.5b": 4}
+# Records per model when --records is not given. A record is about 900 tokens and 2 CPU cores
+# train smollm2-135m at roughly 60 tok/s, qwen2.5-0.5b at roughly 15: a few minutes per side.
+# 8 records make one optimizer step at the default settings (batch 2 x accumulation 4).
+DEFAULT_RECORDS = {"local:smollm2-135m": 8, "local:qwen2.5-0.5b": 2}
 FALLBACK_RECORDS = 8
 DEFAULT_CORPUS_FILES = 5
 INCREMENTAL_MODEL = "local:smollm2-135m"
