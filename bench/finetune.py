@@ -28,7 +28,8 @@ Measured in one run, every training in its own fresh child process (``python ben
    active record). Reported: seconds of the whole ``finetune()`` call (model load, probe
    losses and saving included; the target, <= 0.3), seconds of the training loop alone, and tokens.
 
-All runs use KBLOOP_FINETUNE_EPOCHS=``--epochs`` (default 1) and KBLOOP_DATASET_TEACHER_PAIRS=0,
+Part 3 runs first, then part 1 model by model; a child that dies (say, out of memory) is
+reported and the rest still run. All runs use KBLOOP_FINETUNE_EPOCHS=``--epochs`` (default 1) and KBLOOP_DATASET_TEACHER_PAIRS=0,
 the other KBLOOP_FINETUNE_* settings at their defaults (or as set in the environment). The
 corpus subset is the ``--corpus-files`` smallest documents, to bound time. Nothing is
 downloaded: the packaged models must already be converted under KBLOOP_MODEL_CACHE.
@@ -217,6 +218,10 @@ def child_main(spec_path: Path) -> None:
 
 # -- the parent: homes, children, report -----------------------------------------------------
 
+class ChildFailed(RuntimeError):
+    """A training child process ended without a result."""
+
+
 def run_child(workdir: Path, name: str, spec: dict) -> dict:
     """Run one training in a fresh Python process; its result dict."""
     spec_path = workdir / f"child-{name}.json"
@@ -227,7 +232,8 @@ def run_child(workdir: Path, name: str, spec: dict) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
                           check=False, env={**os.environ, **CHILD_ENV}, cwd=REPO)
     if proc.returncode != 0 or not result_path.is_file():
-        raise SystemExit(f"child {name} failed (exit {proc.returncode})")
+        killed = "; killed, most likely for lack of memory" if proc.returncode == -9 else ""
+        raise ChildFailed(f"child {name} failed (exit {proc.returncode}{killed})")
     out = json.loads(result_path.read_text())
     out["process_seconds"] = time.perf_counter() - started
     t = out["train"]
@@ -368,6 +374,9 @@ def summary_tables(throughput: list[dict], incremental: dict | None) -> str:
         lines += ["| model | measure | kbloop | plain transformers+peft | kbloop / plain | target | result |",
                   "|---|---|---|---|---|---|---|"]
         for t in throughput:
+            if "error" in t:
+                lines.append(f"| {t['model']} | {t['records']} records | {t['error']} | | | | FAIL |")
+                continue
             k, p = t["kbloop"], t["plain"]
             kt, pt = k["train"], p["train"]
             name = t["model"]
@@ -385,7 +394,9 @@ def summary_tables(throughput: list[dict], incremental: dict | None) -> str:
                          f"{t['rss_ratio']:.3f} | | |")
             lines.append(f"| {name} | whole call incl. load (s) | {k['call_seconds']:.1f} | {p['call_seconds']:.1f} | "
                          f"{ratio(k['call_seconds'], p['call_seconds']):.3f} | | |")
-    if incremental:
+    if incremental and "error" in incremental:
+        lines += ["", f"incremental ({incremental['model']}): {incremental['error']}"]
+    elif incremental:
         inc, full = incremental["incremental"], incremental["full"]
         it, ft = inc["train"], full["train"]
         if lines:
@@ -425,6 +436,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
     embedder = models.create("embedder", EMBEDDER, Settings())
     started = time.perf_counter()
+    incremental = None
+    if not args.skip_incremental:
+        try:
+            incremental = measure_incremental(files, args.update_share, args.epochs, embedder, workdir)
+        except ChildFailed as exc:
+            print(f"   {exc}", flush=True)
+            incremental = {"model": INCREMENTAL_MODEL, "error": str(exc)}
     throughput = []
     if model_list:
         home = make_home(workdir / "throughput", files, {"KBLOOP_EMBEDDER": EMBEDDER,
@@ -435,10 +453,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
               flush=True)
         for model in model_list:
             records = args.records or DEFAULT_RECORDS.get(model, FALLBACK_RECORDS)
-            throughput.append(measure_throughput(model, records, home, workdir))
-    incremental = None
-    if not args.skip_incremental:
-        incremental = measure_incremental(files, args.update_share, args.epochs, embedder, workdir)
+            try:
+                throughput.append(measure_throughput(model, records, home, workdir))
+            except ChildFailed as exc:
+                print(f"   {exc}", flush=True)
+                throughput.append({"model": model, "records": records, "error": str(exc)})
     seconds = time.perf_counter() - started
     print(f"\n## Summary (one run, {seconds / 60:.1f} min; absolute numbers vary on a shared machine, "
           f"ratios are from the same run)\n")
