@@ -97,11 +97,19 @@ def test_extractive_pairs_read_options_defaults_and_definitions():
     text = textwrap.dedent(TOOLS["ferry.md"]).split("## OPTIONS")[1]
     pairs = {p.question: p for p in extract_pairs(text, {"title": "ferry(1) Manual Page", "section": "OPTIONS"},
                                                    "ferry.md")}
-    assert pairs["What does the --depth option do in ferry?"].answer == (
-        "Copy only the last n revisions of each archive. The default is 12 revisions.")
-    assert pairs["What is the default for --depth in ferry?"].answer == "The default is 12 revisions."
-    assert pairs["What is the default for ferry.timeout in ferry?"].answer == "The default value is 90."
+    # Answers are one sentence that names its subject; the evidence is the document's own words.
+    depth = pairs["What does the --depth option do in ferry?"]
+    assert depth.answer == "In ferry, the --depth option copies only the last n revisions of each archive."
+    assert depth.evidence == "Copy only the last n revisions of each archive."
+    assert pairs["What is the default for --depth in ferry?"].answer == "The default for --depth in ferry is 12 revisions."
+    assert pairs["What is the default for --retries in ferry?"].answer == "The default for --retries in ferry is 4."
+    timeout = pairs["What is the default for ferry.timeout in ferry?"]
+    assert (timeout.answer, timeout.evidence) == ("The default for ferry.timeout in ferry is 90.", "The default value is 90.")
+    # A description that does not open with an instruction is quoted after the subject.
+    assert pairs["What does the ferry.timeout setting do in ferry?"].answer == (
+        "In ferry, the ferry.timeout setting: Seconds to wait for a harbour to answer before giving up.")
     assert pairs["What does the ferry.compress setting do in ferry?"].generator == "extractive:config"
+    assert pairs["What does the --quiet option do in ferry?"].answer == "In ferry, the --quiet option prints nothing but errors."
     definition = extract_pairs("A harbour is a directory that ferry keeps in step with a remote one.", {}, "x.md")
     assert [p.question for p in definition] == ["What is harbour, according to x?"]
 

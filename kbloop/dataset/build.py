@@ -159,7 +159,7 @@ def _keep(pairs: list[Pair], chunk: SourceChunk, dedupe: Deduplicator, counts: B
         counts.pairs_generated += 1
         if length_problem(pair.question, pair.answer):
             counts.pairs_bad_length += 1
-        elif not supported(pair.answer, chunk.text):
+        elif not supported(pair.support, chunk.text):
             counts.pairs_unsupported += 1
         elif not dedupe.admit(pair.question, siblings):
             counts.pairs_duplicate += 1
@@ -176,7 +176,7 @@ def _distractors(kb, pair: Pair, chunk: SourceChunk, by_vector: dict[int, Source
     out: list[Knowledge] = []
     for hit in kb.search(pair.question, k + 6):
         other = by_vector.get(hit.vector_id)
-        if other is None or other.text_hash == chunk.text_hash or supported(pair.answer, other.text):
+        if other is None or other.text_hash == chunk.text_hash or supported(pair.support, other.text):
             continue
         out.append(Knowledge(other.path, other.text, other.metadata, oracle=False))
         if len(out) == k:

@@ -1,15 +1,19 @@
 """Question/answer pairs read straight out of a chunk, with no language model.
 
-Reference documents state their facts in a few regular shapes; each shape becomes a question
-whose answer is the document's own sentence:
+Reference documents state their facts in a few regular shapes; each shape becomes a question:
 
 - option and flag entries (``--tags  Use any tag…``; in PDFs the flag sits on its own line),
-  and configuration keys (``gc.auto  When there are…``) → "What does --tags do in git-describe?";
+  and configuration keys (``gc.auto  When there are…``) → "What does the --tags option do in
+  git-describe?";
 - "default is …" / "defaults to …" statements → "What is the default for gc.auto in git-gc?";
-- definitions at the start of a paragraph ("A bundle is a file that…") → "What is a bundle?";
-- a section heading with the section's first sentence → "What does the DESCRIPTION section … say?".
+- definitions at the start of a paragraph ("A bundle is a file that…") → "What is a bundle?".
 
-So a build always yields data offline, and every answer quotes its source verbatim.
+The answer is short and restates its subject the way a person answers ("The default for gc.auto
+in git-gc is 6700."), because the model learns the shape of its answers from these records:
+answers that were whole passages taught it to copy passages, source headings included. Each
+pair keeps the sentence it was read from as its ``evidence``, and the support filter checks that
+sentence against the chunk. So a build always yields data offline, and every answer rests on
+the document's own words.
 """
 
 from __future__ import annotations
@@ -18,22 +22,34 @@ import re
 from dataclasses import dataclass
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(\-])")
-FLAG = r"--?[A-Za-z0-9][\w.-]*(?:\[?=[^\s,]*\]?)?"
+FLAG = r"--?[A-Za-z0-9][\w.-]*(?:\[?=[^\s,]*\]?| <[\w.-]+>)?"  # --depth=<n>, --retries <count>
 FLAGS_ONLY = re.compile(rf"^\s*({FLAG}(?:,?\s+{FLAG})*)\s*$")
 FLAG_AND_TEXT = re.compile(rf"^\s*({FLAG}(?:,\s*{FLAG})*)\s+([A-Z][^\n]+)$")
 CONFIG_KEY = r"[a-z][a-zA-Z0-9-]*(?:\.[a-zA-Z0-9<>*_-]+)+"
 KEY_ONLY = re.compile(rf"^\s*({CONFIG_KEY})\s*$")
 KEY_AND_TEXT = re.compile(rf"^\s*({CONFIG_KEY})\s+([A-Z][^\n]+)$")
 DEFAULT = re.compile(r"\b(?:default(?: value)? (?:is|of)|defaults to|by default)\b", re.IGNORECASE)
-HEADING = re.compile(r"^[A-Za-z][\w .,'()-]{1,60}$")  # a title, not a command line or a value
-DEFINITION = re.compile(
-    r"^(?:(?:The|A|An)\s+)?(`?[\w.'`<>-]+(?:\s+[\w.'`<>-]+){0,3}`?)\s+(is|are)\s+(?:a|an|the|used|one)\b"
+DEFAULT_VALUE = re.compile(
+    r"\b(?:default(?: value)? is|defaults to|default of)\s+(?!the\b|to\b|that\b|set\b|used\b|on\b|if\b)"
+    r"(`[^`]+`|\"[^\"]+\"|[^\s,;:()]+(?:\s+(?:seconds|minutes|hours|days|weeks|months|years|bytes|"
+    r"characters|commits|objects|files|revisions|percent|KiB|MiB|GiB))?)(?=[\s.,;:()]|$)",
+    re.IGNORECASE,
 )
+DEFINITION = re.compile(
+    r"^(?:(?:The|A|An)\s+)?(`?[a-z<`-][\w.'`<>-]*(?:\s+[a-z][\w.'`<>-]*)?`?)\s+(is|are)\s+(?:a|an|the|used|one)\b"
+)
+# Leading words that are not an instruction to conjugate ("Prepend" → "prepends").
+NOT_VERBS = {"the", "a", "an", "this", "these", "that", "if", "when", "with", "without", "instead",
+             "only", "by", "in", "for", "as", "on", "see", "note", "it", "unless", "same", "like",
+             "defaults", "default", "can", "may", "deprecated", "synonym", "alias", "equivalent",
+             "there", "each", "all", "any", "no", "not", "both", "either", "used", "implies", "which",
+             "what", "where", "whether", "before", "after", "during", "to", "also", "every", "some",
+             "one", "progress", "path", "format", "timeout", "maximum", "minimum", "short", "legacy",
+             "password", "username", "number", "seconds", "names", "notes", "synonyms", "boolean",
+             "integer", "name", "list", "value", "time", "size", "output", "mode", "files", "file"}
+IRREGULAR = {"be": "is", "have": "has", "do": "does"}
 TITLE_SUFFIX = re.compile(r"\s*\(\d\)(?:\s+Manual Page)?\s*$|\s+Manual Page\s*$")
 ESCAPE = re.compile(r"\\([<>*_`\[\]#])")
-# Headings that introduce lists or boilerplate rather than a statement worth asking about.
-DULL_SECTIONS = {"options", "see also", "git", "synopsis", "name", "examples", "configuration",
-                 "author", "authors", "documentation", "reporting bugs", "notes"}
 MAX_ANSWER_WORDS = 70
 
 
@@ -42,6 +58,12 @@ class Pair:
     question: str
     answer: str
     generator: str  # e.g. "extractive:option" or "teacher:local:qwen2.5-0.5b"
+    evidence: str = ""  # the chunk's own sentence the answer was read from; "" for a teacher's pair
+
+    @property
+    def support(self) -> str:
+        """What the chunk must state for the pair to be kept."""
+        return self.evidence or self.answer
 
 
 def document_name(metadata: dict, path: str) -> str:
@@ -124,44 +146,79 @@ def first_flag(name: str) -> str:
     return re.split(r"[\s,/=\[]+", name.strip())[0]
 
 
+def third_person(sentence: str) -> str | None:
+    """``Prepend <prefix>/ to paths.`` → ``prepends <prefix>/ to paths.``; None when the
+    sentence does not open with an instruction."""
+    first, _, rest = sentence.partition(" ")
+    word = first.lower()
+    if (not first[:1].isupper() or not first.isalpha() or word in NOT_VERBS or not rest
+            or word.endswith(("ly", "ing", "ed"))):
+        return None
+    if word in IRREGULAR:
+        verb = IRREGULAR[word]
+    elif word.endswith("s") and not word.endswith("ss"):
+        verb = word  # already "Specifies", "Sets"
+    elif word.endswith("y") and word[-2:-1] not in "aeiou":
+        verb = word[:-1] + "ies"
+    elif word.endswith(("ss", "sh", "ch", "x", "z", "o")):
+        verb = word + "es"
+    else:
+        verb = word + "s"
+    return f"{verb} {rest}"
+
+
+def describe(name: str, noun: str, doc: str, sentence: str) -> str:
+    """A one-sentence answer to "What does NAME do in DOC?" that names its subject."""
+    if (rest := third_person(sentence)) is not None:
+        return f"In {doc}, the {name} {noun} {rest}"
+    return f"In {doc}, the {name} {noun}: {sentence}"
+
+
+def default_answer(subject: str, sentence: str) -> str:
+    """"The default for SUBJECT is VALUE." when the sentence names the value and says nothing
+    after it (no "…, but true for tgz"), else the sentence."""
+    if m := DEFAULT_VALUE.search(sentence):
+        value = m.group(1).rstrip(".")
+        after = sentence[m.end():].strip(" .)")
+        if value and len(value.split()) <= 4 and not after:
+            return f"The default for {subject} is {value}."
+    return sentence
+
+
 def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
-    """Every question the chunk's regular shapes give, each answered by the chunk's own words."""
+    """Every question the chunk's regular shapes give, each resting on one of the chunk's sentences."""
     text = ESCAPE.sub(r"\1", text)
     doc = document_name(metadata, path)
     pairs: list[Pair] = []
     for entry in entries(text):
-        answer = short_answer(entry.description)
-        if len(answer.split()) < 4:
+        said = sentences(entry.description)
+        lead = short_answer(entry.description, 1)
+        if len(lead.split()) < 4:
             continue
         name = first_flag(entry.name) if entry.kind == "option" else entry.name
         noun = "option" if entry.kind == "option" else "setting"
-        pairs.append(Pair(f"What does the {name} {noun} do in {doc}?", answer, f"extractive:{entry.kind}"))
-        for sentence in sentences(entry.description):
+        pairs.append(Pair(f"What does the {name} {noun} do in {doc}?", describe(name, noun, doc, lead),
+                          f"extractive:{entry.kind}", evidence=lead))
+        for sentence in said:
             if DEFAULT.search(sentence):
-                pairs.append(Pair(f"What is the default for {name} in {doc}?", sentence, "extractive:default"))
+                pairs.append(Pair(f"What is the default for {name} in {doc}?",
+                                  default_answer(f"{name} in {doc}", sentence), "extractive:default",
+                                  evidence=sentence))
                 break
     described = " ".join(e.description for e in entries(text))
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     for paragraph in paragraphs:
         for sentence in sentences(paragraph):
-            if DEFAULT.search(sentence) and sentence not in described:
+            # A statement of a default outside an entry, kept when it names a concrete value.
+            if DEFAULT_VALUE.search(sentence) and sentence not in described:
                 subject = metadata.get("section") or doc
                 pairs.append(Pair(f"What is the default stated under {subject} in {doc}?", sentence,
-                                  "extractive:default"))
+                                  "extractive:default", evidence=sentence))
         lead = sentences(paragraph)[:1]
-        if lead and (m := DEFINITION.match(lead[0])) and len(lead[0].split()) >= 6:
+        if lead and (m := DEFINITION.match(lead[0])) and 6 <= len(lead[0].split()) <= MAX_ANSWER_WORDS:
             term = m.group(1).strip("`")
             if term.lower() not in {"this", "it", "that", "there", "these", "they", "which"}:
                 verb = "are" if m.group(2) == "are" else "is"
-                pairs.append(Pair(f"What {verb} {term}, according to {doc}?", short_answer(paragraph, 1),
-                                  "extractive:definition"))
-    section = (metadata.get("section") or "").strip()
-    if (section and section.lower() not in DULL_SECTIONS and section != metadata.get("title")
-            and HEADING.match(section) and len(section.split()) <= 8):
-        body = text.strip()
-        if body.lower().startswith(section.lower()):
-            body = body[len(section):]
-            lead = short_answer(body, 2)
-            if len(lead.split()) >= 6:
-                pairs.append(Pair(f"What does the {section} section of {doc} say?", lead, "extractive:heading"))
+                pairs.append(Pair(f"What {verb} {term}, according to {doc}?", lead[0],
+                                  "extractive:definition", evidence=lead[0]))
     return pairs

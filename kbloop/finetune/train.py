@@ -39,7 +39,7 @@ from kbloop.fsutil import atomic_write_bytes, exclusive
 
 log = logging.getLogger(__name__)
 
-PROBE_SIZE = 16
+PROBE_SIZE = 8
 WARMUP_FRACTION = 0.05
 
 
