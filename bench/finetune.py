@@ -21,16 +21,18 @@ Measured in one run, every training in its own fresh child process (``python ben
    Reported: tok/s of each and kbloop / plain (target >= 1.0).
 2. peak memory: each child reads its own VmHWM (peak RSS) from /proc/self/status at the end.
 3. incremental cost, with local:smollm2-135m: a home holding ``--corpus-files`` documents but
-   with about ``--update-share`` of them (by size) held back; ingest, ``dataset build``, train
+   some held back: the documents whose share of the training records (counted in part 1's
+   home) comes closest to ``--update-share``; ingest, ``dataset build``, train
    adapter A (fresh) on every record and promote it; add the held-back documents, ingest,
    ``dataset build``, then time ``finetune(kb)`` (continues A: the new records plus replay at
    KBLOOP_FINETUNE_REPLAY_RATIO) against ``finetune(kb, fresh=True)`` (a full retrain on every
    active record). Reported: seconds of the whole ``finetune()`` call (model load, probe
    losses and saving included; the target, <= 0.3), seconds of the training loop alone, and tokens.
 
-Part 3 runs first, then part 1 model by model; a child that dies (say, out of memory) is
-reported and the rest still run. All runs use KBLOOP_FINETUNE_EPOCHS=``--epochs`` (default 1) and KBLOOP_DATASET_TEACHER_PAIRS=0,
-the other KBLOOP_FINETUNE_* settings at their defaults (or as set in the environment). The
+Part 1's home is built first, part 3 runs next, then part 1's trainings model by model; a
+child that dies (say, out of memory) is reported and the rest still run. All runs use
+KBLOOP_FINETUNE_EPOCHS=``--epochs`` (default 1) and KBLOOP_DATASET_TEACHER_PAIRS=0, the other
+KBLOOP_FINETUNE_* settings at their defaults (or as set in the environment). The
 corpus subset is the ``--corpus-files`` smallest documents, to bound time. Nothing is
 downloaded: the packaged models must already be converted under KBLOOP_MODEL_CACHE.
 
@@ -41,11 +43,12 @@ Details go to ``bench/out/finetune-<time>.json``.
 Run it from the repository root:
 
     python bench/finetune.py [--models local:smollm2-135m,local:qwen2.5-0.5b]
-                             [--records N] [--corpus-files 5] [--epochs 1]
+                             [--records N] [--corpus-files 10] [--epochs 1]
                              [--skip-incremental] [--workdir DIR] [--keep] [--json]
 
-The full default run takes about 25 minutes on 2 otherwise idle CPU cores and needs about
-10 GiB of free memory (fp32 training, no gradient checkpointing).
+The full default run takes about 20 minutes on 2 otherwise idle CPU cores (far longer when
+another process competes for them) and needs about 12 GiB of free memory (fp32 training, no
+gradient checkpointing; the plain qwen2.5-0.5b loop peaks near 11.5 GiB).
 """
 
 from __future__ import annotations
@@ -69,12 +72,13 @@ DEFAULT_CORPUS = REPO.parent / "shared" / "kbdev" / "corpus" / "initial"
 OUT_DIR = REPO / "bench" / "out"
 EMBEDDER = "local:all-minilm-l6-v2"
 DEFAULT_MODELS = "local:smollm2-135m,local:qwen2.5-0.5b"
-# Records per model when --records is not given. A record is about 900 tokens and 2 CPU cores
-# train smollm2-135m at roughly 60 tok/s, qwen2.5-0.5b at roughly 15: a few minutes per side.
+# Records per model when --records is not given. A record is about 850 tokens; 2 idle CPU
+# cores train smollm2-135m at roughly 300 tok/s and qwen2.5-0.5b at roughly 120 (several
+# times slower when another process competes for the cores): a few minutes per side.
 # 8 records make one optimizer step at the default settings (batch 2 x accumulation 4).
-DEFAULT_RECORDS = {"local:smollm2-135m": 8, "local:qwen2.5-0.5b": 2}
-FALLBACK_RECORDS = 8
-DEFAULT_CORPUS_FILES = 5
+DEFAULT_RECORDS = {"local:smollm2-135m": 32, "local:qwen2.5-0.5b": 16}
+FALLBACK_RECORDS = 16
+DEFAULT_CORPUS_FILES = 10
 INCREMENTAL_MODEL = "local:smollm2-135m"
 
 THROUGHPUT_TARGET = 1.0   # kbloop tok/s / plain tok/s, at least
@@ -321,26 +325,46 @@ def measure_throughput(model: str, records: int, home, workdir: Path) -> dict:
             "rss_ratio": ratio(kbloop["peak_rss_kib"], plain["peak_rss_kib"])}
 
 
-def held_back(files: list[Path], share: float) -> list[Path]:
-    """The file (or files) whose total size is closest to ``share`` of all, at least one."""
-    total = sum(f.stat().st_size for f in files)
-    wanted = share * total
-    by_size = sorted(files, key=lambda f: f.stat().st_size)
-    best = min(by_size[:-1] or by_size, key=lambda f: abs(f.stat().st_size - wanted))
-    return [best]
+def train_records_per_file(home) -> dict[str, int]:
+    """Active training records of a built home, by document name."""
+    from kbloop.dataset.store import DatasetStore
+    from kbloop.kb import KnowledgeBase
+
+    counts: dict[str, int] = {}
+    with KnowledgeBase(home) as kb:
+        for record in DatasetStore(home, kb.manifest).active_records("train"):
+            name = Path(record.source["path"]).name
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
-def measure_incremental(files: list[Path], share: float, epochs: int, embedder, workdir: Path) -> dict:
+def held_back(files: list[Path], share: float, per_file: dict[str, int]) -> list[Path]:
+    """The documents whose training records together come closest to ``share`` of all (at
+    least one, never every one): an exact subset-sum over the per-document record counts."""
+    total = sum(per_file.values())
+    counted = sorted((f for f in files if per_file.get(f.name, 0)), key=lambda f: f.name)
+    if len(counted) < 2 or not total:
+        raise SystemExit("the incremental part needs at least two documents with training records")
+    reachable: dict[int, list[Path]] = {0: []}
+    for f in counted:
+        for held, chosen in list(reachable.items()):
+            reachable.setdefault(held + per_file[f.name], chosen + [f])
+    return reachable[min((h for h in reachable if 0 < h < total), key=lambda h: (abs(h / total - share), h))]
+
+
+def measure_incremental(files: list[Path], share: float, per_file: dict[str, int], epochs: int, embedder,
+                        workdir: Path) -> dict:
     from kbloop.finetune.registry import AdapterRegistry
     from kbloop.kb import KnowledgeBase
 
-    later = held_back(files, share)
+    later = held_back(files, share, per_file)
     first = [f for f in files if f not in later]
     settings = {"KBLOOP_GENERATOR": INCREMENTAL_MODEL, "KBLOOP_EMBEDDER": EMBEDDER,
                 "KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_EPOCHS": str(epochs)}
     home = make_home(workdir / "incremental", first, settings)
+    expected = sum(per_file.get(f.name, 0) for f in later) / max(sum(per_file.values()), 1)
     print(f"\n== incremental ({INCREMENTAL_MODEL}): {len(first)} documents first, then "
-          f"{', '.join(f.name for f in later)} added", flush=True)
+          f"{', '.join(f.name for f in later)} added (~{expected:.0%} of the training records)", flush=True)
     initial = ingest_and_build(home, embedder)
     print(f"   initial: {initial['chunks_embedded']} chunks, {initial['dataset']['records_train']} train records",
           flush=True)
@@ -401,8 +425,9 @@ def summary_tables(throughput: list[dict], incremental: dict | None) -> str:
         it, ft = inc["train"], full["train"]
         if lines:
             lines.append("")
-        lines += ["| incremental after ~10% update (" + incremental["model"] + ") | continue A | full retrain | "
-                  "ratio | target | result |", "|---|---|---|---|---|---|"]
+        header = (f"| incremental ({incremental['model']}) after adding {', '.join(incremental['added_files'])} "
+                  "| continue A | full retrain | ratio | target | result |")
+        lines += [header, "|---|---|---|---|---|---|"]
         lines.append(f"| new train records / all active | {incremental['update']['dataset']['records_train']} / "
                      f"{incremental['update']['dataset']['records_train'] + incremental['initial']['dataset']['records_train']}"
                      f" | | {incremental['new_share']:.3f} | | |")
@@ -436,21 +461,24 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
 
     embedder = models.create("embedder", EMBEDDER, Settings())
     started = time.perf_counter()
+    # One home over the whole subset: part 1 trains from it, and its records per document
+    # choose the update of part 3.
+    home = make_home(workdir / "throughput", files, {"KBLOOP_EMBEDDER": EMBEDDER,
+                                                     "KBLOOP_DATASET_TEACHER_PAIRS": "0",
+                                                     "KBLOOP_FINETUNE_EPOCHS": str(args.epochs)})
+    built = ingest_and_build(home, embedder)
+    per_file = train_records_per_file(home)
+    print(f"home over the subset: {built['chunks_embedded']} chunks, {built['dataset']['records_train']} train "
+          f"records ({', '.join(f'{name} {n}' for name, n in sorted(per_file.items()))})", flush=True)
     incremental = None
     if not args.skip_incremental:
         try:
-            incremental = measure_incremental(files, args.update_share, args.epochs, embedder, workdir)
+            incremental = measure_incremental(files, args.update_share, per_file, args.epochs, embedder, workdir)
         except ChildFailed as exc:
             print(f"   {exc}", flush=True)
             incremental = {"model": INCREMENTAL_MODEL, "error": str(exc)}
     throughput = []
     if model_list:
-        home = make_home(workdir / "throughput", files, {"KBLOOP_EMBEDDER": EMBEDDER,
-                                                         "KBLOOP_DATASET_TEACHER_PAIRS": "0",
-                                                         "KBLOOP_FINETUNE_EPOCHS": str(args.epochs)})
-        built = ingest_and_build(home, embedder)
-        print(f"throughput home: {built['chunks_embedded']} chunks, {built['dataset']['records_train']} train records",
-              flush=True)
         for model in model_list:
             records = args.records or DEFAULT_RECORDS.get(model, FALLBACK_RECORDS)
             try:
@@ -477,9 +505,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help=f"documents (default: {DEFAULT_CORPUS})")
     parser.add_argument("--corpus-files", type=int, default=DEFAULT_CORPUS_FILES,
                         help="use only this many smallest documents of the corpus; 0 for all "
-                             f"(default: {DEFAULT_CORPUS_FILES}, about 20 training records)")
+                             f"(default: {DEFAULT_CORPUS_FILES}, about 70 training records)")
     parser.add_argument("--update-share", type=float, default=0.1,
-                        help="share of the subset (by size) held back and added as the update (default: 0.1)")
+                        help="the update is the set of documents whose share of the training records is "
+                             "closest to this (default: 0.1)")
     parser.add_argument("--epochs", type=int, default=1, help="KBLOOP_FINETUNE_EPOCHS for every run (default: 1)")
     parser.add_argument("--skip-incremental", action="store_true", help="skip part 3")
     parser.add_argument("--workdir", type=Path, default=None,

@@ -26,10 +26,11 @@ def adapters(tmp_path_factory, model_cache, embedder):
     """0001: trained on the real answers; 0002: trained on the same questions with the answers
     shuffled among them (a deliberately broken candidate). Plus an eval file of those questions."""
     root = tmp_path_factory.mktemp("ev")
-    # The gate's tolerance is wide for 9 questions (one flipped answer moves the score ~0.04):
-    # the test is that a broken adapter falls far below it and a sound one does not.
+    # On 9 questions one flipped answer moves the score about 0.05. Measured here: the broken
+    # adapter scores 0.12 below the base model and the sound one 0.02 above it, so a tolerance
+    # of 0.05 leaves each decision a margin of more than one flipped answer.
     home = make_home(root / "kb", model_cache, KBLOOP_FINETUNE_EPOCHS="2", KBLOOP_JUDGE="local:smollm2-135m",
-                     KBLOOP_GATE_TOLERANCE="0.1")
+                     KBLOOP_GATE_TOLERANCE="0.05")
     kb = KnowledgeBase(home, embedder=embedder)
     kb.ingest()
     build(kb)
@@ -40,18 +41,19 @@ def adapters(tmp_path_factory, model_cache, embedder):
     records_file = DatasetStore(kb.home, kb.manifest).records_file("0001")
     original = records_file.read_text()
     rows = [json.loads(line) for line in original.splitlines()]
+    # Shuffled with no record keeping its own answer: one random cycle through all of them.
     answers = [r["answer"] for r in rows]
-    random.Random(7).shuffle(answers)
-    for row, answer in zip(rows, answers):
-        row["answer"] = answer
+    order = random.Random(7).sample(range(len(rows)), len(rows))
+    for here, there in zip(order, order[1:] + order[:1]):
+        rows[here]["answer"] = answers[there]
     records_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     broken = finetune(kb, fresh=True)
     records_file.write_text(original)
     assert (good.version, broken.version) == ("0001", "0002")
     picked = random.Random(3).sample([r for r in rows if r["oracle"]], 8)
     eval_file = root / "questions.jsonl"
-    eval_file.write_text("".join(json.dumps({"question": r["instruction"], "answer": r["reference"]}) + "\n"
-                                 for r in picked)
+    eval_file.write_text("".join(json.dumps({"question": r["instruction"], "answer": r["reference"],
+                                             "accept": r["accept"]}) + "\n" for r in picked)
                          + json.dumps({"question": "Which colour is the dock's flag?", "answer": "NOT_IN_KB"}) + "\n")
     yield kb, eval_file
     kb.close()
@@ -61,7 +63,7 @@ def test_gate_rejects_a_broken_candidate_and_accepts_a_good_one(adapters):
     kb, eval_file = adapters
     registry = AdapterRegistry(kb.home, kb.manifest)
     broken = evaluate(kb, "0002", "base", [eval_file], use_judge=False, promote=True)
-    assert broken["decision"]["decision"] == "reject"
+    assert broken["decision"]["decision"] == "reject", broken["metrics"]
     assert broken["metrics"]["candidate"]["all"]["score"] < broken["metrics"]["baseline"]["all"]["score"]
     assert registry.current() is None  # a rejected candidate is not promoted
     assert registry.lineage("0002")["gate"]["decision"] == "reject"

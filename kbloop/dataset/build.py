@@ -128,7 +128,8 @@ def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
             source = {"path": chunk.path, "text_hash": chunk.text_hash, "vector_id": chunk.vector_id,
                       "metadata": chunk.metadata}
             records.append(assemble(rid, version, split, pair.generator, pair.question, pair.answer,
-                                    chunk.knowledge, distractors, settings.dataset_oracle_p, source))
+                                    chunk.knowledge, distractors, settings.dataset_oracle_p, source,
+                                    list(pair.accept)))
             counts.by_generator[pair.generator] = counts.by_generator.get(pair.generator, 0) + 1
         done[chunk.text_hash] = len(kept)
 

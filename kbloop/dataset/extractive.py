@@ -59,6 +59,12 @@ class Pair:
     answer: str
     generator: str  # e.g. "extractive:option" or "teacher:local:qwen2.5-0.5b"
     evidence: str = ""  # the chunk's own sentence the answer was read from; "" for a teacher's pair
+    value: str = ""     # the bare value a default question asks for
+
+    @property
+    def accept(self) -> tuple[str, ...]:
+        """Other forms that state the answer, for grading: the bare value, the document's sentence."""
+        return tuple(f for f in (self.value, self.evidence) if f and f != self.answer)
 
     @property
     def support(self) -> str:
@@ -174,15 +180,14 @@ def describe(name: str, noun: str, doc: str, sentence: str) -> str:
     return f"In {doc}, the {name} {noun}: {sentence}"
 
 
-def default_answer(subject: str, sentence: str) -> str:
-    """"The default for SUBJECT is VALUE." when the sentence names the value and says nothing
-    after it (no "…, but true for tgz"), else the sentence."""
+def default_value(sentence: str) -> str:
+    """The value a default sentence names, when it names one and says nothing after it (no
+    "…, but true for tgz"); else ""."""
     if m := DEFAULT_VALUE.search(sentence):
         value = m.group(1).rstrip(".")
-        after = sentence[m.end():].strip(" .)")
-        if value and len(value.split()) <= 4 and not after:
-            return f"The default for {subject} is {value}."
-    return sentence
+        if value and len(value.split()) <= 4 and not sentence[m.end():].strip(" .)"):
+            return value
+    return ""
 
 
 def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
@@ -201,9 +206,10 @@ def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
                           f"extractive:{entry.kind}", evidence=lead))
         for sentence in said:
             if DEFAULT.search(sentence):
-                pairs.append(Pair(f"What is the default for {name} in {doc}?",
-                                  default_answer(f"{name} in {doc}", sentence), "extractive:default",
-                                  evidence=sentence))
+                value = default_value(sentence)
+                answer = f"The default for {name} in {doc} is {value}." if value else sentence
+                pairs.append(Pair(f"What is the default for {name} in {doc}?", answer, "extractive:default",
+                                  evidence=sentence, value=value))
                 break
     described = " ".join(e.description for e in entries(text))
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]

@@ -43,6 +43,9 @@ class Record:
     reference: str  # the pair's answer, also when the record teaches a refusal
     oracle: bool
     source: dict = field(default_factory=dict)  # path, text_hash, location, chunk text
+    # Other forms that state the reference: the document's own sentence, the bare value. An
+    # evaluation counts an answer that states any of them as correct.
+    accept: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,11 +85,12 @@ def in_eval_split(text_hash: str, fraction: float) -> bool:
 
 
 def assemble(rid: str, version: str, split: Split, generator: str, question: str, answer: str,
-             source: Knowledge, distractors: list[Knowledge], oracle_p: float, source_info: dict) -> Record:
+             source: Knowledge, distractors: list[Knowledge], oracle_p: float, source_info: dict,
+             accept: list[str] | None = None) -> Record:
     """One record; the record id seeds its coin flip and shuffle, so a build is reproducible."""
     rng = random.Random(rid)
     oracle = split == "eval" or rng.random() < oracle_p
     knowledge = ([source] if oracle else []) + distractors
     rng.shuffle(knowledge)
     return Record(rid, version, split, generator, question, knowledge, answer if oracle else DONT_KNOW, answer,
-                  oracle, source_info)
+                  oracle, source_info, [a for a in (accept or []) if a and a != answer])

@@ -70,7 +70,8 @@ def build_evalset(kb, new_versions: set[str], user_files: list[Path], max_items:
         user += user_items(path)
     records = DatasetStore(kb.home, kb.manifest).active_records("eval")
     dataset = [EvalItem(r.id, r.instruction, r.reference, "new" if r.version in new_versions else "old",
-                        r.source["text_hash"], r.source["path"], r.version) for r in records]
+                        r.source["text_hash"], r.source["path"], r.version, accept=tuple(r.accept))
+               for r in records]
     new = [i for i in dataset if i.slice == "new"]
     old = [i for i in dataset if i.slice == "old"]
     room = max(0, max_items - len(user))
