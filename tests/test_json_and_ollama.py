@@ -11,7 +11,7 @@ from kbloop import models
 from kbloop.assistant.answer import NOT_IN_KB, Assistant
 from kbloop.config import Settings
 from kbloop.errors import BackendUnavailable
-from kbloop.models.jsonout import JsonOutputError, parse_json
+from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
 
 SCHEMA = {
     "type": "object",
@@ -44,6 +44,19 @@ def test_parse_json_names_what_is_wrong(text, problem):
 
 def ollama_settings(server, **kw):
     return Settings(ollama_url=server.url, **kw)
+
+
+def test_json_instructions_show_the_shape_to_fill_in_not_the_schema():
+    # Local models shown a JSON schema echo it back ({"properties": ...}); a shape they fill in.
+    schema = {"type": "object", "required": ["score", "winner", "reason", "tags"],
+              "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 5},
+                             "winner": {"type": "string", "enum": ["A", "B", "tie"]},
+                             "reason": {"type": "string"},
+                             "tags": {"type": "array", "items": {"type": "string"}}}}
+    text = schema_instructions(schema)
+    assert text.endswith('{"score": <integer 1 to 5>, "winner": "A" or "B" or "tie", "reason": "<text>", '
+                         '"tags": ["<text>", ...]}')
+    assert "properties" not in text and "minimum" not in text
 
 
 def test_complete_json_sends_the_schema_and_retries_once():

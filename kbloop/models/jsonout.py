@@ -86,8 +86,29 @@ def validate(value: Any, schema: dict, where: str = "$") -> None:
             validate(item, schema["items"], f"{where}[{i}]")
 
 
+def shape(schema: dict) -> str:
+    """The reply a schema asks for, written as a JSON-like template with placeholders:
+    ``{"correctness": <integer 1 to 5>, "reason": "<text>"}``. Small models asked to match a
+    JSON schema tend to echo the schema itself; given the shape, they fill it in."""
+    kind = schema.get("type")
+    if "enum" in schema:
+        return " or ".join(json.dumps(v) for v in schema["enum"])
+    if kind == "object":
+        fields = ", ".join(f"{json.dumps(k)}: {shape(v)}" for k, v in schema.get("properties", {}).items())
+        return "{" + fields + "}"
+    if kind == "array":
+        return f"[{shape(schema.get('items', {}))}, ...]"
+    if kind in ("integer", "number"):
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        span = f" {lo} to {hi}" if lo is not None and hi is not None else ""
+        return f"<{kind}{span}>"
+    if kind == "boolean":
+        return "true or false"
+    return '"<text>"'
+
+
 def schema_instructions(schema: dict) -> str:
     return (
-        "Reply with only a JSON object, no prose and no code fences, that matches this JSON schema:\n"
-        + json.dumps(schema, indent=None, sort_keys=True)
+        "Reply with only one JSON object, no prose and no code fences, in exactly this shape "
+        "(replace each <...> with your value):\n" + shape(schema)
     )
