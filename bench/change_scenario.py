@@ -10,8 +10,9 @@
    kbdev's questions: qa_update1, qa_changes and qa_unanswerable (``--with-initial`` adds the
    qa_initial items the change does not touch).
 
-    python bench/change_scenario.py [--model local:smollm2-135m] [--judge local:qwen2.5-0.5b]
+    python bench/change_scenario.py [--model local:smollm2-135m] [--judge local:qwen2.5-1.5b]
                                     [--reuse DIR] [--workdir DIR] [--max-records 320]
+                                    [--max-items 50] [--questions N] [--no-pairwise]
 
 It prints each step's summary and the report's path (report.md, compare.png, history.png).
 """
@@ -39,8 +40,9 @@ from kbloop.kb import KnowledgeBase  # noqa: E402
 KBDEV = Path(__file__).resolve().parent.parent.parent / "shared" / "kbdev"
 
 
-def question_file(out: Path, kbdev: Path, with_initial: bool) -> Path:
-    """kbdev's questions as one eval JSONL (question, answer, accept, source)."""
+def question_file(out: Path, kbdev: Path, with_initial: bool, limit: int = 0) -> Path:
+    """kbdev's questions as one eval JSONL (question, answer, accept, source); ``limit`` > 0
+    keeps that many, spread evenly over the list."""
     lines = []
     names = ("qa_update1", "qa_changes", "qa_unanswerable") + (("qa_initial",) if with_initial else ())
     for name in names:
@@ -49,6 +51,8 @@ def question_file(out: Path, kbdev: Path, with_initial: bool) -> Path:
             if item.get("affected_by_change") or item.get("affected_by_deletion"):
                 continue
             lines.append(json.dumps({k: item[k] for k in ("question", "answer", "accept", "source") if k in item}))
+    if 0 < limit < len(lines):
+        lines = [lines[i * len(lines) // limit] for i in range(limit)]
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -60,9 +64,13 @@ def step(label: str, data) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="local:smollm2-135m")
-    parser.add_argument("--judge", default="local:qwen2.5-0.5b")
+    parser.add_argument("--judge", default="local:qwen2.5-1.5b")
     parser.add_argument("--max-records", type=int, default=320)
     parser.add_argument("--max-items", type=int, default=50)
+    parser.add_argument("--questions", type=int, default=0,
+                        help="Ask only this many of kbdev's questions, spread evenly (0: all), leaving room "
+                             "in --max-items for the dataset's held-out questions.")
+    parser.add_argument("--no-pairwise", action="store_true", help="Judge each answer alone (half the judge calls).")
     parser.add_argument("--with-initial", action="store_true",
                         help="Also ask qa_initial (old knowledge then comes from those rather than the split).")
     parser.add_argument("--reuse", type=Path, default=None, help="A home from bench/finetune_gain.py --keep.")
@@ -71,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     settings_lines = {"KBLOOP_GENERATOR": args.model, "KBLOOP_JUDGE": args.judge, "KBLOOP_FINETUNE_EPOCHS": "1",
-                      "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records), "KBLOOP_DATASET_TEACHER_PAIRS": "0"}
+                      "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records), "KBLOOP_DATASET_TEACHER_PAIRS": "0",
+                      "KBLOOP_EVAL_PAIRWISE": "false" if args.no_pairwise else "true"}
     with bench_workdir(args.workdir, args.keep or args.reuse is not None, "kbloop-change-") as workdir:
         if args.reuse:
             home = Home(args.reuse.resolve())
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                 shutil.copyfile(src, home.root / "docs" / src.name)
         with open(home.env_file, "a") as fh:
             fh.writelines(f"{k}={v}\n" for k, v in settings_lines.items())
-        questions = question_file(workdir / "kbdev-questions.jsonl", args.kbdev, args.with_initial)
+        questions = question_file(workdir / "kbdev-questions.jsonl", args.kbdev, args.with_initial, args.questions)
         kb = KnowledgeBase(home)
         registry = AdapterRegistry(kb.home, kb.manifest)
         started = time.perf_counter()

@@ -25,6 +25,7 @@ SCHEMA = {
     '```json\n{"score": 4, "reason": "ok"}\n```',
     'Sure! Here is the JSON: {"score": 4, "reason": "ok",} Hope this helps.',
     '{"score": 4, "reason": "ok",\n}',
+    '{"score": 4, "reason": "ok',  # cut off by the token limit inside the last string
 ])
 def test_parse_json_repairs_fences_prose_and_trailing_commas(text):
     assert parse_json(text, SCHEMA) == {"score": 4, "reason": "ok"}
@@ -36,6 +37,7 @@ def test_parse_json_repairs_fences_prose_and_trailing_commas(text):
     ('{"score": 9, "reason": "x"}', r"\$.score should be <= 5"),
     ('{"score": "four", "reason": "x"}', r"\$.score should be integer"),
     ('{"score": 4, "reason": }', "not valid JSON"),
+    ('{"reason": "cut off before the sco', "missing required key 'score'"),
 ])
 def test_parse_json_names_what_is_wrong(text, problem):
     with pytest.raises(JsonOutputError, match=problem):

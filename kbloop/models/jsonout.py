@@ -1,8 +1,10 @@
 """Strict JSON from language models: repair the usual slips, then validate against a schema.
 
-Small local models wrap JSON in code fences, add prose around it or leave trailing commas.
-``parse_json`` repairs exactly those and nothing more; anything else is a ``JsonOutputError``
-that says what was wrong, so the caller can retry once with that message.
+Small local models wrap JSON in code fences, add prose around it, leave trailing commas, or
+run out of tokens inside a long last string (a judge's "reason"). ``parse_json`` repairs
+exactly those and nothing more; the schema still decides whether what remains will do.
+Anything else is a ``JsonOutputError`` that says what was wrong, so the caller can retry once
+with that message.
 """
 
 from __future__ import annotations
@@ -42,11 +44,43 @@ def _extract(text: str) -> str:
     start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
     if start < 0:
         raise JsonOutputError("no JSON object in the output")
+    cut = _close_cut_string(text[start:])
+    if cut is not None:
+        return cut
     closer = "}" if text[start] == "{" else "]"
     end = text.rfind(closer)
     if end < start:
         raise JsonOutputError("unterminated JSON in the output")
     return text[start:end + 1]
+
+
+def _close_cut_string(text: str) -> str | None:
+    """``{"score": 4, "reason": "The answer agr`` (cut off by the token limit inside a string)
+    closed as ``{"score": 4, "reason": "The answer agr"}``; None when the text is not cut off
+    inside a string."""
+    open_brackets: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            open_brackets.append("}" if ch == "{" else "]")
+        elif ch in "}]":
+            if not open_brackets:
+                return None
+            open_brackets.pop()
+            if not open_brackets:
+                return None  # a complete value: nothing was cut off
+    if not in_string or not open_brackets:
+        return None
+    return text.rstrip("\\") + '"' + "".join(reversed(open_brackets))
 
 
 _TYPES = {
