@@ -53,7 +53,10 @@ class Generator(ABC):
         except JsonOutputError as first:
             messages += [
                 {"role": "assistant", "content": reply},
-                {"role": "user", "content": f"That reply was not usable: {first}. {schema_instructions(schema)}"},
+                # Said as a problem with the JSON only: a judge told "not usable" alone went on
+                # to grade the answer it was judging as unusable.
+                {"role": "user", "content": f"Your JSON could not be read: {first}. Reply to my previous "
+                                            f"request again. {schema_instructions(schema)}"},
             ]
             retry = self._json_reply(messages, schema, max_new_tokens)
             try:
