@@ -129,7 +129,7 @@ def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
                       "metadata": chunk.metadata}
             records.append(assemble(rid, version, split, pair.generator, pair.question, pair.answer,
                                     chunk.knowledge, distractors, settings.dataset_oracle_p, source,
-                                    list(pair.accept)))
+                                    pair.accept))
             counts.by_generator[pair.generator] = counts.by_generator.get(pair.generator, 0) + 1
         done[chunk.text_hash] = len(kept)
 

@@ -195,8 +195,8 @@ def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
     text = ESCAPE.sub(r"\1", text)
     doc = document_name(metadata, path)
     pairs: list[Pair] = []
-    for entry in entries(text):
-        said = sentences(entry.description)
+    found = entries(text)
+    for entry in found:
         lead = short_answer(entry.description, 1)
         if len(lead.split()) < 4:
             continue
@@ -204,14 +204,14 @@ def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
         noun = "option" if entry.kind == "option" else "setting"
         pairs.append(Pair(f"What does the {name} {noun} do in {doc}?", describe(name, noun, doc, lead),
                           f"extractive:{entry.kind}", evidence=lead))
-        for sentence in said:
+        for sentence in sentences(entry.description):
             if DEFAULT.search(sentence):
                 value = default_value(sentence)
                 answer = f"The default for {name} in {doc} is {value}." if value else sentence
                 pairs.append(Pair(f"What is the default for {name} in {doc}?", answer, "extractive:default",
                                   evidence=sentence, value=value))
                 break
-    described = " ".join(e.description for e in entries(text))
+    described = " ".join(e.description for e in found)
     paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     for paragraph in paragraphs:
         for sentence in sentences(paragraph):

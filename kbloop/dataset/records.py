@@ -86,11 +86,11 @@ def in_eval_split(text_hash: str, fraction: float) -> bool:
 
 def assemble(rid: str, version: str, split: Split, generator: str, question: str, answer: str,
              source: Knowledge, distractors: list[Knowledge], oracle_p: float, source_info: dict,
-             accept: list[str] | None = None) -> Record:
+             accept: tuple[str, ...] = ()) -> Record:
     """One record; the record id seeds its coin flip and shuffle, so a build is reproducible."""
     rng = random.Random(rid)
     oracle = split == "eval" or rng.random() < oracle_p
     knowledge = ([source] if oracle else []) + distractors
     rng.shuffle(knowledge)
     return Record(rid, version, split, generator, question, knowledge, answer if oracle else DONT_KNOW, answer,
-                  oracle, source_info, [a for a in (accept or []) if a and a != answer])
+                  oracle, source_info, list(accept))

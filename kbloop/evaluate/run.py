@@ -75,8 +75,9 @@ def answer_all(kb, adapter: Path | None, items: list[EvalItem], progress: bool, 
     for item in _bar(items, progress, f"answers ({label})"):
         ans = assistant.ask(item.question)
         if item.answerable:
-            correct = not ans.refused and matches(ans.answer, [item.reference, *item.accept])
-            f1 = 0.0 if ans.refused else max(token_f1(ans.answer, f) for f in (item.reference, *item.accept))
+            forms = [item.reference, *item.accept]
+            correct = not ans.refused and matches(ans.answer, forms)
+            f1 = 0.0 if ans.refused else max(token_f1(ans.answer, f) for f in forms)
         else:
             correct, f1 = ans.refused, float(ans.refused)
         out[item.id] = {"answer": ans.answer, "refused": ans.refused, "correct": correct, "f1": round(f1, 4),
