@@ -7,7 +7,7 @@ the base model and once with the adapter applied, and print accuracy, refusal an
 refusal side by side (graded as in bench/answers.py).
 
     python bench/finetune_gain.py [--model local:smollm2-135m] [--max-records 320] [--epochs 1]
-                                  [--workdir DIR] [--keep]
+                                  [--lr LR] [--oracle-p P] [--no-base] [--workdir DIR] [--keep]
 
 The questions are kbdev's own, written by people; no training record is built from them.
 """
@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-records", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--oracle-p", type=float, default=None,
+                        help="share of training records that hold their source (KBLOOP_DATASET_ORACLE_P)")
+    parser.add_argument("--no-base", action="store_true",
+                        help="ask with the adapter only (the base model's row from an earlier run)")
     parser.add_argument("--teacher", action="store_true")
     parser.add_argument("--kbdev", type=Path, default=KBDEV)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
                  "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records)}
         if args.lr:
             extra["KBLOOP_FINETUNE_LR"] = str(args.lr)
+        if args.oracle_p is not None:
+            extra["KBLOOP_DATASET_ORACLE_P"] = str(args.oracle_p)
         with open(home.env_file, "a") as fh:
             fh.writelines(f"{k}={v}\n" for k, v in extra.items())
         settings = home.load_settings()
@@ -73,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         ctx.retrieval = {"kbloop": kbloop_retrieval(home, embedder, ctx.items)}
         rows = {}
         with open(out_dir / f"finetune-gain-{stamp}.jsonl", "w") as out:
-            for label, adapter_dir in (("base", None), (f"adapter {trained.version}", adapter)):
+            sides = [("base", None)] * (not args.no_base) + [(f"adapter {trained.version}", adapter)]
+            for label, adapter_dir in sides:
                 generator = models.create("generator", args.model, Settings(model_cache=settings.model_cache))
                 generator.adapter = adapter_dir
                 print(f"== {args.model} with {label}", flush=True)

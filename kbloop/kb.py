@@ -20,6 +20,7 @@ from kbloop.ingest.manifest import Hit, Manifest
 from kbloop.scheduler import daemon_status
 from kbloop.vector_store.faiss_store import FaissStore
 
+_WARNED: set[tuple[Path, str]] = set()
 log = logging.getLogger(__name__)
 
 RRF_K = 60
@@ -64,6 +65,12 @@ class KnowledgeBase:
             self._generator = generator
         return self._generator
 
+    def follow_adapter(self, generator: Any) -> None:
+        """Switch a long-lived generator (``serve``, ``chat``) to the adapter promoted since it
+        was made, or back to the base model after a rollback to none."""
+        if hasattr(generator, "use_adapter"):
+            generator.use_adapter(self.current_adapter())
+
     def current_adapter(self) -> Path | None:
         """The promoted adapter's folder, if it was trained for KBLOOP_GENERATOR's model."""
         from kbloop.finetune.registry import AdapterRegistry
@@ -74,8 +81,10 @@ class KnowledgeBase:
             return None
         trained_for = registry.lineage(path.name).get("generator")
         if trained_for != self.settings.generator:
-            log.warning("adapter %s was trained for %s, not %s: answering without it",
-                        path.name, trained_for, self.settings.generator)
+            if (path, self.settings.generator) not in _WARNED:  # once, not at every question
+                _WARNED.add((path, self.settings.generator))
+                log.warning("adapter %s was trained for %s, not %s: answering without it",
+                            path.name, trained_for, self.settings.generator)
             return None
         return path
 

@@ -17,6 +17,7 @@ from conftest import cli_env
 from test_dataset import write_manuals
 
 from kbloop.assistant.answer import Assistant
+from kbloop.assistant.service import Service
 from kbloop.cli.main import cli
 from kbloop.config import init_home
 from kbloop.dataset.build import build
@@ -138,6 +139,37 @@ def test_a_promoted_adapter_changes_what_ask_answers(trained):
     registry.rollback()
     assert registry.current() is None
     assert ask().answer == base.answer
+
+
+def test_a_running_server_follows_promote_and_rollback(trained):
+    """``serve`` answers with an adapter promoted after it started, and without it after a
+    rollback, without a restart: the same answers a freshly started process gives."""
+    kb, _ = trained
+    registry = AdapterRegistry(kb.home, kb.manifest)
+    question = "What does the --quiet option do in ferry?"
+    registry.promote(None, "test: base")
+    service = Service(kb.home, embedder=kb.embedder)
+
+    def ask():
+        *_, answer = service.answer(question, [])
+        return answer
+
+    def ask_fresh():
+        with KnowledgeBase(kb.home, embedder=kb.embedder) as fresh:
+            return Assistant(fresh).ask(question)
+
+    try:
+        base = ask()
+        assert base.adapter is None
+        registry.promote("0001", "test")
+        tuned = ask()
+        assert tuned.adapter == "0001" and tuned.answer != base.answer
+        assert tuned.answer == ask_fresh().answer
+        registry.rollback()
+        back = ask()
+        assert back.adapter is None and back.answer == base.answer
+    finally:
+        service.close()
 
 
 def test_resume_after_a_kill_and_no_adapter_is_damaged(tmp_path, model_cache, trained):

@@ -171,6 +171,12 @@ class OneAtATime:
     def adapter(self) -> Any:
         return getattr(self.generator, "adapter", None)
 
+    def use_adapter(self, adapter: Any) -> None:
+        generator = self.generator
+        if hasattr(generator, "use_adapter"):
+            with self.lock:  # never in the middle of an answer
+                generator.use_adapter(adapter)
+
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:
         with self.lock:
             yield from self.generator.stream(*args, **kwargs)
@@ -276,6 +282,7 @@ class Service:
 
     def answer(self, question: str, history: list[tuple[str, str]]) -> Iterator[str | Answer]:
         with self.readers.borrow() as kb:
+            kb.follow_adapter(self.model)
             yield from Assistant(kb, self.model).stream(question, history)
 
     def status(self) -> dict:

@@ -62,6 +62,7 @@ def chat(obj) -> None:
                 break
             if not question:
                 break
+            kb.follow_adapter(assistant.generator)
             answer = stream_answer(assistant, question, history)
             print_sources(answer)
             history.append((question, answer.answer))

@@ -100,6 +100,22 @@ class TransformersGenerator(Generator):
             self._model = model.eval()
         return self._model, self._tokenizer
 
+    def use_adapter(self, adapter: Path | None) -> None:
+        """Answer with another adapter (or none) from the next question on. A loaded model keeps
+        its base weights: only the LoRA layers are taken out and the new ones put in."""
+        adapter = Path(adapter) if adapter is not None else None
+        with self._lock:
+            if adapter == (Path(self.adapter) if self.adapter is not None else None):
+                return
+            if self._model is not None:
+                model = self._model.unload() if self.adapter is not None else self._model
+                if adapter is not None:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, adapter)
+                self._model = model.eval()
+            self.adapter = adapter
+
     def count_tokens(self, text: str) -> int:
         _, tokenizer = self.load()
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
