@@ -95,21 +95,25 @@ def active(kb, split=None):
 
 def test_extractive_pairs_read_options_defaults_and_definitions():
     text = textwrap.dedent(TOOLS["ferry.md"]).split("## OPTIONS")[1]
-    pairs = {p.question: p for p in extract_pairs(text, {"title": "ferry(1) Manual Page", "section": "OPTIONS"},
-                                                   "ferry.md")}
-    # Answers are one sentence that names its subject; the evidence is the document's own words.
+    first = extract_pairs(text, {"title": "ferry(1) Manual Page", "section": "OPTIONS"}, "ferry.md")
+    pairs = {p.question: p for p in first}
+    # Answers are one sentence that begins with its subject; the evidence is the document's own words.
     depth = pairs["What does the --depth option do in ferry?"]
-    assert depth.answer == "In ferry, the --depth option copies only the last n revisions of each archive."
+    assert depth.answer == "The --depth option of ferry copies only the last n revisions of each archive."
     assert depth.evidence == "Copy only the last n revisions of each archive."
     assert pairs["What is the default for --depth in ferry?"].answer == "The default for --depth in ferry is 12 revisions."
-    assert pairs["What is the default for --retries in ferry?"].answer == "The default for --retries in ferry is 4."
-    timeout = pairs["What is the default for ferry.timeout in ferry?"]
+    assert pairs["By default, what is --retries in ferry?"].answer == "The default for --retries in ferry is 4."
+    timeout = pairs["By default, what is ferry.timeout in ferry?"]
     assert (timeout.answer, timeout.evidence) == ("The default for ferry.timeout in ferry is 90.", "The default value is 90.")
     # A description that does not open with an instruction is quoted after the subject.
-    assert pairs["What does the ferry.timeout setting do in ferry?"].answer == (
-        "In ferry, the ferry.timeout setting: Seconds to wait for a harbour to answer before giving up.")
-    assert pairs["What does the ferry.compress setting do in ferry?"].generator == "extractive:config"
-    assert pairs["What does the --quiet option do in ferry?"].answer == "In ferry, the --quiet option prints nothing but errors."
+    assert pairs["How is ferry.timeout used by ferry?"].answer == (
+        "The ferry.timeout setting of ferry: Seconds to wait for a harbour to answer before giving up.")
+    assert pairs["How is ferry.compress used by ferry?"].generator == "extractive:config"
+    assert pairs["What does the --quiet option do in ferry?"].answer == "The --quiet option of ferry prints nothing but errors."
+    # Questions come in several phrasings, the same ones in every build.
+    assert "How does --retries change what ferry does?" in pairs
+    again = extract_pairs(text, {"title": "ferry(1) Manual Page", "section": "OPTIONS"}, "ferry.md")
+    assert [p.question for p in again] == [p.question for p in first]
     definition = extract_pairs("A harbour is a directory that ferry keeps in step with a remote one.", {}, "x.md")
     assert [p.question for p in definition] == ["What is harbour, according to x?"]
 

@@ -4,12 +4,12 @@ Reference documents state their facts in a few regular shapes; each shape become
 
 - option and flag entries (``--tags  Use any tag…``; in PDFs the flag sits on its own line),
   and configuration keys (``gc.auto  When there are…``) → "What does the --tags option do in
-  git-describe?";
+  git-describe?" (or one of a few other phrasings of that question);
 - "default is …" / "defaults to …" statements → "What is the default for gc.auto in git-gc?";
 - definitions at the start of a paragraph ("A bundle is a file that…") → "What is a bundle?".
 
-The answer is short and restates its subject the way a person answers ("The default for gc.auto
-in git-gc is 6700."), because the model learns the shape of its answers from these records:
+The answer is short and begins with its subject the way a person answers ("The default for
+gc.auto in git-gc is 6700."), because the model learns the shape of its answers from these records:
 answers that were whole passages taught it to copy passages, source headings included. Each
 pair keeps the sentence it was read from as its ``evidence``, and the support filter checks that
 sentence against the chunk. So a build always yields data offline, and every answer rests on
@@ -19,6 +19,7 @@ the document's own words.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`\"'(\-])")
@@ -174,10 +175,32 @@ def third_person(sentence: str) -> str | None:
 
 
 def describe(name: str, noun: str, doc: str, sentence: str) -> str:
-    """A one-sentence answer to "What does NAME do in DOC?" that names its subject."""
+    """A one-sentence answer to "What does NAME do in DOC?" that begins with its subject."""
     if (rest := third_person(sentence)) is not None:
-        return f"In {doc}, the {name} {noun} {rest}"
-    return f"In {doc}, the {name} {noun}: {sentence}"
+        return f"The {name} {noun} of {doc} {rest}"
+    return f"The {name} {noun} of {doc}: {sentence}"
+
+
+# People ask about the same fact in many ways; one fixed phrasing per shape taught the model to
+# answer that phrasing only. Each fact gets one of these, chosen by its name (reproducible).
+ASK_WHAT_IT_DOES = {
+    "option": ("What does the {name} option do in {doc}?", "What is the {name} option of {doc} for?",
+               "What happens when you pass {name} to {doc}?", "How does {name} change what {doc} does?"),
+    "setting": ("What does the {name} setting do in {doc}?", "What is {name} for, according to {doc}?",
+                "What does setting {name} change in {doc}?", "How is {name} used by {doc}?"),
+}
+ASK_DEFAULT = {
+    "option": ("What is the default for {name} in {doc}?", "What does {name} default to in {doc}?",
+               "If {name} is not given, what value does {doc} use?", "By default, what is {name} in {doc}?"),
+    "setting": ("What is the default for {name} in {doc}?", "What does {name} default to in {doc}?",
+                "If {name} is not set, what value does {doc} use?", "By default, what is {name} in {doc}?"),
+}
+
+
+def ask(templates: dict[str, tuple[str, ...]], noun: str, name: str, doc: str) -> str:
+    """One of the phrasings, chosen by a hash of the subject, so a build is reproducible."""
+    choices = templates[noun]
+    return choices[zlib.crc32(f"{name}\n{doc}".encode()) % len(choices)].format(name=name, doc=doc)
 
 
 def default_value(sentence: str) -> str:
@@ -202,13 +225,13 @@ def extract_pairs(text: str, metadata: dict, path: str) -> list[Pair]:
             continue
         name = first_flag(entry.name) if entry.kind == "option" else entry.name
         noun = "option" if entry.kind == "option" else "setting"
-        pairs.append(Pair(f"What does the {name} {noun} do in {doc}?", describe(name, noun, doc, lead),
+        pairs.append(Pair(ask(ASK_WHAT_IT_DOES, noun, name, doc), describe(name, noun, doc, lead),
                           f"extractive:{entry.kind}", evidence=lead))
         for sentence in sentences(entry.description):
             if DEFAULT.search(sentence):
                 value = default_value(sentence)
                 answer = f"The default for {name} in {doc} is {value}." if value else sentence
-                pairs.append(Pair(f"What is the default for {name} in {doc}?", answer, "extractive:default",
+                pairs.append(Pair(ask(ASK_DEFAULT, noun, name, doc), answer, "extractive:default",
                                   evidence=sentence, value=value))
                 break
     described = " ".join(e.description for e in found)
