@@ -114,6 +114,12 @@ def test_extractive_pairs_read_options_defaults_and_definitions():
     assert "How does --retries change what ferry does?" in pairs
     again = extract_pairs(text, {"title": "ferry(1) Manual Page", "section": "OPTIONS"}, "ferry.md")
     assert [p.question for p in again] == [p.question for p in first]
+    # "(Default: …)" states a default too; an option is named by its long form.
+    listed = {p.generator: p for p in extract_pairs(
+        "-p\n--port\nThe port number to bind the httpd to.  (Default: 1234)\n", {}, "dock.html")}
+    assert listed["extractive:option"].answer == "The --port option of dock: The port number to bind the httpd to."
+    assert (listed["extractive:default"].answer, listed["extractive:default"].evidence) == (
+        "The default for --port in dock is 1234.", "(Default: 1234)")
     definition = extract_pairs("A harbour is a directory that ferry keeps in step with a remote one.", {}, "x.md")
     assert [p.question for p in definition] == ["What is harbour, according to x?"]
 

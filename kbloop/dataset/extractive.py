@@ -5,7 +5,8 @@ Reference documents state their facts in a few regular shapes; each shape become
 - option and flag entries (``--tags  Use any tag…``; in PDFs the flag sits on its own line),
   and configuration keys (``gc.auto  When there are…``) → "What does the --tags option do in
   git-describe?" (or one of a few other phrasings of that question);
-- "default is …" / "defaults to …" statements → "What is the default for gc.auto in git-gc?";
+- "default is …" / "defaults to …" / "(Default: …)" statements → "What is the default for
+  gc.auto in git-gc?";
 - definitions at the start of a paragraph ("A bundle is a file that…") → "What is a bundle?".
 
 The answer is short and begins with its subject the way a person answers ("The default for
@@ -29,9 +30,9 @@ FLAG_AND_TEXT = re.compile(rf"^\s*({FLAG}(?:,\s*{FLAG})*)\s+([A-Z][^\n]+)$")
 CONFIG_KEY = r"[a-z][a-zA-Z0-9-]*(?:\.[a-zA-Z0-9<>*_-]+)+"
 KEY_ONLY = re.compile(rf"^\s*({CONFIG_KEY})\s*$")
 KEY_AND_TEXT = re.compile(rf"^\s*({CONFIG_KEY})\s+([A-Z][^\n]+)$")
-DEFAULT = re.compile(r"\b(?:default(?: value)? (?:is|of)|defaults to|by default)\b", re.IGNORECASE)
+DEFAULT = re.compile(r"\b(?:default(?: value)? (?:is|of)|defaults to|by default)\b|\bdefault:", re.IGNORECASE)
 DEFAULT_VALUE = re.compile(
-    r"\b(?:default(?: value)? is|defaults to|default of)\s+(?!the\b|to\b|that\b|set\b|used\b|on\b|if\b)"
+    r"\b(?:default(?: value)? is|defaults to|default of|default:)\s*(?!the\b|to\b|that\b|set\b|used\b|on\b|if\b)"
     r"(`[^`]+`|\"[^\"]+\"|[^\s,;:()]+(?:\s+(?:seconds|minutes|hours|days|weeks|months|years|bytes|"
     r"characters|commits|objects|files|revisions|percent|KiB|MiB|GiB))?)(?=[\s.,;:()]|$)",
     re.IGNORECASE,
@@ -149,8 +150,10 @@ def entries(text: str) -> list[Entry]:
 
 
 def first_flag(name: str) -> str:
-    """``--listen=<host>, -l`` is asked about as ``--listen``."""
-    return re.split(r"[\s,/=\[]+", name.strip())[0]
+    """``--listen=<host>, -l`` and ``-l, --listen`` are both asked about as ``--listen``: people
+    name an option by its long form."""
+    flags = [part for part in re.split(r"[\s,/=\[]+", name.strip()) if part.startswith("-")]
+    return next((f for f in flags if f.startswith("--")), flags[0] if flags else name.strip())
 
 
 def third_person(sentence: str) -> str | None:
