@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         ctx.retrieval = {"kbloop": kbloop_retrieval(home, embedder, ctx.items)}
         rows = {}
         with open(out_dir / f"finetune-gain-{stamp}.jsonl", "w") as out:
-            sides = [("base", None)] * (not args.no_base) + [(f"adapter {trained.version}", adapter)]
+            sides = [] if args.no_base else [("base", None)]
+            sides.append((f"adapter {trained.version}", adapter))
             for label, adapter_dir in sides:
                 generator = models.create("generator", args.model, Settings(model_cache=settings.model_cache))
                 generator.adapter = adapter_dir

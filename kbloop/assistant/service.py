@@ -173,8 +173,10 @@ class OneAtATime:
 
     def use_adapter(self, adapter: Any) -> None:
         generator = self.generator
-        if hasattr(generator, "use_adapter"):
-            with self.lock:  # never in the middle of an answer
+        # Only a change waits for the lock (never swapped in the middle of an answer): a question
+        # refused without the model must not queue behind another one's answer.
+        if hasattr(generator, "use_adapter") and generator.adapter != adapter:
+            with self.lock:
                 generator.use_adapter(adapter)
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:

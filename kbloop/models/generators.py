@@ -93,11 +93,7 @@ class TransformersGenerator(Generator):
             folder = self._locate()
             self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-            if self.adapter is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, self.adapter)
-            self._model = model.eval()
+            self._model = with_adapter(model, self.adapter).eval()
         return self._model, self._tokenizer
 
     def use_adapter(self, adapter: Path | None) -> None:
@@ -108,12 +104,8 @@ class TransformersGenerator(Generator):
             if adapter == (Path(self.adapter) if self.adapter is not None else None):
                 return
             if self._model is not None:
-                model = self._model.unload() if self.adapter is not None else self._model
-                if adapter is not None:
-                    from peft import PeftModel
-
-                    model = PeftModel.from_pretrained(model, adapter)
-                self._model = model.eval()
+                base = self._model.unload() if self.adapter is not None else self._model
+                self._model = with_adapter(base, adapter).eval()
             self.adapter = adapter
 
     def count_tokens(self, text: str) -> int:
@@ -173,6 +165,15 @@ class TransformersGenerator(Generator):
                     stats["completion_tokens"] = int(result[0].shape[1] - prompt_length)
         if failure:
             raise failure[0]
+
+
+def with_adapter(model: Any, adapter: Path | None) -> Any:
+    """The model with a PEFT LoRA folder applied, or the model itself when there is none."""
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter)
 
 
 LOOP_WINDOW = 16
