@@ -8,6 +8,7 @@ refusal side by side (graded as in bench/answers.py).
 
     python bench/finetune_gain.py [--model local:smollm2-135m] [--max-records 320] [--epochs 1]
                                   [--lr LR] [--oracle-p P] [--no-base] [--workdir DIR] [--keep]
+    python bench/finetune_gain.py --reuse DIR [--no-base]    # ask again with DIR's adapter, no training
 
 The questions are kbdev's own, written by people; no training record is built from them.
 """
@@ -15,6 +16,7 @@ The questions are kbdev's own, written by people; no training record is built fr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -27,7 +29,7 @@ from answers import (Context, KbloopPipeline, kbloop_retrieval, load_items, make
 from workdir import bench_workdir  # noqa: E402
 
 from kbloop import models  # noqa: E402
-from kbloop.config import Settings  # noqa: E402
+from kbloop.config import Home, Settings  # noqa: E402
 from kbloop.dataset.build import build  # noqa: E402
 from kbloop.finetune.train import finetune  # noqa: E402
 from kbloop.kb import KnowledgeBase  # noqa: E402
@@ -49,38 +51,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kbdev", type=Path, default=KBDEV)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="DIR",
+                        help="ask again with the newest adapter of an earlier --keep run's workdir, not training")
     args = parser.parse_args(argv)
 
     out_dir = Path(__file__).parent / "out"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    with bench_workdir(args.workdir, args.keep, "kbloop-gain-") as workdir:
-        home = make_kbloop_home(workdir / "kb", args.kbdev / "corpus" / "initial")
-        extra = {"KBLOOP_GENERATOR": args.model, "KBLOOP_FINETUNE_EPOCHS": str(args.epochs),
-                 "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records)}
-        if args.lr:
-            extra["KBLOOP_FINETUNE_LR"] = str(args.lr)
-        if args.oracle_p is not None:
-            extra["KBLOOP_DATASET_ORACLE_P"] = str(args.oracle_p)
-        with open(home.env_file, "a") as fh:
-            fh.writelines(f"{k}={v}\n" for k, v in extra.items())
-        settings = home.load_settings()
-        embedder = models.create("embedder", settings.embedder, settings)
-        with KnowledgeBase(home, embedder=embedder) as kb:
-            kb.ingest()
-            teacher = models.create("teacher", settings.teacher, settings) if args.teacher else None
-            counts = build(kb, teacher)
-            print(f"dataset: {json.dumps(counts.as_dict())}", flush=True)
-            trained = finetune(kb, fresh=True, progress=True)
-            print(f"finetune: {json.dumps(trained.as_dict())}", flush=True)
-            adapter = kb.home.adapters_dir / trained.version
+    kept = contextlib.nullcontext(args.reuse.resolve()) if args.reuse else None
+    with kept or bench_workdir(args.workdir, args.keep, "kbloop-gain-") as workdir:
+        if args.reuse:
+            home = Home(workdir / "kb")
+            settings = home.load_settings()
+            args.model = settings.generator
+            embedder = models.create("embedder", settings.embedder, settings)
+            version = max(p.name for p in home.adapters_dir.iterdir() if (p / "lineage.json").exists())
+            trained = None
+        else:
+            home = make_kbloop_home(workdir / "kb", args.kbdev / "corpus" / "initial")
+            extra = {"KBLOOP_GENERATOR": args.model, "KBLOOP_FINETUNE_EPOCHS": str(args.epochs),
+                     "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records)}
+            if args.lr:
+                extra["KBLOOP_FINETUNE_LR"] = str(args.lr)
+            if args.oracle_p is not None:
+                extra["KBLOOP_DATASET_ORACLE_P"] = str(args.oracle_p)
+            with open(home.env_file, "a") as fh:
+                fh.writelines(f"{k}={v}\n" for k, v in extra.items())
+            settings = home.load_settings()
+            embedder = models.create("embedder", settings.embedder, settings)
+            with KnowledgeBase(home, embedder=embedder) as kb:
+                kb.ingest()
+                teacher = models.create("teacher", settings.teacher, settings) if args.teacher else None
+                counts = build(kb, teacher)
+                print(f"dataset: {json.dumps(counts.as_dict())}", flush=True)
+                trained = finetune(kb, fresh=True, progress=True)
+                print(f"finetune: {json.dumps(trained.as_dict())}", flush=True)
+            version = trained.version
+        adapter = home.adapters_dir / version
 
         ctx = Context(items=load_items(args.kbdev, None), embedder=embedder, home=home)
         ctx.retrieval = {"kbloop": kbloop_retrieval(home, embedder, ctx.items)}
         rows = {}
         with open(out_dir / f"finetune-gain-{stamp}.jsonl", "w") as out:
             sides = [] if args.no_base else [("base", None)]
-            sides.append((f"adapter {trained.version}", adapter))
+            sides.append((f"adapter {version}", adapter))
             for label, adapter_dir in sides:
                 generator = models.create("generator", args.model, Settings(model_cache=settings.model_cache))
                 generator.adapter = adapter_dir
@@ -88,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
                 pipeline = KbloopPipeline(home, embedder, generator, args.model)
                 rows[label] = summarise(run_pipeline(pipeline, args.model, ctx, out))
                 pipeline.close()
-    print(f"\n{args.model}: {trained.records_new} records, {trained.tokens} tokens, {trained.seconds:.0f}s "
-          f"({trained.tokens_per_s:.0f} tok/s)")
+    if trained:
+        print(f"\n{args.model}: {trained.records_new} records, {trained.tokens} tokens, {trained.seconds:.0f}s "
+              f"({trained.tokens_per_s:.0f} tok/s)")
     print("| answers with | accuracy | refusal | false refusal |")
     print("| --- | --- | --- | --- |")
     for label, s in rows.items():

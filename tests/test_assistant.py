@@ -11,6 +11,7 @@ import pytest
 from conftest import cli_env
 from kbloop.assistant.answer import NOT_IN_KB, Assistant, fold_query
 from kbloop.assistant.prompt import build_messages, cited_numbers, is_refusal
+from kbloop.ingest.manifest import Hit
 
 
 @pytest.fixture
@@ -114,3 +115,71 @@ def test_ask_json_and_chat_from_the_command_line(sample_home, model_cache):
     out = run("chat", input="Which port does Harbor listen on by default?\nWhat is the capital of Peru?\n\n")
     assert out.returncode == 0, out.stderr
     assert "8735" in out.stdout and NOT_IN_KB in out.stdout
+
+
+def hit(text: str, path: str = "gitfaq.txt", **metadata) -> Hit:
+    return Hit(0, 0.7, path, text, metadata)
+
+
+POST_BUFFER = hit("What does http.postBuffer really do?\n\nThis option changes the size of the buffer that Git "
+                  "uses when pushing data to a remote over HTTP or HTTPS. Leaving this value at the default "
+                  "size is fine unless you know that the remote server does not support HTTP/1.1.")
+
+
+@pytest.mark.parametrize("reply, invented", [
+    # kbdev's unanswerable questions, as qwen2.5-0.5b answered them
+    ("The default size of http.postBuffer is 1024.", ["1024"]),
+    ("In Git 2.30.0, the git switch command was introduced.", ["2.30.0"]),
+    # a grounded number saves the answer, even beside one worked out from it
+    ("Leaving it at the default is fine unless the server lacks HTTP/1.1 (released 1997).", []),
+    ("The default size of http.postBuffer is 1,024 bytes.", ["1024"]),
+    # list markers, citations and the question's own numbers are not claims
+    ("1. Leave the default.\n2. Check the proxy [2].", []),
+    ("What does it do in HTTP/2? It sets the buffer size.", []),
+    ("It sets the size of the buffer.", []),
+])
+def test_numbers_that_no_source_holds_are_invented(reply, invented):
+    from kbloop.assistant.grounding import invented_numbers
+
+    question = "What is the default size of http.postBuffer in HTTP/2?"
+    assert invented_numbers(reply, question, [POST_BUFFER]) == invented
+
+
+def test_a_page_number_in_the_source_heading_counts_as_grounded():
+    from kbloop.assistant.grounding import invented_numbers
+
+    source = hit("The helper stores credentials in memory.", "gitcredentials.pdf", page=6)
+    assert invented_numbers("See page 6 of gitcredentials.pdf.", "Where is it?", [source]) == []
+    assert invented_numbers("See page 7 of gitcredentials.pdf.", "Where is it?", [source]) == ["7"]
+
+
+LS_REMOTE = "With --exit-code, which exit status does `git ls-remote` use when no matching refs are found?"
+SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the interactive shell aborted) "
+         "to refuse interactive logins?")
+
+
+@pytest.mark.parametrize("question, reply, restates", [
+    # kbdev replies of qwen2.5-0.5b that copied the question
+    (LS_REMOTE, LS_REMOTE, True),
+    (SHELL, SHELL.replace("which command", "the command").replace("?", "."), True),
+    (LS_REMOTE, "", True),
+    (LS_REMOTE, 'With --exit-code, `git ls-remote` uses status "2" when no matching refs are found.', False),
+    (SHELL, "If a no-interactive-login command exists, it is run and the interactive shell is aborted.", False),
+    (LS_REMOTE, "I don't know.", False),
+])
+def test_a_reply_that_adds_no_word_to_the_question_restates_it(question, reply, restates):
+    from kbloop.assistant.grounding import new_words
+
+    assert (not new_words(reply, question)) is restates
+
+
+def test_the_closest_sentence_is_the_one_sharing_most_words_with_the_question():
+    from kbloop.assistant.grounding import closest_sentence
+
+    # kbdev's git-shell question, which qwen2.5-0.5b could only restate
+    shell = hit("Generally this mode is used as an administrative interface to allow users to list "
+                "repositories they have access to.\n\nIf a no-interactive-login command exists, then it is run "
+                "and the interactive shell is aborted.", "git-shell.txt")
+    assert closest_sentence(SHELL, [POST_BUFFER, shell]) == (
+        2, "If a no-interactive-login command exists, then it is run and the interactive shell is aborted.")
+    assert closest_sentence("Which port does Harbor listen on?", [POST_BUFFER, shell]) is None

@@ -9,6 +9,7 @@ import pytest
 from fake_ollama import FakeOllama
 from kbloop import models
 from kbloop.assistant.answer import NOT_IN_KB, Assistant
+from kbloop.assistant.prompt import ANSWER_NOT_QUESTION
 from kbloop.config import Settings
 from kbloop.errors import BackendUnavailable
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
@@ -118,6 +119,69 @@ def test_ollama_saying_it_does_not_know_is_a_refusal(sample_home, open_kb):
         answer = Assistant(kb, gen).ask("Which port does Harbor listen on by default?")
         assert answer.refused and answer.answer == NOT_IN_KB
         assert answer.refusal_reason == "the model found no answer in the sources"
+
+
+def test_a_reply_that_only_restates_the_question_is_asked_again_unshown(sample_home, open_kb):
+    question = "Which port does Harbor listen on by default?"
+    replies = iter([question, "Harbor listens on TCP port 8735 by default."])
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: next(replies)) as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        *pieces, final = Assistant(kb, gen).stream(question)
+        chats = [body["messages"][-1]["content"] for path, body in server.requests if path == "/api/chat"]
+    assert len(chats) == 2 and chats[1].endswith(ANSWER_NOT_QUESTION) and ANSWER_NOT_QUESTION not in chats[0]
+    assert "".join(pieces) == final.answer == "Harbor listens on TCP port 8735 by default."
+    assert not final.refused and final.timings["asked_again"] is True
+    assert final.timings["completion_tokens"] == 8 + 8  # both replies, one NDJSON line per word
+
+
+@pytest.mark.parametrize("second", ["I don't know.", "Which port does Harbor listen on by default?"])
+def test_when_asked_again_it_cannot_answer_the_closest_passage_is_quoted(sample_home, open_kb, second):
+    question = "Which port does Harbor listen on by default?"
+    replies = iter([question, second])
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: next(replies)) as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        *pieces, final = Assistant(kb, gen).stream(question)
+    assert pieces == [final.answer] and not final.refused and final.timings["quoted"] is True
+    assert final.answer == 'Closest passage in the sources [1]: "Harbor listens on TCP port 8735 by default."'
+    assert [s.path for s in final.sources if s.cited] == ["getting-started.md"]
+
+
+def test_a_question_only_restated_and_unlike_any_sentence_is_refused(sample_home, open_kb):
+    question = "How long should sourdough bread rest before baking?"
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: question) as server:
+        kb = open_kb(sample_home, min_score=-1.0)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        *pieces, final = Assistant(kb, gen).stream(question)
+    assert pieces == [NOT_IN_KB] and final.refused
+    assert final.refusal_reason == "the model only restated the question"
+
+
+def test_an_answer_that_restates_the_question_first_streams_once_it_says_more(sample_home, open_kb):
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on port 8735 by default.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        *pieces, final = Assistant(kb, gen).stream("Harbor listens on which port by default?")
+    assert pieces[0] == "Harbor listens on port 8735 " and "".join(pieces) == final.answer
+    assert "asked_again" not in final.timings and len(server.requests) == 1
+
+
+def test_an_answer_whose_numbers_no_source_holds_is_refused(sample_home, open_kb, capsys):
+    from kbloop.cli.assistant import print_sources, stream_answer
+
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 9000 by default.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        print_sources(stream_answer(Assistant(kb, gen), "Which port does Harbor listen on by default?"))
+    shown = capsys.readouterr().out.splitlines()
+    assert shown == ["Harbor listens on TCP port 9000 by default.", NOT_IN_KB, "",
+                     "(the answer states 9000, which no source contains)"]
 
 
 def test_ollama_down_is_one_clear_error():

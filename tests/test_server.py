@@ -148,6 +148,25 @@ def test_streaming_endpoint_speaks_server_sent_events(client):
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == final["answer"]
 
 
+def test_a_streamed_reply_that_is_not_taken_ends_with_the_refusal(tmp_path, embedder):
+    from fake_ollama import FakeOllama
+    from kbloop import models
+    from kbloop.assistant.answer import NOT_IN_KB
+    from kbloop.config import Settings
+
+    home = make_home(tmp_path / "kb", embedder)
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on port 9000.") as ollama:
+        generator = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=ollama.url))
+        with serving(home, embedder, generator) as (url, _):
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            chunks = list(client.chat.completions.create(
+                model="kbloop", stream=True, messages=[{"role": "user", "content": PORT_QUESTION}]))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == f"Harbor listens on port 9000.\n\n{NOT_IN_KB}"
+    final = chunks[-1].model_extra["kbloop"]
+    assert final["refused"] and final["refusal_reason"] == "the answer states 9000, which no source contains"
+
+
 def test_earlier_turns_become_history_and_the_last_must_be_a_question(client):
     messages = [ChatMessage(role="system", content="be brief"), ChatMessage(role="user", content="Which port?"),
                 ChatMessage(role="assistant", content="8735."),

@@ -10,14 +10,26 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Generator, Iterator
 
-from kbloop.assistant.grounding import attribute, unmentioned_terms
+from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words,
+                                       unmentioned_terms)
 from kbloop.assistant.prompt import (STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
                                      is_refusal)
 from kbloop.ingest.manifest import Hit
 
 NOT_IN_KB = "The knowledge base does not contain the answer to this question."
+# When the model can only restate the question, though a source holds most of its words.
+QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
+
+
+def finish(steps: Generator) -> Any:
+    """Run a generator to its end, unshown, and return what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 @dataclass
@@ -99,34 +111,72 @@ class Assistant:
             yield answer(NOT_IN_KB, reason, [])
             return
 
-        stats: dict = {}
-        shown = StopFilter()
-        first_token = None
-        for piece in self.generator.stream(build_messages(question, hits, history), stop=STOP_STRINGS,
-                                           max_new_tokens=settings.max_new_tokens, stats=stats):
-            if first_token is None:
-                first_token = time.perf_counter()
-            if text := shown.feed(piece):
+        stats: dict = {"prompt_tokens": 0, "completion_tokens": 0}
+        first_token: list[float] = []
+        text = yield from self._reply(build_messages(question, hits, history), stats, first_token, question)
+        if text is None:  # it only restated the question: ask once more, telling it not to, unshown
+            timings["asked_again"] = True
+            text = finish(self._reply(build_messages(question, hits, history, again=True), stats, first_token,
+                                      question))
+            if text is None or is_refusal(text):
+                # the sources do speak to the question: show where, rather than a refusal
+                if closest := closest_sentence(question, hits):
+                    timings["quoted"] = True
+                    text = QUOTE.format(n=closest[0], sentence=closest[1])
+            yield text or NOT_IN_KB
+        done = time.perf_counter()
+        first = first_token[0] if first_token else None
+        tokens = stats["completion_tokens"]
+        timings.update({
+            "first_token_s": round((first or done) - retrieved, 4),
+            "generate_s": round(done - retrieved, 4),
+            "prompt_tokens": stats["prompt_tokens"],
+            "completion_tokens": tokens,
+            "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
+            "total_s": round(done - started, 4),
+        })
+        if text is None:
+            yield answer("", "the model only restated the question", [])
+        elif is_refusal(text):
+            yield answer(text, "the model found no answer in the sources", [])
+        elif invented := invented_numbers(text, question, hits):
+            yield answer(text, f"the answer states {', '.join(invented)}, which no source contains", [])
+        else:
+            yield answer(text, None, sorted(set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))))
+
+    def _reply(self, messages: list[dict], stats: dict, first_token: list[float],
+               restating: str | None = None) -> Generator[str, None, str | None]:
+        """Stream the model's reply and return it cleaned. Given ``restating`` (the question),
+        text that so far only restates it is held back, and a reply that never says more is
+        returned as None, unshown."""
+        call: dict = {}
+        shown, held = StopFilter(), ""
+        for piece in self.generator.stream(messages, stop=STOP_STRINGS, max_new_tokens=self.kb.settings.max_new_tokens,
+                                           stats=call):
+            if not first_token:
+                first_token.append(time.perf_counter())
+            text = shown.feed(piece)
+            if restating is not None:
+                held += text
+                # the last word may still be growing ("99" of "998"): judge the finished ones
+                text, held = (held, "") if new_words(re.sub(r"\S+$", "", held), restating) else ("", held)
+                if text:
+                    restating = None
+            if text:
                 yield text
             if shown.stopped:
                 break
-        if rest := shown.flush():
-            yield rest
-        done = time.perf_counter()
-        text = clean_answer(shown.text)
-        tokens = stats.get("completion_tokens") or 0
-        timings.update({
-            "first_token_s": round((first_token or done) - retrieved, 4),
-            "generate_s": round(done - retrieved, 4),
-            "prompt_tokens": stats.get("prompt_tokens"),
-            "completion_tokens": tokens,
-            "tokens_per_s": round(max(tokens - 1, 0) / (done - first_token), 2) if first_token and done > first_token else None,
-            "total_s": round(done - started, 4),
-        })
-        if is_refusal(text):
-            yield answer(text, "the model found no answer in the sources", [])
-        else:
-            yield answer(text, None, sorted(set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))))
+        held += shown.flush()
+        stats["prompt_tokens"] += call.get("prompt_tokens") or 0
+        stats["completion_tokens"] += call.get("completion_tokens") or 0
+        reply = clean_answer(shown.text)
+        if restating is not None:
+            if not new_words(reply, restating):
+                return None
+            yield held
+        elif held:
+            yield held
+        return reply
 
     def _refuse_before_generating(self, question: str, hits: list[Hit]) -> str | None:
         """Why the knowledge base cannot answer, when that is clear without asking the model."""

@@ -4,12 +4,19 @@ and which sources does an answer come from.
 A question that names an exact technical term (an option, a config key, an environment
 variable) that none of the retrieved sources mentions is about something the knowledge base
 does not cover, however close the embeddings look; small models would otherwise invent a value.
+
+Two checks read the reply itself. One that adds no word to the question only restated it (small
+models copy the question when they cannot find the answer); the sentence of the sources closest
+to the question can then be quoted instead. One that states numbers, none of which the question
+or a source holds, invented them: on ../shared/kbdev's unanswerable questions qwen2.5-0.5b
+answered "The default size of http.postBuffer is 1024." and "... is 10.".
 """
 
 from __future__ import annotations
 
 import re
 
+from kbloop.assistant.prompt import source_heading
 from kbloop.evaluate.metrics import normalise
 from kbloop.ingest.manifest import Hit
 
@@ -20,6 +27,10 @@ TERM = re.compile(
     r"|\$[A-Za-z_]\w*",                       # $VARIABLES
     re.IGNORECASE,
 )
+# A number as written in prose: 900, 6,700, 2.30.0; not a citation "[2]" nor part of a name.
+NUMBER = re.compile(r"(?<![\w.\[])\d+(?:[.,]\d+)*(?![\w\]])")
+LIST_MARKER = re.compile(r"(?m)^\s*\d+[.)]\s")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 STOPWORDS = frozenset(
     "a an and are as at be by can default do does for from how in is it its of on or that the this to "
     "was what when where which who why will with you your by default git".split()
@@ -36,10 +47,51 @@ def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     return [t for t in technical_terms(question) if t not in text]
 
 
+def new_words(answer: str, question: str) -> list[str]:
+    """The words of the answer that are neither in the question nor stopwords."""
+    asked = set(normalise(question).split())
+    return [w for w in normalise(answer).split() if w not in asked and w not in STOPWORDS]
+
+
+def content_words(text: str) -> set[str]:
+    """The words that carry meaning, a plural or third-person "s" dropped ("listens", "listen")."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in normalise(text).split() if w not in STOPWORDS}
+
+
+def closest_sentence(question: str, hits: list[Hit], longest: int = 500) -> tuple[int, str] | None:
+    """The sentence of the sources that shares most words with the question, and its source's
+    number (the better-ranked source on a tie); None when none shares half of them."""
+    asked = content_words(question)
+    best: tuple[int, int, str] | None = None
+    for n, hit in enumerate(hits, start=1):
+        for sentence in SENTENCE_END.split(hit.text):
+            sentence = " ".join(sentence.split())
+            shared = len(asked & content_words(sentence))
+            if len(sentence.split()) >= 4 and (best is None or shared > best[0]):
+                best = (shared, n, sentence)
+    if best is None or 2 * best[0] < len(asked):
+        return None
+    sentence = best[2] if len(best[2]) <= longest else best[2][:longest].rsplit(" ", 1)[0] + " …"
+    return best[1], sentence
+
+
+def numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in NUMBER.findall(LIST_MARKER.sub(" ", text))}
+
+
+def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
+    """The numbers the answer states when not one of them is in the question or a source
+    (heading included); empty when the answer states none, or any of them is grounded, so
+    "900 seconds (15 minutes)" stands on its 900."""
+    stated = numbers(answer) - numbers(question)
+    grounded = set().union(*(numbers(f"{source_heading(n, h)}\n{h.text}") for n, h in enumerate(hits, start=1)))
+    return [] if stated & grounded else sorted(stated)
+
+
 def attribute(answer: str, question: str, hits: list[Hit]) -> list[int]:
     """Numbers (1-based) of the sources that contain what the answer adds to the question."""
-    asked = set(normalise(question).split())
-    content = [w for w in normalise(answer).split() if w not in asked and w not in STOPWORDS]
+    content = new_words(answer, question)
     if not content:
         return [1] if hits else []
     overlaps = [sum(1 for w in content if w in set(normalise(h.text).split())) for h in hits]

@@ -333,10 +333,13 @@ def create_app(service: Service) -> Any:
         async def events() -> AsyncIterator[str]:
             try:
                 yield sse(chunk(request_id, created, {"role": "assistant", "content": ""}))
-                item = first
+                item, streamed = first, ""
                 while not isinstance(item, Answer):
                     yield sse(chunk(request_id, created, {"content": item}))
+                    streamed += item
                     item = await anext(items)
+                if item.refused and streamed.strip() != item.answer:  # the reply streamed was not taken
+                    yield sse(chunk(request_id, created, {"content": f"\n\n{item.answer}"}))
                 yield sse(chunk(request_id, created, {}, "stop", kbloop=item.as_dict(with_text=True)))
                 if include_usage:
                     yield sse(chunk(request_id, created, {}) | {"choices": [], "usage": usage(item)})

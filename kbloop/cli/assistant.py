@@ -21,10 +21,14 @@ def stream_answer(assistant, question: str, history=None):
     """Print the answer as it is generated; return the final Answer."""
     from kbloop.assistant.answer import Answer
 
+    shown = ""
     for item in assistant.stream(question, history):
         if isinstance(item, Answer):
             click.echo()
+            if item.refused and shown.strip() != item.answer:  # the reply shown was not taken as an answer
+                click.echo(item.answer)
             return item
+        shown += item
         click.echo(item, nl=False)
     raise RuntimeError("no answer")
 
