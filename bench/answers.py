@@ -116,6 +116,8 @@ class Reply:
     tokens_per_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    refusal_reason: str | None = None
+    steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted"
 
 
 def grade(item: dict, reply: Reply) -> bool:
@@ -180,6 +182,7 @@ class KbloopPipeline:
             sources=[{"path": s.path, "score": s.score} for s in ans.sources],
             first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
             prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
+            refusal_reason=ans.refusal_reason, steps=[k for k in ("asked_again", "quoted") if timings.get(k)],
         )
 
     def close(self) -> None:
@@ -305,6 +308,7 @@ def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: 
         "id": item["id"], "set": item["set"], "pipeline": pipeline, "model": model,
         "question": item["question"], "expected": item["answer"], "accept": item.get("accept", []),
         "answer": reply.answer, "correct": grade(item, reply), "refused": reply.refused,
+        "refusal_reason": reply.refusal_reason, "steps": reply.steps,
         "gold_sources": gold,
         "hit1": bool(gold) and any(f in gold for f in top_files[:1]),
         "hit5": bool(gold) and any(f in gold for f in top_files[:HIT_K]),
@@ -326,7 +330,9 @@ def run_pipeline(pipeline: Any, model: str, ctx: Context, out: Any) -> list[dict
         out.flush()
         ttft = f"{reply.first_token_s:.2f}s" if reply.first_token_s is not None else "-"
         print(f"  [{n}/{len(ctx.items)}] {item['id']} correct={record['correct']!s:5} "
-              f"refused={reply.refused!s:5} ttft={ttft} answer={one_line(reply.answer, 70)!r}", flush=True)
+              f"refused={reply.refused!s:5} ttft={ttft} answer={one_line(reply.answer, 70)!r}"
+              + (f" ({', '.join(reply.steps)})" if reply.steps else "")
+              + (f" ({reply.refusal_reason})" if reply.refused and reply.refusal_reason else ""), flush=True)
     return records
 
 
