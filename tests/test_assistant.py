@@ -158,7 +158,10 @@ SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the 
          "to refuse interactive logins?")
 
 
-@pytest.mark.parametrize("question, reply, restates", [
+STASH = "Which of stash.showPatch and stash.showStat defaults to true?"
+
+
+@pytest.mark.parametrize("question, reply, restated", [
     # kbdev replies of qwen2.5-0.5b that copied the question
     (LS_REMOTE, LS_REMOTE, True),
     (SHELL, SHELL.replace("which command", "the command").replace("?", "."), True),
@@ -166,11 +169,13 @@ SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the 
     (LS_REMOTE, 'With --exit-code, `git ls-remote` uses status "2" when no matching refs are found.', False),
     (SHELL, "If a no-interactive-login command exists, it is run and the interactive shell is aborted.", False),
     (LS_REMOTE, "I don't know.", False),
+    # an answer that picks one of the things the question names adds no word, but leaves some out
+    (STASH, "stash.showStat defaults to true.", False),
 ])
-def test_a_reply_that_adds_no_word_to_the_question_restates_it(question, reply, restates):
-    from kbloop.assistant.grounding import new_words
+def test_a_reply_that_adds_no_word_and_keeps_all_of_the_question_restates_it(question, reply, restated):
+    from kbloop.assistant.grounding import restates
 
-    assert (not new_words(reply, question)) is restates
+    assert restates(reply, question) is restated
 
 
 def test_the_closest_sentence_is_the_one_sharing_most_words_with_the_question():

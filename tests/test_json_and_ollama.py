@@ -171,6 +171,17 @@ def test_an_answer_that_restates_the_question_first_streams_once_it_says_more(sa
     assert "asked_again" not in final.timings and len(server.requests) == 1
 
 
+def test_an_answer_that_picks_one_of_the_named_things_is_shown_though_it_adds_no_word(sample_home, open_kb):
+    question = "Does Harbor keep snapshots for 30 days or for 90 days?"
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor keeps snapshots for 30 days.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        *pieces, final = Assistant(kb, gen).stream(question)
+    assert "".join(pieces) == final.answer == "Harbor keeps snapshots for 30 days." and not final.refused
+    assert "asked_again" not in final.timings and len(server.requests) == 1
+
+
 def test_an_answer_whose_numbers_no_source_holds_is_refused(sample_home, open_kb, capsys):
     from kbloop.cli.assistant import print_sources, stream_answer
 

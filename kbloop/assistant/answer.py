@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterator
 
-from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words,
+from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words, restates,
                                        unmentioned_terms)
 from kbloop.assistant.prompt import (STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
                                      is_refusal)
@@ -114,15 +114,8 @@ class Assistant:
         stats: dict = {"prompt_tokens": 0, "completion_tokens": 0}
         first_token: list[float] = []
         text = yield from self._reply(build_messages(question, hits, history), stats, first_token, question)
-        if text is None:  # it only restated the question: ask once more, telling it not to, unshown
-            timings["asked_again"] = True
-            text = finish(self._reply(build_messages(question, hits, history, again=True), stats, first_token,
-                                      question))
-            if text is None or is_refusal(text):
-                # the sources do speak to the question: show where, rather than a refusal
-                if closest := closest_sentence(question, hits):
-                    timings["quoted"] = True
-                    text = QUOTE.format(n=closest[0], sentence=closest[1])
+        if restates(text, question):  # held back, unshown
+            text = self._ask_again(question, hits, history, stats, first_token, timings)
             yield text or NOT_IN_KB
         done = time.perf_counter()
         first = first_token[0] if first_token else None
@@ -144,24 +137,38 @@ class Assistant:
         else:
             yield answer(text, None, sorted(set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))))
 
+    def _ask_again(self, question: str, hits: list[Hit], history: list[tuple[str, str]] | None, stats: dict,
+                   first_token: list[float], timings: dict) -> str | None:
+        """The answer when the first reply only restated the question: the reply to asking once
+        more, told not to; failing that, the sentence of the sources closest to the question;
+        the refusal, or None, when no sentence is close."""
+        timings["asked_again"] = True
+        again = finish(self._reply(build_messages(question, hits, history, again=True), stats, first_token,
+                                   question))
+        if not restates(again, question) and not is_refusal(again):
+            return again
+        if closest := closest_sentence(question, hits):
+            timings["quoted"] = True
+            return QUOTE.format(n=closest[0], sentence=closest[1])
+        return again if is_refusal(again) else None
+
     def _reply(self, messages: list[dict], stats: dict, first_token: list[float],
-               restating: str | None = None) -> Generator[str, None, str | None]:
-        """Stream the model's reply and return it cleaned. Given ``restating`` (the question),
-        text that so far only restates it is held back, and a reply that never says more is
-        returned as None, unshown."""
+               question: str | None = None) -> Generator[str, None, str]:
+        """Stream the model's reply and return it cleaned. Given the question, text that so far
+        adds nothing to it is held back, and a reply that only restates it is not shown."""
         call: dict = {}
         shown, held = StopFilter(), ""
+        holding = question is not None
         for piece in self.generator.stream(messages, stop=STOP_STRINGS, max_new_tokens=self.kb.settings.max_new_tokens,
                                            stats=call):
             if not first_token:
                 first_token.append(time.perf_counter())
             text = shown.feed(piece)
-            if restating is not None:
+            if holding:
                 held += text
                 # the last word may still be growing ("99" of "998"): judge the finished ones
-                text, held = (held, "") if new_words(re.sub(r"\S+$", "", held), restating) else ("", held)
-                if text:
-                    restating = None
+                text, held = (held, "") if new_words(re.sub(r"\S+$", "", held), question) else ("", held)
+                holding = not text
             if text:
                 yield text
             if shown.stopped:
@@ -170,11 +177,7 @@ class Assistant:
         stats["prompt_tokens"] += call.get("prompt_tokens") or 0
         stats["completion_tokens"] += call.get("completion_tokens") or 0
         reply = clean_answer(shown.text)
-        if restating is not None:
-            if not new_words(reply, restating):
-                return None
-            yield held
-        elif held:
+        if held and not (holding and restates(reply, question)):
             yield held
         return reply
 

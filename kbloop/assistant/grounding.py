@@ -5,9 +5,9 @@ A question that names an exact technical term (an option, a config key, an envir
 variable) that none of the retrieved sources mentions is about something the knowledge base
 does not cover, however close the embeddings look; small models would otherwise invent a value.
 
-Two checks read the reply itself. One that adds no word to the question only restated it (small
-models copy the question when they cannot find the answer); the sentence of the sources closest
-to the question can then be quoted instead. One that states numbers, none of which the question
+Two checks read the reply itself. One that adds no word to the question and keeps all of its
+words only restated it (small models copy the question when they cannot find the answer); the
+sentence of the sources closest to the question can then be quoted instead. One that states numbers, none of which the question
 or a source holds, invented them: on ../shared/kbdev's unanswerable questions qwen2.5-0.5b
 answered "The default size of http.postBuffer is 1024." and "... is 10.".
 """
@@ -51,6 +51,13 @@ def new_words(answer: str, question: str) -> list[str]:
     """The words of the answer that are neither in the question nor stopwords."""
     asked = set(normalise(question).split())
     return [w for w in normalise(answer).split() if w not in asked and w not in STOPWORDS]
+
+
+def restates(answer: str, question: str) -> bool:
+    """The answer only repeats the question: it adds no word to it and leaves none of its words
+    out. An answer that picks one of the things the question names leaves the others out."""
+    return not answer.strip() or (not new_words(answer, question)
+                                  and content_words(question) <= content_words(answer))
 
 
 def content_words(text: str) -> set[str]:
