@@ -170,11 +170,19 @@ class Settings(BaseModel):
     eval_pairwise: bool = Field(
         True, description="`kbloop evaluate`: also ask the judge which of two answers is better, in both orders."
     )
+    eval_questions: str = Field(
+        "questions.jsonl",
+        description=(
+            "`kbloop evaluate` and the daemon: your own questions, one JSON object per line "
+            "({question, answer, source?, accept?}; answer NOT_IN_KB for one that must be refused), "
+            "relative to the home. When the file exists, every gate run asks them too."
+        ),
+    )
     gate_tolerance: float = Field(
         0.02, ge=0.0, le=1.0,
         description=(
-            "`kbloop evaluate`: a candidate may score this much below the baseline (0-1 scale), overall and "
-            "on old knowledge, and still be promoted."
+            "`kbloop evaluate`: a candidate may score this much below the baseline (0-1 scale), overall, "
+            "on old knowledge and on your own questions, and still be promoted."
         ),
     )
     learn_at: str = Field(
@@ -342,7 +350,15 @@ class Home:
         return self.data_dir / "evals"
 
     def docs_dir(self, settings: Settings) -> Path:
-        path = Path(settings.docs_dir).expanduser()
+        return self._within(settings.docs_dir)
+
+    def eval_questions(self, settings: Settings) -> Path | None:
+        """The user's own eval questions, when the file exists."""
+        path = self._within(settings.eval_questions) if settings.eval_questions else None
+        return path if path and path.is_file() else None
+
+    def _within(self, setting: str) -> Path:
+        path = Path(setting).expanduser()
         return path if path.is_absolute() else self.root / path
 
     def is_home(self) -> bool:

@@ -88,6 +88,9 @@ def test_gate_checks_old_knowledge_apart():
     assert forgot.decision == "reject" and any("old knowledge" in r and "worse" in r for r in forgot.reasons)
     # A judge score on one side only does not tip the comparison.
     assert decide({"all": good | {"judge": 0.0}}, {"all": good}, 0.0).decision == "accept"
+    # Better on the held-out records, worse on the questions people wrote: rejected.
+    fits = decide({"all": good, "user": worse}, {"all": worse, "user": good}, 0.02)
+    assert fits.decision == "reject" and any("your questions" in r and "worse" in r for r in fits.reasons)
 
 
 def test_eval_set_keeps_a_share_of_old_knowledge(home, open_kb):
@@ -168,6 +171,21 @@ def test_cli_evaluate_show_and_history(adapters):
     assert len(history) >= 1 and history[-1]["candidate"] == "0001"
     same = runner.invoke(cli, ["evaluate", "--candidate", "0001", "--baseline", "0001"], env=env)
     assert same.exit_code != 0
+
+
+def test_the_homes_own_questions_are_asked_at_every_gate_run(adapters):
+    kb, eval_file = adapters
+    own = kb.home.root / kb.settings.eval_questions
+    assert kb.home.eval_questions(kb.settings) is None
+    own.write_text(eval_file.read_text())
+    try:
+        report = evaluate(kb, "0001", "base", use_judge=False, max_items=3)
+        again = evaluate(kb, "0001", "base", [own], use_judge=False, max_items=50)
+    finally:
+        own.unlink()
+    assert report["slices"]["user"] == 3 and "user" in report["metrics"]["candidate"]
+    assert any(r.startswith("your questions:") for r in report["decision"]["reasons"])
+    assert again["slices"]["user"] == 9  # the same file named with --set is asked once
 
 
 def test_the_daemons_learn_job_runs_the_loop(adapters):

@@ -147,8 +147,9 @@ def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_f
         raise KbloopError(f"adapter {cand} was trained for {lineage.get('generator')}, "
                           f"but KBLOOP_GENERATOR is {settings.generator}")
     new_versions = knowledge_new_to(registry, lineage, kb)
-    items = build_evalset(kb, new_versions, list(user_files or []), max_items or settings.eval_max_items,
-                          settings.eval_old_share)
+    own = kb.home.eval_questions(settings)
+    files = ([own] if own else []) + [f for f in user_files or [] if not own or f.resolve() != own.resolve()]
+    items = build_evalset(kb, new_versions, files, max_items or settings.eval_max_items, settings.eval_old_share)
     started = time.time()
     k = settings.retrieve_k
     ranks = retrieval_ranks(kb, items, k)
