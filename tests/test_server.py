@@ -378,7 +378,7 @@ def test_searches_during_an_ingest_see_one_consistent_index(fresh):
     (docs / "lighthouse.txt").write_text(edition(1))
     first = wait_for_ingest(http, http.post("/api/ingest").json()["id"])
     assert first["counts"]["chunks_embedded"] >= 3
-    words = [f"codeword{i:03d}" for i in range(80)]
+    words = [f"codeword{i:03d}" for i in range(200)]
     for i, word in enumerate(words):  # more files than one ingest batch holds: several commits
         (docs / f"note-{i:03d}.txt").write_text(f"Crate {word} is stored on shelf {i} of the north depot.\n")
     (docs / "lighthouse.txt").write_text(edition(2))
@@ -407,7 +407,9 @@ def test_searches_during_an_ingest_see_one_consistent_index(fresh):
 
     assert finished["state"] == "ok" and finished["counts"]["files_added"] == len(words)
     assert all(r.status_code == 200 for _, r, _ in results), [r.text for _, r, _ in results if r.is_error]
-    assert sum(started < answered_at < finished["finished_at"] for _, _, answered_at in results) >= 8
+    # Searches wait for the shared embedder between batches: on an idle machine about 16 of them
+    # land during this ingest; a few show that searching and committing did overlap.
+    assert sum(started < answered_at < finished["finished_at"] for _, _, answered_at in results) >= 4
     for _, response, _ in results:
         hits = response.json()["hits"]
         assert len(editions(hits)) <= 1, f"one result mixed two versions of a file: {editions(hits)}"
