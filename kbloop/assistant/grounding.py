@@ -7,9 +7,10 @@ does not cover, however close the embeddings look; small models would otherwise 
 
 Two checks read the reply itself. One that adds no word to the question and keeps all of its
 words only restated it (small models copy the question when they cannot find the answer); the
-sentence of the sources closest to the question can then be quoted instead. One that states numbers, none of which the question
-or a source holds, invented them: on ../shared/kbdev's unanswerable questions qwen2.5-0.5b
-answered "The default size of http.postBuffer is 1024." and "... is 10.".
+sentence of the sources closest to the question can then be quoted instead. One that states
+numbers, none of which the question or a source holds, invented them: on ../shared/kbdev's
+unanswerable questions qwen2.5-0.5b answered "The default size of http.postBuffer is 1024."
+and "... is 10.".
 """
 
 from __future__ import annotations
