@@ -55,6 +55,11 @@ class Answer:
     adapter: str | None
     timings: dict = field(default_factory=dict)
 
+    def retracts(self, streamed: str) -> bool:
+        """The text streamed before this answer was not taken: a refusal replaced it, and the
+        reader must be shown the refusal after it."""
+        return self.refused and streamed.strip() != self.answer
+
     def as_dict(self, with_text: bool = False) -> dict:
         data = asdict(self)
         if not with_text:

@@ -338,7 +338,7 @@ def create_app(service: Service) -> Any:
                     yield sse(chunk(request_id, created, {"content": item}))
                     streamed += item
                     item = await anext(items)
-                if item.refused and streamed.strip() != item.answer:  # the reply streamed was not taken
+                if item.retracts(streamed):
                     yield sse(chunk(request_id, created, {"content": f"\n\n{item.answer}"}))
                 yield sse(chunk(request_id, created, {}, "stop", kbloop=item.as_dict(with_text=True)))
                 if include_usage:

@@ -25,7 +25,7 @@ def stream_answer(assistant, question: str, history=None):
     for item in assistant.stream(question, history):
         if isinstance(item, Answer):
             click.echo()
-            if item.refused and shown.strip() != item.answer:  # the reply shown was not taken as an answer
+            if item.retracts(shown):
                 click.echo(item.answer)
             return item
         shown += item
