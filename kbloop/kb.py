@@ -12,27 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from kbloop import models
-from kbloop.assistant.grounding import technical_terms
 from kbloop.config import Home, Settings
 from kbloop.errors import KbloopError
 from kbloop.ingest.indexer import CheckReport, IngestCounts, Indexer
 from kbloop.ingest.manifest import Hit, Manifest
+from kbloop.retrieval import Retriever
 from kbloop.scheduler import daemon_status
 from kbloop.vector_store.faiss_store import FaissStore
 
-_WARNED: set[tuple[Path, str]] = set()
 log = logging.getLogger(__name__)
-
-RRF_K = 60
-
-
-def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
-    """Ids ordered by the sum of 1 / (k + rank) over the rankings that hold them."""
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
-    return sorted(scores, key=lambda item: -scores[item])
 
 
 class KnowledgeBase:
@@ -43,6 +31,7 @@ class KnowledgeBase:
         self._embedder = embedder
         self._generator = generator
         self.progress = progress
+        self._warned: set[tuple[Path, str]] = set()  # adapter mismatches already logged
 
     @cached_property
     def manifest(self) -> Manifest:
@@ -81,8 +70,8 @@ class KnowledgeBase:
             return None
         trained_for = registry.lineage(path.name).get("generator")
         if trained_for != self.settings.generator:
-            if (path, self.settings.generator) not in _WARNED:  # once, not at every question
-                _WARNED.add((path, self.settings.generator))
+            if (path, self.settings.generator) not in self._warned:  # once, not at every question
+                self._warned.add((path, self.settings.generator))
                 log.warning("adapter %s was trained for %s, not %s: answering without it",
                             path.name, trained_for, self.settings.generator)
             return None
@@ -116,41 +105,13 @@ class KnowledgeBase:
             self.indexer.store = self.indexer.load_store()
         return self.indexer.store
 
+    @cached_property
+    def retriever(self) -> Retriever:
+        return Retriever(self.manifest, self.store, lambda: self.embedder, self.settings.search_k)
+
     def search(self, query: str, k: int | None = None) -> list[Hit]:
-        """The k chunks that best answer ``query``: vector and keyword rankings fused (RRF).
-
-        Each hit's score is its cosine similarity to the query, whichever ranking found it,
-        so scores mean the same thing everywhere (the refusal threshold reads them).
-        """
-        if not query.strip():
-            raise KbloopError("empty query: say what to search for")
-        k = k or self.settings.search_k
-        store = self.store()
-        if store is None or len(store) == 0:
-            return []
-        vector = self.embedder.embed_query(query)
-        depth = max(4 * k, 20)
-        dense = dict(store.search(vector, depth))
-        keyword = self.manifest.keyword_search(query, depth)
-        scored = []
-        for vid in reciprocal_rank_fusion([list(dense), keyword])[: depth]:
-            score = self._cosine(store, vid, dense, vector)
-            if score is not None:
-                scored.append((vid, score))
-        hits = self.manifest.hits(scored)  # drops vectors awaiting cleanup after a crash
-        # Chunks that contain the exact technical terms the question names come first.
-        terms = technical_terms(query)
-        if terms:
-            hits.sort(key=lambda h: -sum(term in h.text.lower() for term in terms))  # stable
-        return hits[:k]
-
-    @staticmethod
-    def _cosine(store: FaissStore, vid: int, dense: dict[int, float], query: Any) -> float | None:
-        """The query's similarity to a stored vector (None if the id is not stored)."""
-        if vid in dense:
-            return dense[vid]
-        vector = store.vector(vid)
-        return None if vector is None else float(vector @ query)
+        """The k chunks that best answer ``query`` (see ``kbloop.retrieval``)."""
+        return self.retriever.search(query, k)
 
     def _learning_status(self) -> dict:
         """Dataset, adapters and evaluations at a glance."""

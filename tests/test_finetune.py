@@ -17,7 +17,7 @@ from conftest import cli_env
 from test_dataset import write_manuals
 
 from kbloop.assistant.answer import Assistant
-from kbloop.assistant.service import Service
+from kbloop.server.service import Service
 from kbloop.cli.main import cli
 from kbloop.config import init_home
 from kbloop.dataset.build import build

@@ -22,8 +22,8 @@ import openai
 import pytest
 from conftest import cli_env
 
-from kbloop.assistant.server import ChatMessage, conversation, create_app, running
-from kbloop.assistant.service import Service
+from kbloop.server.app import ChatMessage, conversation, create_app, running
+from kbloop.server.service import Service
 from kbloop.cli.main import main
 from kbloop.config import Home, init_home
 from kbloop.errors import KbloopError, NeedsRebuild, StoreError

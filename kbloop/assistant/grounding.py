@@ -20,14 +20,8 @@ import re
 from kbloop.assistant.prompt import source_heading
 from kbloop.evaluate.metrics import normalise
 from kbloop.ingest.manifest import Hit
+from kbloop.text import technical_terms
 
-TERM = re.compile(
-    r"(?<![\w-])--?[a-z][\w-]+"              # --option, -x
-    r"|\b[a-z][\w-]*(?:\.[a-z][\w-]*)+\b"    # config.keys and file.names
-    r"|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b"        # ENV_VARS
-    r"|\$[A-Za-z_]\w*",                       # $VARIABLES
-    re.IGNORECASE,
-)
 # A number as written in prose: 900, 6,700, 2.30.0; not a citation "[2]" nor part of a name.
 NUMBER = re.compile(r"(?<![\w.\[])\d+(?:[.,]\d+)*(?![\w\]])")
 LIST_MARKER = re.compile(r"(?m)^\s*\d+[.)]\s")
@@ -36,10 +30,6 @@ STOPWORDS = frozenset(
     "a an and are as at be by can default do does for from how in is it its of on or that the this to "
     "was what when where which who why will with you your by default git".split()
 )
-
-
-def technical_terms(question: str) -> list[str]:
-    return sorted({t.lower().rstrip(".") for t in TERM.findall(question)})
 
 
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:

@@ -20,8 +20,8 @@ def serve(obj, host: str | None, port: int | None, log_requests: bool) -> None:
     Chat clients take http://HOST:PORT/v1 as their base URL and `kbloop` as the model.
     Set KBLOOP_API_KEY to require `Authorization: Bearer <key>` on every API request.
     """
-    from kbloop.assistant.server import LOOPBACK, base_url, bind, create_app, run_server
-    from kbloop.assistant.service import Service
+    from kbloop.server.app import LOOPBACK, base_url, bind, create_app, run_server
+    from kbloop.server.service import Service
 
     home = obj.home()
     settings = home.load_settings()

@@ -6,7 +6,7 @@
   ``/api/evals`` serve the web page (``/``) and scripts.
 - Every error, from any route, is ``{"error": {"type", "message", "status"}}``.
 
-This module is the HTTP edge only; ``kbloop.assistant.service`` holds what keeps concurrent
+This module is the HTTP edge only; ``kbloop.server.service`` holds what keeps concurrent
 requests and a running ingest from getting in each other's way.
 """
 
@@ -37,8 +37,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kbloop.assistant.answer import Answer
-from kbloop.assistant.reports import adapters, eval_file, evals
-from kbloop.assistant.service import IngestRunning, Service
+from kbloop.server.reports import adapters, eval_file, evals
+from kbloop.server.service import IngestRunning, Service
 from kbloop.errors import (
     BackendUnavailable,
     ConfigError,
@@ -292,7 +292,7 @@ class Guard:
 def create_app(service: Service) -> Any:
     """The ASGI app serving ``service``: routes, the error shape and the request guard."""
     data_dir = service.home.data_dir
-    web = resources.files("kbloop.assistant").joinpath("web")
+    web = resources.files("kbloop.server").joinpath("web")
 
     def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(body, status_code=status, headers=headers)
