@@ -54,10 +54,10 @@ from typing import Any, Callable, Iterator
 
 from kbloop import models
 from kbloop.assistant.answer import Assistant
-from kbloop.assistant.prompt import is_refusal
 from kbloop.config import Home, init_home
-from kbloop.evaluate.metrics import NOT_IN_KB, matches, reference_forms
+from kbloop.evaluate.metrics import UNANSWERABLE, matches, reference_forms
 from kbloop.kb import KnowledgeBase
+from kbloop.prompt import is_refusal
 from workdir import bench_workdir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def gold_sources(item: dict) -> set[str]:
 
 
 def answerable(item: dict) -> bool:
-    return item["answer"] != NOT_IN_KB
+    return item["answer"] != UNANSWERABLE
 
 
 def file_name(path: str) -> str:
@@ -360,8 +360,8 @@ def rate(records: list[dict], key: str) -> dict:
 
 
 def summarise(records: list[dict]) -> dict:
-    answerable_records = [r for r in records if r["expected"] != NOT_IN_KB]
-    unanswerable_records = [r for r in records if r["expected"] == NOT_IN_KB]
+    answerable_records = [r for r in records if r["expected"] != UNANSWERABLE]
+    unanswerable_records = [r for r in records if r["expected"] == UNANSWERABLE]
     return {
         "hit1": rate(answerable_records, "hit1"),
         "hit5": rate(answerable_records, "hit5"),

@@ -133,14 +133,14 @@ def child_plain(spec: dict) -> dict:
 
     from kbloop.dataset.store import DatasetStore
     from kbloop.finetune.data import encode
-    from kbloop.finetune.train import training_config
+    from kbloop.finetune.config import TrainConfig
     from kbloop.kb import KnowledgeBase
 
     started = time.perf_counter()
     home, settings = child_settings(spec)
-    cfg = training_config(settings)
+    cfg = TrainConfig.from_settings(settings).as_dict()
     with KnowledgeBase(home, settings=settings) as kb:
-        base_dir = kb.generator._locate()  # the folder kbloop trains on (no model loaded here)
+        base_dir = kb.generator.base_model_dir()  # the folder kbloop trains on (no model loaded here)
         by_id = {r.id: r for r in DatasetStore(home, kb.manifest).active_records("train")}
     records = [by_id[i] for i in spec["record_ids"]]
 
@@ -290,8 +290,8 @@ def planned_records(home, overrides: dict[str, str]) -> tuple[list[str], dict]:
     settings = home.load_settings(environ={**os.environ, **overrides})
     with KnowledgeBase(home, settings=settings) as kb:
         registry = AdapterRegistry(kb.home, kb.manifest)
-        plan = plan_run(kb, registry, None, True, base_model_id(kb.generator._locate()))
-    return plan.record_ids, plan.config
+        plan = plan_run(kb, registry, None, True, base_model_id(kb.generator.base_model_dir()))
+    return plan.record_ids, plan.config.as_dict()
 
 
 def ratio(a: float, b: float) -> float:

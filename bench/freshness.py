@@ -33,8 +33,8 @@ from pathlib import Path
 
 from kbloop import models
 from kbloop.config import Home, init_home
+from kbloop.daemon_state import daemon_status
 from kbloop.kb import KnowledgeBase
-from kbloop.scheduler import daemon_status
 
 EMBEDDER = "local:all-minilm-l6-v2"
 POLL_SECONDS = 0.05

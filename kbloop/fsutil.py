@@ -1,15 +1,18 @@
-"""File helpers shared across kbloop: content hashes and atomic writes."""
+"""File helpers shared across kbloop: content hashes, atomic writes and file locks."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
-from kbloop.errors import KbloopError
+from kbloop.errors import Conflict
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
@@ -35,16 +38,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def try_lock(fh: IO, *, shared: bool = False) -> bool:
+    """Take an ``flock`` on an open file without waiting: True when taken, False when another
+    process holds it. The kernel drops the lock when its holder dies, however it dies, so a
+    lock is never left behind by a crash."""
+    try:
+        fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextmanager
-def exclusive(path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` for the body, or fail at once naming ``what`` is busy:
-    two runs of one long job (a dataset build, a training run) must not interleave."""
+def exclusive(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the body: one process at a time runs ``what``.
+
+    By default a second one fails at once: two runs of one long job (a dataset build, a
+    training run) must not interleave, and the second has nothing to add. With ``wait`` it
+    waits its turn instead, for work that every caller needs done (writing the index,
+    assembling a model file).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise KbloopError(f"another {what} is running in this home (lock {path}); wait for it to finish") from None
+        if not try_lock(fh):
+            if not wait:
+                raise Conflict(f"another {what} is running in this home (lock {path}); wait for it to finish")
+            log.debug("waiting for another %s to finish (lock %s)", what, path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -9,16 +9,20 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from kbloop import models
 from kbloop.config import Home, Settings
+from kbloop.daemon_state import daemon_status
 from kbloop.errors import KbloopError
 from kbloop.ingest.indexer import CheckReport, IngestCounts, Indexer
 from kbloop.ingest.manifest import Hit, Manifest
 from kbloop.retrieval import Retriever
-from kbloop.scheduler import daemon_status
-from kbloop.vector_store.faiss_store import FaissStore
+from kbloop.schema import MIGRATIONS
+from kbloop.vector_store import VectorStore
+
+if TYPE_CHECKING:
+    from kbloop.models.generators import Generator
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +39,34 @@ class KnowledgeBase:
 
     @cached_property
     def manifest(self) -> Manifest:
-        return Manifest(self.home.manifest_path)
+        return Manifest(self.home.manifest_path, MIGRATIONS)
 
     @property
     def embedder(self) -> Any:
         if self._embedder is None:
-            self._embedder = models.create("embedder", self.settings.embedder, self.settings)
+            self._embedder = models.configured("embedder", self.settings)
         return self._embedder
 
     @property
-    def generator(self) -> Any:
+    def generator(self) -> Generator:
         """The answering model, with the current adapter applied when one is promoted for it."""
         if self._generator is None:
-            generator = models.create("generator", self.settings.generator, self.settings)
-            adapter = self.current_adapter()
-            if adapter is not None and hasattr(generator, "adapter"):
-                generator.adapter = adapter
+            generator = self.model("generator")
+            self.follow_adapter(generator)
             self._generator = generator
         return self._generator
 
-    def follow_adapter(self, generator: Any) -> None:
+    def model(self, role: Literal["generator", "teacher", "judge"]) -> Generator:
+        """A new backend for ``role`` as the settings choose it, without any adapter. Nothing
+        loads until first use, and none is kept here: a run drops its teacher or judge (and
+        their weights) when it ends, and the daemon keeps only the answering model."""
+        return models.configured(role, self.settings)
+
+    def follow_adapter(self, generator: Generator) -> None:
         """Switch a long-lived generator (``serve``, ``chat``) to the adapter promoted since it
-        was made, or back to the base model after a rollback to none."""
-        if hasattr(generator, "use_adapter"):
+        was made, or back to the base model after a rollback to none. A backend that takes no
+        adapters has none to follow."""
+        if generator.supports_adapters:
             generator.use_adapter(self.current_adapter())
 
     def current_adapter(self) -> Path | None:
@@ -99,7 +108,7 @@ class KnowledgeBase:
     def ingest(self, paths=None, rebuild: bool = False) -> IngestCounts:
         return self.indexer.ingest(paths, rebuild=rebuild)
 
-    def store(self) -> FaissStore | None:
+    def store(self) -> VectorStore | None:
         """The index for reading; ingest and check are what repair it."""
         if self.indexer.store is None:
             self.indexer.store = self.indexer.load_store()
@@ -116,20 +125,21 @@ class KnowledgeBase:
     def _learning_status(self) -> dict:
         """Dataset, adapters and evaluations at a glance."""
         from kbloop.dataset.store import DatasetStore
+        from kbloop.evaluate.store import EvaluationStore
         from kbloop.finetune.registry import AdapterRegistry
 
         registry = AdapterRegistry(self.home, self.manifest)
         stats = DatasetStore(self.home, self.manifest).stats()
-        last_eval = self.manifest.db.execute(
-            "SELECT run, candidate, baseline, decision FROM evaluations ORDER BY created_at DESC LIMIT 1").fetchone()
+        recorded = [r for r in EvaluationStore(self.home, self.manifest.db).runs() if r.recorded]
         return {
             "dataset_version": stats["latest"], "records_active": stats["active_by_split"],
             "adapters": len(registry.versions()), "current_adapter": registry.current(),
-            "last_evaluation": dict(last_eval) if last_eval else None,
+            "last_evaluation": {key: getattr(recorded[-1], key) for key in ("run", "candidate", "baseline", "decision")}
+            if recorded else None,
         }
 
     def status(self) -> dict:
-        header = FaissStore.read_header(self.home.vector_store_dir)
+        saved = self.indexer.location.info()
         store = self.store()
         failures = [{"path": f.path, "reason": f.error,
                      "serving_previous_version": f.sha256 is not None and f.n_chunks > 0}
@@ -143,7 +153,7 @@ class KnowledgeBase:
             **self.manifest.counts(),
             "vectors": len(store) if store is not None else 0,
             "store_bytes": store.size_bytes() if store is not None else 0,
-            "store_embedder": header.embedder if header else None,
+            "store_embedder": saved.embedder if saved else None,
             "failures": failures,
             "notes": notes,
             "last_runs": self.manifest.last_runs(5),

@@ -7,6 +7,24 @@ Normalisation, stop words, content words, numbers and technical terms live here 
 from __future__ import annotations
 
 import re
+import unicodedata
+
+CITATION_MARK = re.compile(r"\[\d{1,2}\]")  # a source mark like [1] is not the number 1
+PUNCTUATION = re.compile(r"[`*_\\\"'“”‘’()\[\]{},;:!?]")
+SPACE = re.compile(r"\s+")
+
+# Function words: they carry no meaning of their own, so they neither make a reply say more
+# than the question nor make a chunk support an answer. Negations ("not", "no") are not among
+# them: "X is not enabled" says the opposite of "X is enabled".
+STOPWORDS = frozenset(
+    "a an and are as at be by can do does for from how if in into is it its of on or than that the their "
+    "then there they this to was what when where which who why will with you your".split()
+)
+
+# A number as written in prose: 900, 6,700, 2.30.0; not a citation "[2]" nor part of a name
+# ("ipv6", "sha256").
+NUMBER = re.compile(r"(?<![\w.\[])\d+(?:[.,]\d+)*(?![\w\]])")
+LIST_MARKER = re.compile(r"(?m)^\s*\d+[.)]\s")
 
 # Exact technical terms a question can name: an option, a config key or file name, an
 # environment variable, a shell variable. Embeddings blur these; keyword evidence does not.
@@ -17,6 +35,28 @@ TERM = re.compile(
     r"|\$[A-Za-z_]\w*",                       # $VARIABLES
     re.IGNORECASE,
 )
+
+
+def normalise(text: str) -> str:
+    """Lower case, without citation marks, punctuation or sentence dots, so two texts that say
+    the same words compare equal: "The `--timeout` Value!" -> "the --timeout value"."""
+    text = CITATION_MARK.sub(" ", unicodedata.normalize("NFKC", text).lower())
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 6,700 -> 6700
+    text = PUNCTUATION.sub(" ", text)
+    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # sentence dots, not decimal points
+    return SPACE.sub(" ", text).strip()
+
+
+def content_words(text: str, stopwords: frozenset[str] = STOPWORDS) -> list[str]:
+    """The normalised words of ``text`` that carry meaning, in order: no stop words, no single
+    characters."""
+    return [w for w in normalise(text).split() if w not in stopwords and len(w) > 1]
+
+
+def numbers(text: str) -> set[str]:
+    """The numbers ``text`` states, "6,700" read as 6700; list markers ("1. ") and citation
+    marks ("[2]") are not statements."""
+    return {n.replace(",", "") for n in NUMBER.findall(LIST_MARKER.sub(" ", text))}
 
 
 def technical_terms(text: str) -> list[str]:

@@ -1,15 +1,21 @@
 """Hermetic homes: every test gets its own kb home and a clean KBLOOP_* environment.
 
 The packaged embedder is real and loaded once per session; tests share it to stay fast.
+Tests marked ``slow`` train or run whole pipelines; ``pytest -m "not slow"`` is the quick loop.
+Ctrl-C stops a run promptly, children included (see the hooks at the end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner, Result
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -95,3 +101,88 @@ def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
         env["KBLOOP_HOME"] = str(home)
     env.update(extra)
     return env
+
+
+# -- the command line, in process ----------------------------------------------------------------
+
+
+class InstalledScript(click.Command):
+    """``kbloop`` as its console script runs it, ``sys.exit(main(argv))``, in the shape CliRunner calls.
+
+    Invoking the click group itself would skip main(): a domain error would come back as the
+    exception instead of its exit code and one ``error:`` line, and click would turn Ctrl-C
+    into exit code 1.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("kbloop")
+
+    def main(self, args=None, **extra):
+        from kbloop.cli.main import main
+
+        sys.exit(main(list(args or ())))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``kbloop ARGS`` in this process; the result carries the exit code a user would see."""
+    result = CliRunner().invoke(InstalledScript(), list(args), env=env)
+    if result.exit_code == 130:  # main()'s code for Ctrl-C: the user wants the run to stop
+        raise KeyboardInterrupt
+    return result
+
+
+def cli_error(result: Result, exit_code: int) -> str:
+    """Check the CLI's contract for a mistake and return its line: this exit code, one
+    ``error:`` line on stderr, nothing on stdout, and no traceback (a crash ends in its own
+    exception, not in SystemExit)."""
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == exit_code, result.output
+    assert result.stdout == "", result.stdout
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr.rstrip("\n")
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------
+
+CTRL_C = pytest.StashKey[bool]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note every Ctrl-C, so the run stops after the test it hit even where the code under test
+    swallowed the KeyboardInterrupt: click turns it into exit code 1, kbloop's main() into 130,
+    and one raised inside a finalizer is only printed."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return  # ignored (a background job) or someone else's: leave it alone
+    session.stash[CTRL_C] = False
+
+    def interrupted(signum, frame):
+        session.stash[CTRL_C] = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """After each test: a Ctrl-C noted during it ends the run, even if nothing raised it."""
+    outcome = yield
+    if item.session.stash.get(CTRL_C, False):
+        item.session.shouldstop = "interrupted by Ctrl-C"
+    return outcome
+
+
+def pytest_keyboard_interrupt(excinfo) -> None:
+    """Kill the processes the tests started, before the teardowns wait for them: a daemon
+    finishes its running ingest on SIGINT, and a fine-tune started in its own session never
+    sees the terminal's Ctrl-C."""
+    import psutil  # a dependency of accelerate
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Hand Ctrl-C back to Python's own handler."""
+    if CTRL_C in session.stash:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

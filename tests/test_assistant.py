@@ -10,8 +10,8 @@ import pytest
 
 from conftest import cli_env
 from kbloop.assistant.answer import NOT_IN_KB, Assistant, fold_query
-from kbloop.assistant.prompt import build_messages, cited_numbers, is_refusal
 from kbloop.ingest.manifest import Hit
+from kbloop.prompt import build_messages, cited_numbers, is_refusal
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_question_about_a_term_no_source_mentions_is_refused(sample_home, open_k
 
 
 def test_stop_filter_holds_back_an_invented_next_turn():
-    from kbloop.assistant.prompt import StopFilter, clean_answer
+    from kbloop.prompt import StopFilter, clean_answer
 
     stream = StopFilter()
     shown = [stream.feed(p) for p in ["The port", " is 8735.", "\n", "Ques", "tion: what", " else"]]
@@ -97,11 +97,12 @@ def test_follow_up_questions_fold_the_history_into_retrieval():
         "What is the capital of Peru?"
 
 
-def test_ask_json_and_chat_from_the_command_line(sample_home, model_cache):
+@pytest.mark.slow
+def test_ask_json_and_chat_from_the_command_line(sample_home, open_kb, model_cache):
     env = cli_env(sample_home.root, KBLOOP_GENERATOR="local:smollm2-135m", KBLOOP_MODEL_CACHE=str(model_cache))
     run = lambda *args, **kw: subprocess.run([sys.executable, "-m", "kbloop.cli.main", *args], env=env,
                                              capture_output=True, text=True, timeout=600, **kw)
-    assert run("ingest").returncode == 0
+    open_kb(sample_home).ingest()  # in process: what runs as a user runs it here is ask and chat
     out = run("ask", "Which port does Harbor listen on by default?", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import cli_env
 from docs_factory import QUERIES, write_corpus
 
@@ -15,6 +16,7 @@ def kbloop(*args, env=None, cwd=None):
                           cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_init_ingest_search_status(tmp_path):
     home = tmp_path / "kb"
     out = kbloop("init", str(home))
@@ -63,6 +65,7 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
     assert out.returncode == 1 and "outside the docs folder" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_quickstart_runs_offline_on_bundled_samples(tmp_path, model_cache):
     out = kbloop("quickstart", str(tmp_path / "qs"),
                  env=cli_env(KBLOOP_GENERATOR="local:smollm2-135m", KBLOOP_MODEL_CACHE=str(model_cache)))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kbloop.config import Home, Settings, find_home, init_home, render_env_template
+from kbloop.config import (
+    Home, Settings, find_home, init_home, render_env_template, render_settings_markdown,
+)
 from kbloop.errors import ConfigError, HomeNotFound
 
 from conftest import REPO
@@ -40,6 +42,18 @@ def test_env_example_documents_every_setting():
     assert text == render_env_template()
     for name in Settings.model_fields:
         assert f"# {Settings.env_name(name)}=" in text
+
+
+def test_configuration_doc_documents_every_setting():
+    regenerate = (
+        "docs/configuration.md is out of date; regenerate it from the repository root with\n"
+        "  .venv/bin/python -c \"from kbloop.config import render_settings_markdown as r; "
+        "open('docs/configuration.md', 'w', encoding='utf-8').write(r())\""
+    )
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert text == render_settings_markdown(), regenerate
+    for name in Settings.model_fields:
+        assert f"| `{Settings.env_name(name)}` |" in text
 
 
 def test_home_precedence(tmp_path, monkeypatch):

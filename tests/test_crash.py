@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import cli_env
 
 N_FILES = 150
@@ -34,6 +35,7 @@ def indexed_files(home) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_during_ingest_leaves_a_consistent_store(home, open_kb):
     write_many(home.root / "docs")
     proc = subprocess.Popen([sys.executable, "-m", "kbloop.cli.main", "ingest"], env=cli_env(home.root),
@@ -45,8 +47,8 @@ def test_kill_9_during_ingest_leaves_a_consistent_store(home, open_kb):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, f"ingest ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    finally:  # also when the wait failed: an ingest left running would race the checks below
         proc.send_signal(signal.SIGKILL)
-    finally:
         proc.wait(30)
     done_before = indexed_files(home)
     assert 0 < done_before < N_FILES

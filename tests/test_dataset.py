@@ -9,15 +9,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, cli_error, run_cli
 from fake_ollama import FakeOllama
 
 from kbloop import models
-from kbloop.assistant.prompt import DONT_KNOW
 from kbloop.dataset.build import build, indexed_chunks
 from kbloop.dataset.extractive import entries, extract_pairs
 from kbloop.dataset.filters import supported
 from kbloop.dataset.store import DatasetStore
+from kbloop.prompt import DONT_KNOW
 
 TOOLS = {
     "ferry.md": """
@@ -232,16 +232,12 @@ def test_train_and_eval_never_share_a_chunk(home, open_kb):
 
 
 def test_export_formats_load_with_datasets(manual_kb, tmp_path):
-    from click.testing import CliRunner
-
-    from kbloop.cli.main import cli
-
     build(manual_kb)
     n = len(active(manual_kb, "train"))
     env = {"KBLOOP_HOME": str(manual_kb.home.root)}
     for fmt in ("chat", "alpaca"):
         out = tmp_path / f"{fmt}.jsonl"
-        result = CliRunner().invoke(cli, ["dataset", "export", "--format", fmt, "-o", str(out)], env=env)
+        result = run_cli("dataset", "export", "--format", fmt, "-o", str(out), env=env)
         assert result.exit_code == 0, result.output
         import datasets
 
@@ -257,23 +253,19 @@ def test_export_formats_load_with_datasets(manual_kb, tmp_path):
 
 
 def test_cli_build_stats_show(manual_kb):
-    from click.testing import CliRunner
-
-    from kbloop.cli.main import cli
-
     env = {"KBLOOP_HOME": str(manual_kb.home.root)}
-    runner = CliRunner()
-    result = runner.invoke(cli, ["dataset", "build", "--no-teacher"], env=env)
+    result = run_cli("dataset", "build", "--no-teacher", env=env)
     assert result.exit_code == 0, result.output
     assert "dataset 0001:" in result.output
-    result = runner.invoke(cli, ["dataset", "build", "--no-teacher"], env=env)
+    result = run_cli("dataset", "build", "--no-teacher", env=env)
     assert "nothing new" in result.output
-    stats = json.loads(runner.invoke(cli, ["dataset", "stats", "--json"], env=env).output)
+    stats = json.loads(run_cli("dataset", "stats", "--json", env=env).output)
     assert stats["latest"] == "0001" and set(stats["active_by_source"]) == set(TOOLS)
-    shown = runner.invoke(cli, ["dataset", "show", "-n", "2", "--json"], env=env).output.strip().splitlines()
+    shown = run_cli("dataset", "show", "-n", "2", "--json", env=env).output.strip().splitlines()
     assert len(shown) == 2 and json.loads(shown[0])["status"] == "active"
-    result = runner.invoke(cli, ["dataset", "show", "0099"], env=env)
-    assert result.exit_code != 0
+    missing = DatasetStore(manual_kb.home, manual_kb.manifest).records_file("0099")
+    result = run_cli("dataset", "show", "0099", env=env)
+    assert cli_error(result, 3) == f"error: dataset version 0099 has no records file at {missing}"
 
 
 # -- the teacher -------------------------------------------------------------------------------
@@ -307,6 +299,7 @@ def test_teacher_pairs_are_filtered_for_support_and_bad_json_is_skipped(home, op
     assert counts.version == "0001"  # a teacher that failed on one chunk did not stop the build
 
 
+@pytest.mark.slow
 def test_build_works_offline_with_no_language_model(tmp_path):
     """A build from the command line with sockets blocked: extractive pairs only, no attempt."""
     script = textwrap.dedent("""

@@ -6,11 +6,10 @@ import json
 import random
 
 import pytest
-from click.testing import CliRunner
+from conftest import cli_error, run_cli
 from fake_ollama import FakeOllama
 from test_finetune import make_home
 
-from kbloop.cli.main import cli
 from kbloop.dataset.build import build
 from kbloop.dataset.store import DatasetStore
 from kbloop.evaluate.evalset import build_evalset
@@ -59,21 +58,22 @@ def adapters(tmp_path_factory, model_cache, embedder):
     kb.close()
 
 
+@pytest.mark.slow
 def test_gate_rejects_a_broken_candidate_and_accepts_a_good_one(adapters):
     kb, eval_file = adapters
     registry = AdapterRegistry(kb.home, kb.manifest)
     broken = evaluate(kb, "0002", "base", [eval_file], use_judge=False, promote=True)
-    assert broken["decision"]["decision"] == "reject", broken["metrics"]
-    assert broken["metrics"]["candidate"]["all"]["score"] < broken["metrics"]["baseline"]["all"]["score"]
+    assert broken.decision.decision == "reject", broken.metrics
+    assert broken.metrics["candidate"]["all"]["score"] < broken.metrics["baseline"]["all"]["score"]
     assert registry.current() is None  # a rejected candidate is not promoted
     assert registry.lineage("0002")["gate"]["decision"] == "reject"
 
     good = evaluate(kb, "0001", "base", [eval_file], use_judge=False, promote=True)
-    assert good["decision"]["decision"] == "accept", good["decision"]
+    assert good.decision.decision == "accept", good.decision
     assert registry.current() == "0001"
     lineage = registry.lineage("0001")
-    assert lineage["gate"]["decision"] == "accept" and lineage["evaluations"][-1]["run"] == good["run"]
-    folder = kb.home.evals_dir / good["run"]
+    assert lineage["gate"]["decision"] == "accept" and lineage["evaluations"][-1]["run"] == good.run
+    folder = kb.home.evals_dir / good.run
     assert {"report.json", "report.md", "compare.png", "history.png"} <= {p.name for p in folder.iterdir()}
     assert (folder / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Decision: accept" in (folder / "report.md").read_text()
@@ -116,22 +116,24 @@ def judge_reply(text_for):
     return FakeOllama(models=["judge"], reply=text_for)
 
 
+@pytest.mark.slow
 def test_judge_output_that_is_not_json_is_retried_then_recorded_as_a_failure(adapters):
     kb, eval_file = adapters
     with judge_reply(lambda body: "I think the answer is fine, five stars.") as fake:
         settings = kb.settings.model_copy(update={"judge": "ollama:judge", "ollama_url": fake.url})
         with KnowledgeBase(kb.home, settings, embedder=kb.embedder) as run_kb:
-            report = evaluate(run_kb, "0001", "base", [eval_file], max_items=3)
+            report = evaluate(run_kb, "0001", "base", [eval_file], max_items=2)
         chats = [body for path, body in fake.requests if path == "/api/chat"]
-    answerable = sum(1 for d in report["details"] if d["reference"] != "NOT_IN_KB")
+    answerable = sum(1 for d in report.details if d["reference"] != "NOT_IN_KB")
     # Each score and each pairwise question is asked, retried once, then recorded as failed.
-    assert report["judge_failures"] == report["judge_calls"] > 0
-    assert len(chats) == 2 * report["judge_calls"]
-    assert report["metrics"]["candidate"]["all"]["judge_failures"] == answerable
-    assert report["metrics"]["candidate"]["all"]["judge"] is None
-    assert report["decision"]["decision"] in ("accept", "reject")
+    assert report.judge_failures == report.judge_calls > 0
+    assert len(chats) == 2 * report.judge_calls
+    assert report.metrics["candidate"]["all"]["judge_failures"] == answerable
+    assert report.metrics["candidate"]["all"]["judge"] is None
+    assert report.decision.decision in ("accept", "reject")
 
 
+@pytest.mark.slow
 def test_a_rerun_hits_the_judge_cache(adapters):
     kb, eval_file = adapters
 
@@ -144,50 +146,53 @@ def test_a_rerun_hits_the_judge_cache(adapters):
     with judge_reply(verdict) as fake:
         settings = kb.settings.model_copy(update={"judge": "ollama:judge", "ollama_url": fake.url})
         with KnowledgeBase(kb.home, settings, embedder=kb.embedder) as run_kb:
-            first = evaluate(run_kb, "0001", "base", [eval_file], max_items=3)
+            first = evaluate(run_kb, "0001", "base", [eval_file], max_items=2)
             asked = len(fake.requests)
-            second = evaluate(run_kb, "0001", "base", [eval_file], max_items=3)
-    assert first["judge_calls"] > 0 and first["judge_failures"] == 0
-    assert first["metrics"]["candidate"]["all"]["judge"] == pytest.approx((4 + 5 + 3 - 3) / 12)
+            second = evaluate(run_kb, "0001", "base", [eval_file], max_items=2)
+    assert first.judge_calls > 0 and first.judge_failures == 0
+    assert first.metrics["candidate"]["all"]["judge"] == pytest.approx((4 + 5 + 3 - 3) / 12)
     # (Two answers that are the same text share one verdict, already within the first run.)
-    assert second["judge_calls"] == 0
-    assert second["judge_cache_hits"] == first["judge_calls"] + first["judge_cache_hits"]
+    assert second.judge_calls == 0
+    assert second.judge_cache_hits == first.judge_calls + first.judge_cache_hits
     assert len(fake.requests) == asked  # the second run sent the judge nothing
-    assert first["pairwise"]["ties"] + first["pairwise"]["inconsistent"] + first["pairwise"]["wins"] + \
-        first["pairwise"]["losses"] == sum(1 for d in first["details"] if d["reference"] != "NOT_IN_KB")
+    assert first.pairwise["ties"] + first.pairwise["inconsistent"] + first.pairwise["wins"] + \
+        first.pairwise["losses"] == sum(1 for d in first.details if d["reference"] != "NOT_IN_KB")
 
 
+@pytest.mark.slow
 def test_cli_evaluate_show_and_history(adapters):
     kb, eval_file = adapters
     env = {"KBLOOP_HOME": str(kb.home.root)}
-    runner = CliRunner()
-    result = runner.invoke(cli, ["evaluate", "--candidate", "0001", "--baseline", "base", "--set", str(eval_file),
-                                 "--no-judge", "--max-items", "3"], env=env)
+    result = run_cli("evaluate", "--candidate", "0001", "--baseline", "base", "--set", str(eval_file),
+                     "--no-judge", "--max-items", "2", env=env)
     assert result.exit_code == 0, result.output
     assert "Decision:" in result.output
-    shown = runner.invoke(cli, ["evaluate", "show"], env=env)
+    shown = run_cli("evaluate", "show", env=env)
     assert shown.exit_code == 0 and "# Evaluation" in shown.output
-    history = json.loads(runner.invoke(cli, ["evaluate", "history", "--json"], env=env).output)
+    history = json.loads(run_cli("evaluate", "history", "--json", env=env).output)
     assert len(history) >= 1 and history[-1]["candidate"] == "0001"
-    same = runner.invoke(cli, ["evaluate", "--candidate", "0001", "--baseline", "0001"], env=env)
-    assert same.exit_code != 0
+    same = run_cli("evaluate", "--candidate", "0001", "--baseline", "0001", env=env)
+    assert cli_error(same, 1) == \
+        "error: the candidate and the baseline are both 0001: name another --baseline (e.g. base)"
 
 
+@pytest.mark.slow
 def test_the_homes_own_questions_are_asked_at_every_gate_run(adapters):
     kb, eval_file = adapters
     own = kb.home.root / kb.settings.eval_questions
     assert kb.home.eval_questions(kb.settings) is None
-    own.write_text(eval_file.read_text())
+    own.write_text("".join(eval_file.read_text().splitlines(keepends=True)[:4]))  # four questions
     try:
         report = evaluate(kb, "0001", "base", use_judge=False, max_items=3)
         again = evaluate(kb, "0001", "base", [own], use_judge=False, max_items=50)
     finally:
         own.unlink()
-    assert report["slices"]["user"] == 3 and "user" in report["metrics"]["candidate"]
-    assert any(r.startswith("your questions:") for r in report["decision"]["reasons"])
-    assert again["slices"]["user"] == 9  # the same file named with --set is asked once
+    assert report.slices["user"] == 3 and "user" in report.metrics["candidate"]
+    assert any(r.startswith("your questions:") for r in report.decision.reasons)
+    assert again.slices["user"] == 4  # the same file named with --set is asked once
 
 
+@pytest.mark.slow
 def test_the_daemons_learn_job_runs_the_loop(adapters):
     from test_finetune import PIER
 
@@ -196,7 +201,8 @@ def test_the_daemons_learn_job_runs_the_loop(adapters):
     kb, _ = adapters
     registry = AdapterRegistry(kb.home, kb.manifest)
     registry.promote("0001", "test")
-    settings = kb.settings.model_copy(update={"dataset_teacher_pairs": 0})
+    # Two of the new records are enough to show the loop trains a child of the current adapter.
+    settings = kb.settings.model_copy(update={"dataset_teacher_pairs": 0, "finetune_max_records": 2})
     with KnowledgeBase(kb.home, settings, embedder=kb.embedder) as run_kb:
         idle = learn(run_kb)
         assert idle["dataset"]["version"] is None and idle["finetune"] == "no new training records"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,13 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from conftest import cli_env
+from conftest import cli_env, cli_error, run_cli
 from test_dataset import write_manuals
 
 from kbloop.assistant.answer import Assistant
 from kbloop.server.service import Service
-from kbloop.cli.main import cli
 from kbloop.config import init_home
 from kbloop.dataset.build import build
 from kbloop.dataset.store import DatasetStore
@@ -26,6 +25,9 @@ from kbloop.finetune.registry import AdapterRegistry
 from kbloop.finetune.train import base_model_id, finetune, plan_run
 from kbloop.fsutil import sha256_file
 from kbloop.kb import KnowledgeBase
+
+# Every test here trains the packaged model or reads what the module's training made.
+pytestmark = pytest.mark.slow
 
 SETTINGS = {
     "KBLOOP_GENERATOR": "local:smollm2-135m",
@@ -55,8 +57,8 @@ def make_home(root: Path, model_cache: Path, manuals=None, **extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, model_cache, embedder):
-    """A home with one trained adapter (0001, not promoted)."""
-    home = make_home(tmp_path_factory.mktemp("ft") / "kb", model_cache)
+    """A home with one trained adapter (0001, not promoted): one manual, 8 records, one step."""
+    home = make_home(tmp_path_factory.mktemp("ft") / "kb", model_cache, ["ferry.md"])
     kb = KnowledgeBase(home, embedder=embedder)
     kb.ingest()
     build(kb)
@@ -72,7 +74,7 @@ def test_new_adapter_is_a_candidate_with_lineage(trained):
     lineage = registry.lineage("0001")
     assert lineage["parent"] is None and lineage["generator"] == "local:smollm2-135m"
     assert lineage["records"]["new"] == len(DatasetStore(kb.home, kb.manifest).active_records("train"))
-    assert lineage["base_model"] == base_model_id(kb.generator._locate())
+    assert lineage["base_model"] == base_model_id(kb.generator.base_model_dir())
     assert lineage["final_probe_loss"] < lineage["base_probe_loss"]  # it learned something
     folder = registry.path("0001")
     assert (folder / "adapter_model.safetensors").is_file() and (folder / "training_config.json").is_file()
@@ -172,14 +174,17 @@ def test_a_running_server_follows_promote_and_rollback(trained):
         service.close()
 
 
-def test_resume_after_a_kill_and_no_adapter_is_damaged(tmp_path, model_cache, trained):
+def test_resume_after_a_kill_and_no_adapter_is_damaged(tmp_path, model_cache, embedder, trained):
+    # Three records, one step each and a checkpoint after every step: killed after the first.
     home = make_home(tmp_path / "kb", model_cache, ["tide.md"], KBLOOP_FINETUNE_CHECKPOINT_STEPS="1",
-                     KBLOOP_FINETUNE_BATCH_SIZE="1", KBLOOP_FINETUNE_GRAD_ACCUM="1", KBLOOP_FINETUNE_LR="0.0002")
+                     KBLOOP_FINETUNE_BATCH_SIZE="1", KBLOOP_FINETUNE_GRAD_ACCUM="1", KBLOOP_FINETUNE_LR="0.0002",
+                     KBLOOP_FINETUNE_MAX_RECORDS="3")
     (home.root / "docs" / "pier.md").write_text(PIER)
+    with KnowledgeBase(home, embedder=embedder) as kb:  # the data, made in process: only the run is killed
+        kb.ingest()
+        build(kb)
     env = cli_env(home.root)
     run = [sys.executable, "-m", "kbloop.cli.main"]
-    subprocess.run(run + ["ingest"], env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run(run + ["dataset", "build", "--no-teacher"], env=env, check=True, capture_output=True, timeout=600)
     # An existing adapter, whose files must survive the crash untouched.
     existing = home.root / "data" / "adapters" / "0001"
     shutil.copytree(AdapterRegistry(trained[0].home, trained[0].manifest).path("0001"), existing)
@@ -188,12 +193,15 @@ def test_resume_after_a_kill_and_no_adapter_is_damaged(tmp_path, model_cache, tr
     proc = subprocess.Popen(run + ["finetune", "--fresh"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     checkpoint = home.root / "data" / "adapters" / ".runs" / "0002" / "checkpoint" / "state.pt"
-    deadline = time.time() + 600
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert checkpoint.exists(), "no checkpoint was written"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 600
+        while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert checkpoint.exists(), "no checkpoint was written"
+    finally:  # also when the wait failed: a run left behind would train on
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert not (home.root / "data" / "adapters" / "0002").exists()
     assert {p.name: sha256_file(p) for p in existing.iterdir()} == before
 
@@ -201,7 +209,7 @@ def test_resume_after_a_kill_and_no_adapter_is_damaged(tmp_path, model_cache, tr
                              timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     result = json.loads(resumed.stdout)
-    assert result["version"] == "0002" and result["resumed_from_step"] >= 1
+    assert result["version"] == "0002" and result["resumed_from_step"] >= 1 and result["records_new"] == 3
     assert result["steps"] > result["resumed_from_step"]
     lineage = json.loads((home.root / "data" / "adapters" / "0002" / "lineage.json").read_text())
     assert lineage["parent"] is None  # --fresh was kept by the resumed run
@@ -215,18 +223,17 @@ def test_resume_after_a_kill_and_no_adapter_is_damaged(tmp_path, model_cache, tr
 def test_cli_adapters_and_export(trained, tmp_path):
     kb, _ = trained
     env = {"KBLOOP_HOME": str(kb.home.root)}
-    runner = CliRunner()
-    listed = json.loads(runner.invoke(cli, ["adapters", "list", "--json"], env=env).output)
+    listed = json.loads(run_cli("adapters", "list", "--json", env=env).output)
     assert listed[0]["version"] == "0001"
-    result = runner.invoke(cli, ["adapters", "promote", "9999"], env=env)
-    assert result.exit_code != 0
-    result = runner.invoke(cli, ["export", "ollama", "0001", "-o", str(tmp_path / "ol")], env=env)
+    missing = cli_error(run_cli("adapters", "promote", "9999", env=env), 3)
+    assert missing.startswith("error: no adapter version '9999'; versions: 0001")
+    result = run_cli("export", "ollama", "0001", "-o", str(tmp_path / "ol"), env=env)
     assert result.exit_code == 0, result.output
     modelfile = (tmp_path / "ol" / "Modelfile").read_text()
     assert "FROM " in modelfile and modelfile.count("ADAPTER ") == 1
     assert (tmp_path / "ol" / "adapter" / "adapter_model.safetensors").is_file()
     assert "ollama create" in result.output
-    result = runner.invoke(cli, ["export", "merged", "0001", "-o", str(tmp_path / "merged")], env=env)
+    result = run_cli("export", "merged", "0001", "-o", str(tmp_path / "merged"), env=env)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "merged" / "config.json").is_file()
     assert list((tmp_path / "merged").glob("*.safetensors"))

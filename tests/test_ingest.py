@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from docs_factory import FACTS, QUERIES, write_corpus
+from kbloop.errors import KbloopError
 from kbloop.ingest import indexer as indexer_module
 
 
@@ -172,7 +171,7 @@ def test_ingest_of_given_paths_only_touches_them(open_kb, home, parsed):
     (docs / "guide.md").write_text("# Changed too\n\nbut not named on the command line\n")
     counts = open_kb().ingest([docs / "notes.txt"])
     assert parsed == ["notes.txt"] and counts.files_changed == 1
-    with pytest.raises(Exception, match="outside the docs folder"):
+    with pytest.raises(KbloopError, match="outside the docs folder"):
         open_kb().ingest([home.root])
 
 
@@ -182,8 +181,12 @@ def test_temp_and_hidden_files_are_ignored(open_kb, home):
     (docs / "real.md").write_text("# Real\n\nThe real document talks about harbour seals.\n")
     for name in (".hidden.md", "real.md~", ".real.md.swp", "draft.tmp", "~$report.docx"):
         (docs / name).write_text("junk")
+    (docs / ".obsidian").mkdir()
+    (docs / ".obsidian" / "workspace.md").write_text("# Not a document\n")
     counts = open_kb().ingest()
     assert counts.files_added == 1 and counts.files_failed == 0
+    assert counts.files_ignored == 6  # five names, and the hidden folder once
+    assert open_kb().ingest([docs / "draft.tmp"]).files_ignored == 1
 
 
 def test_changing_chunk_settings_resplits_every_file(open_kb, home):
@@ -207,5 +210,5 @@ def test_racy_edit_within_the_same_second_is_noticed(open_kb, home):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime
     counts = open_kb().ingest()
     assert counts.files_changed == 1
-    time.sleep(0)  # the file was hashed, so the new text is what is indexed
+    # The file was hashed, so the new text is what is indexed.
     assert "BBBB" in open_kb().search("the value", 1)[0].text

@@ -9,10 +9,10 @@ import pytest
 from fake_ollama import FakeOllama
 from kbloop import models
 from kbloop.assistant.answer import NOT_IN_KB, Assistant
-from kbloop.assistant.prompt import ANSWER_NOT_QUESTION
 from kbloop.config import Settings
 from kbloop.errors import BackendUnavailable
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
+from kbloop.prompt import ANSWER_NOT_QUESTION
 
 SCHEMA = {
     "type": "object",

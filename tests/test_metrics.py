@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kbloop.evaluate.metrics import matches, normalise, token_f1
+from kbloop.evaluate.metrics import matches, token_f1
+from kbloop.text import normalise
 
 
 @pytest.mark.parametrize("answer,refs,expected", [

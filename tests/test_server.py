@@ -27,8 +27,10 @@ from kbloop.server.service import Service
 from kbloop.cli.main import main
 from kbloop.config import Home, init_home
 from kbloop.errors import KbloopError, NeedsRebuild, StoreError
+from kbloop.evaluate.feedback import FeedbackStore
 from kbloop.ingest.manifest import Manifest
 from kbloop.kb import KnowledgeBase
+from kbloop.schema import MIGRATIONS
 
 PORT_QUESTION = "Which port does Harbor listen on by default?"
 ERROR_KEYS = {"type", "message", "status"}
@@ -295,7 +297,7 @@ def test_feedback_is_stored_and_thumbs_down_are_eval_candidates(served, client):
     assert [f["id"] for f in listed] == [down.json()["id"]]
     manifest = Manifest(served[1].home.manifest_path)
     try:
-        candidates = manifest.eval_candidates()
+        candidates = FeedbackStore(manifest.db).eval_candidates()
     finally:
         manifest.close()
     assert [(c.question, c.comment, c.sources[0]["path"]) for c in candidates] == [
@@ -303,13 +305,13 @@ def test_feedback_is_stored_and_thumbs_down_are_eval_candidates(served, client):
 
 
 def test_an_older_manifest_gains_the_feedback_table(tmp_path):
-    old = Manifest(tmp_path / "kbloop.sqlite")
+    old = Manifest(tmp_path / "kbloop.sqlite", MIGRATIONS)
     old.db.executescript("DROP TABLE feedback; DELETE FROM migrations WHERE name = '004_feedback';")
     old.close()
-    reopened = Manifest(tmp_path / "kbloop.sqlite")
+    reopened = Manifest(tmp_path / "kbloop.sqlite", MIGRATIONS)
     try:
-        feedback_id = reopened.add_feedback("down", "q?", "a.")
-        assert [f.id for f in reopened.eval_candidates()] == [feedback_id]
+        feedback_id = FeedbackStore(reopened.db).add("down", "q?", "a.")
+        assert [f.id for f in FeedbackStore(reopened.db).eval_candidates()] == [feedback_id]
     finally:
         reopened.close()
 

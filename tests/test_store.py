@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from docs_factory import QUERIES, write_corpus
-from kbloop.errors import NeedsRebuild, StoreError
+from kbloop.errors import KbloopError, NeedsRebuild, StoreError
 from kbloop.vector_store.faiss_store import HEADER, FaissStore
 
 
@@ -103,7 +103,7 @@ def test_langchain_retriever_face(open_kb, home):
     scored = KbloopVectorStore(kb).similarity_search_with_relevance_scores(QUERIES["page.html"], k=3)
     assert all(0.0 <= s <= 1.0 for _, s in scored)
     assert [s for _, s in scored] == sorted([s for _, s in scored], reverse=True)
-    with pytest.raises(Exception, match="follows the docs folder"):
+    with pytest.raises(KbloopError, match="follows the docs folder"):
         KbloopVectorStore(kb).add_texts(["x"])
 
 

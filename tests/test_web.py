@@ -23,6 +23,7 @@ from selenium.webdriver.common.selenium_manager import SeleniumManager
 from selenium.webdriver.support.ui import WebDriverWait
 from test_server import PORT_QUESTION, make_home, serving
 
+from kbloop.evaluate.feedback import FeedbackStore
 from kbloop.ingest.manifest import Manifest
 
 
@@ -123,7 +124,7 @@ def test_asking_on_the_page_streams_an_answer_with_clickable_sources(site, brows
         browser.find_element(By.CSS_SELECTOR, ".turn .thumb[data-rating='down']").click()
         wait.until(lambda d: text_of(d, ".turn .feedback-state"))
         assert "eval set" in text_of(browser, ".turn .feedback-state")
-        [candidate] = manifest.eval_candidates()
+        [candidate] = FeedbackStore(manifest.db).eval_candidates()
         assert (candidate.question, candidate.comment, candidate.answer) == (PORT_QUESTION, "should say more",
                                                                             answer.text)
         assert candidate.sources[0]["path"] == "getting-started.md"

@@ -14,11 +14,10 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words, restates,
                                        unmentioned_terms)
-from kbloop.assistant.prompt import (STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
-                                     is_refusal)
 from kbloop.ingest.manifest import Hit
+from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
+                           is_refusal)
 
-NOT_IN_KB = "The knowledge base does not contain the answer to this question."
 # When the model can only restate the question, though a source holds most of its words.
 QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
 
@@ -97,13 +96,11 @@ class Assistant:
         return self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
 
     def stream(self, question: str, history: list[tuple[str, str]] | None = None) -> Iterator[str | Answer]:
-        settings = self.kb.settings
         started = time.perf_counter()
         hits = self.retrieve(question, history)
         retrieved = time.perf_counter()
         timings = {"retrieve_s": round(retrieved - started, 4)}
-        model = getattr(self.generator, "spec", settings.generator)
-        adapter = getattr(self.generator, "adapter", None)
+        model, adapter = self.generator.spec, self.generator.adapter
 
         def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
             return Answer(question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,

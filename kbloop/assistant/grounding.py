@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import re
 
-from kbloop.assistant.prompt import source_heading
-from kbloop.evaluate.metrics import normalise
 from kbloop.ingest.manifest import Hit
-from kbloop.text import technical_terms
+from kbloop.prompt import source_heading
+from kbloop.text import STOPWORDS, content_words, normalise, numbers, technical_terms
 
-# A number as written in prose: 900, 6,700, 2.30.0; not a citation "[2]" nor part of a name.
-NUMBER = re.compile(r"(?<![\w.\[])\d+(?:[.,]\d+)*(?![\w\]])")
-LIST_MARKER = re.compile(r"(?m)^\s*\d+[.)]\s")
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
-STOPWORDS = frozenset(
-    "a an and are as at be by can default do does for from how in is it its of on or that the this to "
-    "was what when where which who why will with you your by default git".split()
-)
+# Words that tell neither one source from another nor an answer from the question, besides the
+# stop words: nearly every source says them ("default" of every option, "git" throughout
+# ../shared/kbdev, where these checks were measured).
+UNINFORMATIVE = STOPWORDS | {"default", "git"}
 
 
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
@@ -39,43 +35,39 @@ def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
 
 
 def new_words(answer: str, question: str) -> list[str]:
-    """The words of the answer that are neither in the question nor stopwords."""
+    """The words of the answer that are neither in the question nor uninformative."""
     asked = set(normalise(question).split())
-    return [w for w in normalise(answer).split() if w not in asked and w not in STOPWORDS]
+    return [w for w in normalise(answer).split() if w not in asked and w not in UNINFORMATIVE]
 
 
 def restates(answer: str, question: str) -> bool:
     """The answer only repeats the question: it adds no word to it and leaves none of its words
     out. An answer that picks one of the things the question names leaves the others out."""
-    return not answer.strip() or (not new_words(answer, question)
-                                  and content_words(question) <= content_words(answer))
+    return not answer.strip() or (not new_words(answer, question) and stems(question) <= stems(answer))
 
 
-def content_words(text: str) -> set[str]:
-    """The words that carry meaning, a plural or third-person "s" dropped ("listens", "listen")."""
+def stems(text: str) -> set[str]:
+    """The informative words of ``text``, a plural or third-person "s" dropped ("listens",
+    "listen"), so that the same words in another form still count as the same."""
     return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-            for w in normalise(text).split() if w not in STOPWORDS}
+            for w in content_words(text, UNINFORMATIVE)}
 
 
 def closest_sentence(question: str, hits: list[Hit], longest: int = 500) -> tuple[int, str] | None:
     """The sentence of the sources that shares most words with the question, and its source's
     number (the better-ranked source on a tie); None when none shares half of them."""
-    asked = content_words(question)
+    asked = stems(question)
     best: tuple[int, int, str] | None = None
     for n, hit in enumerate(hits, start=1):
         for sentence in SENTENCE_END.split(hit.text):
             sentence = " ".join(sentence.split())
-            shared = len(asked & content_words(sentence))
+            shared = len(asked & stems(sentence))
             if len(sentence.split()) >= 4 and (best is None or shared > best[0]):
                 best = (shared, n, sentence)
     if best is None or 2 * best[0] < len(asked):
         return None
     sentence = best[2] if len(best[2]) <= longest else best[2][:longest].rsplit(" ", 1)[0] + " …"
     return best[1], sentence
-
-
-def numbers(text: str) -> set[str]:
-    return {n.replace(",", "") for n in NUMBER.findall(LIST_MARKER.sub(" ", text))}
 
 
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:

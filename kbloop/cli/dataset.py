@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from kbloop.cli.output import emit_json
-from kbloop.errors import KbloopError
+from kbloop.errors import NotFound
 
 
 @click.group()
@@ -25,13 +25,12 @@ def dataset() -> None:
 @click.pass_obj
 def build(obj, teacher: bool, limit: int | None, as_json: bool) -> None:
     """Build the next dataset version; an unchanged knowledge base builds nothing."""
-    from kbloop import models
     from kbloop.dataset.build import build as run_build
 
     with obj.open_kb() as kb:
         model = None
         if teacher and kb.settings.dataset_teacher_pairs:
-            model = models.create("teacher", kb.settings.teacher, kb.settings)
+            model = kb.model("teacher")
         counts = run_build(kb, model, progress=not as_json and sys.stderr.isatty(), limit=limit).as_dict()
     if as_json:
         emit_json(counts)
@@ -96,13 +95,13 @@ def show(obj, version: str | None, limit: int, record_id: str | None, as_json: b
         store = DatasetStore(kb.home, kb.manifest)
         version = version or store.latest()
         if version is None:
-            raise KbloopError("no dataset yet: run `kbloop dataset build`")
+            raise NotFound("no dataset yet: run `kbloop dataset build`")
         status = store.status_of()
         records = store.records(version)
     if record_id:
         records = [r for r in records if r.id == record_id]
         if not records:
-            raise KbloopError(f"no record {record_id} in dataset version {version}")
+            raise NotFound(f"no record {record_id} in dataset version {version}")
     for record in records[:limit]:
         if as_json:
             click.echo(json.dumps(record.as_dict() | {"status": status.get(record.id)}, ensure_ascii=False))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import click
 
 from kbloop.cli.output import emit_json
-from kbloop.errors import KbloopError
+from kbloop.errors import NotFound
+from kbloop.evaluate.store import EvaluationStore
 
 
 @click.group(invoke_without_command=True)
@@ -34,13 +34,13 @@ def evaluate(ctx: click.Context, candidate, baseline, user_sets, max_items, no_j
         report = run(kb, candidate, baseline, list(user_sets), use_judge=not no_judge, promote=promote,
                      progress=not as_json and sys.stderr.isatty(), max_items=max_items)
     if as_json:
-        emit_json({k: v for k, v in report.items() if k != "details"})
+        emit_json({k: v for k, v in report.to_dict().items() if k != "details"})
         return
-    click.echo((Path(report["folder"]) / "report.md").read_text().split("![")[0].rstrip())
-    click.echo(f"\nreport: {report['folder']}")
-    if report["decision"]["decision"] == "accept":
-        click.echo(f"{report['candidate']} is now current" if report.get("promoted")
-                   else f"promote it with `kbloop adapters promote {report['candidate']}` (or --promote)")
+    click.echo((Path(report.folder) / "report.md").read_text().split("![")[0].rstrip())
+    click.echo(f"\nreport: {report.folder}")
+    if report.decision.decision == "accept":
+        click.echo(f"{report.candidate} is now current" if report.promoted
+                   else f"promote it with `kbloop adapters promote {report.candidate}` (or --promote)")
 
 
 @evaluate.command()
@@ -49,15 +49,16 @@ def evaluate(ctx: click.Context, candidate, baseline, user_sets, max_items, no_j
 def show(obj, run: str | None) -> None:
     """Print the report of RUN (default: the latest)."""
     with obj.open_kb() as kb:
-        folder = kb.home.evals_dir
-        runs = sorted(p.name for p in folder.iterdir() if (p / "report.md").is_file()) if folder.is_dir() else []
+        runs = {r.run: r.folder for r in EvaluationStore(kb.home, kb.manifest.db).runs()
+                if (r.folder / "report.md").is_file()}
     if not runs:
-        raise KbloopError("no evaluations yet: run `kbloop evaluate`")
-    run = run or runs[-1]
-    if run not in runs:
-        raise KbloopError(f"no evaluation {run!r}; latest is {runs[-1]}")
-    click.echo((folder / run / "report.md").read_text())
-    click.echo(f"plots: {folder / run / 'compare.png'}, {folder / run / 'history.png'}")
+        raise NotFound("no evaluations yet: run `kbloop evaluate`")
+    latest = list(runs)[-1]
+    folder = runs.get(run or latest)
+    if folder is None:
+        raise NotFound(f"no evaluation {run!r}; latest is {latest}")
+    click.echo((folder / "report.md").read_text())
+    click.echo(f"plots: {folder / 'compare.png'}, {folder / 'history.png'}")
 
 
 @evaluate.command()
@@ -66,17 +67,13 @@ def show(obj, run: str | None) -> None:
 def history(obj, as_json: bool) -> None:
     """Every evaluation: when, candidate, baseline, scores and the decision."""
     with obj.open_kb() as kb:
-        rows = [dict(r) for r in kb.manifest.db.execute("SELECT * FROM evaluations ORDER BY created_at")]
-    for row in rows:
-        row["summary"] = json.loads(row["summary"])
+        runs = [r for r in EvaluationStore(kb.home, kb.manifest.db).runs() if r.recorded]
     if as_json:
-        emit_json(rows)
+        emit_json([r.as_record() for r in runs])
         return
-    if not rows:
+    if not runs:
         click.echo("no evaluations yet: run `kbloop evaluate`")
-    for row in rows:
-        cand = row["summary"]["metrics"]["candidate"]["all"]["score"]
-        base = row["summary"]["metrics"]["baseline"]["all"]["score"]
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))
-        click.echo(f"{row['run']}  {when}  {row['candidate']} vs {row['baseline']}: "
-                   f"{cand:.3f} vs {base:.3f}  {row['decision']}")
+    for r in runs:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at))
+        click.echo(f"{r.run}  {when}  {r.candidate} vs {r.baseline}: "
+                   f"{r.score('candidate'):.3f} vs {r.score('baseline'):.3f}  {r.decision}")

@@ -54,11 +54,11 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; domain errors become one line on stderr and a non-zero exit."""
+    """Run the CLI; a domain error becomes one line on stderr and the exit code of its kind."""
     try:
         cli.main(args=argv, prog_name="kbloop", standalone_mode=False)
     except KbloopError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {exc.one_line()}", err=True)
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

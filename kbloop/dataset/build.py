@@ -17,7 +17,6 @@ An unchanged knowledge base yields no version at all.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,8 @@ from kbloop.dataset.records import Knowledge, Record, assemble, in_eval_split, r
 from kbloop.dataset.store import DatasetStore
 from kbloop.dataset.teacher import teacher_pairs
 from kbloop.fsutil import exclusive
+from kbloop.ingest.manifest import Manifest
+from kbloop.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,11 @@ class BuildCounts:
         return asdict(self)
 
 
-def indexed_chunks(manifest) -> dict[str, SourceChunk]:
+def indexed_chunks(manifest: Manifest) -> dict[str, SourceChunk]:
     """Every indexed chunk text, by hash (one place per text), read in one snapshot."""
-    with manifest.transaction() as db:
-        rows = db.execute(
-            """SELECT chunks.text_hash, chunks.text, chunks.metadata, chunks.vector_id, files.path FROM chunks
-               JOIN files ON files.id = chunks.file_id WHERE files.status = 'indexed'
-               ORDER BY files.path, chunks.ordinal"""
-        ).fetchall()
     out: dict[str, SourceChunk] = {}
-    for r in rows:
-        out.setdefault(r["text_hash"], SourceChunk(r["text_hash"], r["path"], r["text"], json.loads(r["metadata"]),
-                                                   r["vector_id"]))
+    for path, c in manifest.indexed_chunks():
+        out.setdefault(c.text_hash, SourceChunk(c.text_hash, path, c.text, c.metadata, c.vector_id))
     return out
 
 
@@ -100,8 +94,7 @@ def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
     processed = store.processed_hashes()
     live_paths = {c.path for c in current.values()}
     retire = {}
-    for text_hash, path in kb.manifest.db.execute(
-            "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active'"):
+    for text_hash, path in store.active_sources():
         if text_hash not in current:
             retire[text_hash] = "changed" if path in live_paths else "deleted"
     retire.update({h: "deleted" for h in processed - current.keys() if h not in retire})
@@ -116,7 +109,7 @@ def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
     dedupe = Deduplicator(store.active_questions())
     records: list[Record] = []
     done: dict[str, int] = {}
-    for chunk in _bar(new, progress):
+    for chunk in progress_bar(new, show=progress, desc="dataset", unit="chunk"):
         pairs = extract_pairs(chunk.text, chunk.metadata, chunk.path)
         if teacher is not None and settings.dataset_teacher_pairs:
             pairs += teacher_pairs(teacher, chunk.text, chunk.metadata, chunk.path, settings.dataset_teacher_pairs)
@@ -135,16 +128,13 @@ def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
 
     counts.records_train = sum(r.split == "train" for r in records)
     counts.records_eval = sum(r.split == "eval" for r in records)
-    if retire:
-        counts.records_retired = kb.manifest.db.execute(
-            f"SELECT COUNT(*) FROM dataset_records WHERE status = 'active' AND text_hash IN "
-            f"({','.join('?' * len(retire))})", list(retire)).fetchone()[0]
+    counts.records_retired = store.count_active(retire.keys())
     if records or retire or done:
         info = {
             "settings": {k: getattr(settings, k) for k in ("dataset_teacher_pairs", "dataset_distractors",
                                                            "dataset_oracle_p", "dataset_eval_fraction",
                                                            "chunk_size", "chunk_overlap", "embedder")},
-            "teacher": getattr(teacher, "spec", None),
+            "teacher": teacher.spec if teacher is not None else None,
             "counts": {k: v for k, v in counts.as_dict().items() if k not in ("version", "seconds")},
         }
         store.commit(version, store.latest(), info, records, done, retire)
@@ -183,11 +173,3 @@ def _distractors(kb, pair: Pair, chunk: SourceChunk, by_vector: dict[int, Source
         if len(out) == k:
             break
     return out
-
-
-def _bar(items, progress: bool):
-    if not progress:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc="dataset", unit="chunk", dynamic_ncols=True)

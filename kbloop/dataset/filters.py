@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import re
+from kbloop.text import content_words, normalise, numbers
 
-from kbloop.evaluate.metrics import normalise
-
-STOPWORDS = frozenset(
-    "a an the of to in on for and or is are be by with as at it its this that what which how does do "
-    "from when if not no can will into than then there their they you your".split()
-)
 MIN_QUESTION_WORDS, MAX_QUESTION_WORDS = 3, 40
 MAX_ANSWER_WORDS = 80
 SUPPORT_THRESHOLD = 0.8
 NEAR_DUPLICATE = 0.8
-NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-
-def content_words(text: str) -> list[str]:
-    return [w for w in normalise(text).split() if w not in STOPWORDS and len(w) > 1]
 
 
 def supported(answer: str, text: str) -> bool:
@@ -30,11 +19,9 @@ def supported(answer: str, text: str) -> bool:
     if norm_answer in norm_text:
         return True
     words = content_words(answer)
-    if not words:
+    if not words or not numbers(answer) <= numbers(text):
         return False
     text_words = set(norm_text.split())
-    if any(n not in text_words for n in NUMBER.findall(norm_answer)):
-        return False
     return sum(w in text_words for w in words) / len(words) >= SUPPORT_THRESHOLD
 
 

@@ -3,7 +3,7 @@
 A record's knowledge is its source chunk plus distractor chunks found by retrieval, shuffled.
 With probability 1 - p the source chunk is left out and the answer says the knowledge does not
 hold it, which teaches the model to refuse instead of guessing. The prompt a record renders to
-is exactly the one the assistant builds at question time (``assistant.prompt.build_messages``),
+is exactly the one the assistant builds at question time (``kbloop.prompt.build_messages``),
 so what the model learns is what it is later asked to do.
 """
 
@@ -14,8 +14,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from kbloop.assistant.prompt import DONT_KNOW, SYSTEM, build_messages
 from kbloop.ingest.manifest import Hit
+from kbloop.prompt import DONT_KNOW, SYSTEM, build_messages
 
 Split = Literal["train", "eval"]
 

@@ -6,6 +6,8 @@ are still active is a column in the manifest's ``dataset_records`` table, so ret
 whose chunk changed or vanished edits no file. The files are written first and the manifest
 rows second, in one transaction: a crash in between leaves an unreferenced file that the next
 build, reusing the version number, replaces.
+
+The ``dataset_*`` tables are this store's, declared below as migrations.
 """
 
 from __future__ import annotations
@@ -13,19 +15,57 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 from kbloop import __version__
 from kbloop.config import Home
 from kbloop.dataset.records import Record, Split
-from kbloop.errors import KbloopError
+from kbloop.db import Migration, transaction
+from kbloop.errors import NotFound
 from kbloop.fsutil import atomic_write_bytes
 from kbloop.ingest.manifest import Manifest
+
+MIGRATIONS: list[Migration] = [
+    (
+        "003_datasets",
+        # Dataset versions and the status of every record in them. The records themselves live
+        # in data/datasets/<version>.jsonl, never edited; retiring one is a row update here.
+        """
+        CREATE TABLE dataset_versions (
+            version TEXT PRIMARY KEY,
+            created_at REAL NOT NULL,
+            parent TEXT,
+            info TEXT NOT NULL                  -- JSON: settings, teacher, counts
+        );
+        CREATE TABLE dataset_records (
+            id TEXT PRIMARY KEY,                -- hash of source text hash + question
+            version TEXT NOT NULL REFERENCES dataset_versions(version),
+            split TEXT NOT NULL,                -- train | eval
+            text_hash TEXT NOT NULL,            -- the source chunk's text hash
+            path TEXT NOT NULL,
+            generator TEXT NOT NULL,
+            oracle INTEGER NOT NULL,            -- 1 = the source chunk is in the knowledge
+            question TEXT NOT NULL,
+            status TEXT NOT NULL,               -- active | retired
+            retired_in TEXT,
+            retired_reason TEXT                 -- changed | deleted
+        );
+        CREATE INDEX dataset_records_hash ON dataset_records(text_hash);
+        CREATE INDEX dataset_records_status ON dataset_records(status, split);
+        CREATE TABLE dataset_chunks (           -- chunk texts already turned into records
+            text_hash TEXT PRIMARY KEY,
+            version TEXT NOT NULL,
+            n_records INTEGER NOT NULL
+        );
+        """,
+    ),
+]
 
 
 class DatasetStore:
     def __init__(self, home: Home, manifest: Manifest):
-        self.home, self.manifest, self.db = home, manifest, manifest.db
+        self.home, self.db = home, manifest.db
         self.dir = home.datasets_dir
 
     # -- versions -------------------------------------------------------------------------
@@ -54,6 +94,19 @@ class DatasetStore:
     def active_questions(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT question FROM dataset_records WHERE status = 'active'")}
 
+    def active_sources(self) -> set[tuple[str, str]]:
+        """(text hash, path) of every chunk text that active records were built from."""
+        return {(r[0], r[1]) for r in self.db.execute(
+            "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active'")}
+
+    def count_active(self, text_hashes: Collection[str]) -> int:
+        """How many active records were built from these chunk texts."""
+        if not text_hashes:
+            return 0
+        return self.db.execute(
+            f"SELECT COUNT(*) FROM dataset_records WHERE status = 'active' AND text_hash IN "
+            f"({','.join('?' * len(text_hashes))})", list(text_hashes)).fetchone()[0]
+
     def commit(self, version: str, parent: str | None, info: dict, records: list[Record],
                processed: dict[str, int], retire: dict[str, str]) -> None:
         """Write the version's files, then record it: new records active, ``retire``'s text
@@ -64,7 +117,7 @@ class DatasetStore:
         meta = {"version": version, "parent": parent, "kbloop_version": __version__, **info}
         atomic_write_bytes(self.dir / f"{version}.json",
                            (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-        with self.manifest.transaction() as db:
+        with transaction(self.db) as db:
             db.execute("INSERT INTO dataset_versions VALUES (?, ?, ?, ?)",
                        (version, time.time(), parent, json.dumps(info, sort_keys=True)))
             for text_hash, reason in retire.items():
@@ -84,7 +137,7 @@ class DatasetStore:
     def records(self, version: str) -> list[Record]:
         path = self.records_file(version)
         if not path.is_file():
-            raise KbloopError(f"dataset version {version} has no records file at {path}")
+            raise NotFound(f"dataset version {version} has no records file at {path}")
         with open(path, encoding="utf-8") as fh:
             return [Record.from_dict(json.loads(line)) for line in fh if line.strip()]
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from kbloop.dataset.extractive import Pair, document_name
 from kbloop.models.jsonout import JsonOutputError
+
+if TYPE_CHECKING:
+    from kbloop.models.generators import Generator
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ PROMPT = (
 )
 
 
-def teacher_pairs(teacher, text: str, metadata: dict, path: str, n: int) -> list[Pair]:
+def teacher_pairs(teacher: Generator, text: str, metadata: dict, path: str, n: int) -> list[Pair]:
     """Up to ``n`` pairs; a teacher that gives no usable JSON costs this chunk its teacher pairs
     (logged), never the build."""
     doc = document_name(metadata, path)
@@ -44,6 +48,5 @@ def teacher_pairs(teacher, text: str, metadata: dict, path: str, n: int) -> list
     except JsonOutputError as exc:
         log.warning("teacher skipped a chunk of %s: %s", path, exc)
         return []
-    spec = getattr(teacher, "spec", "teacher")
-    return [Pair(" ".join(p["question"].split()), " ".join(p["answer"].split()), f"teacher:{spec}")
+    return [Pair(" ".join(p["question"].split()), " ".join(p["answer"].split()), f"teacher:{teacher.spec}")
             for p in reply["pairs"][:n]]

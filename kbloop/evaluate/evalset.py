@@ -1,5 +1,6 @@
 """The questions an evaluation asks: the dataset's held-out split, sliced into new and old
-knowledge, plus any eval JSONL the user adds ({question, answer, source?})."""
+knowledge, plus any eval JSONL the user adds ({question, answer, source?}) and the questions
+users marked wrong with a thumbs-down."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Literal
 
 from kbloop.dataset.store import DatasetStore
 from kbloop.errors import KbloopError, NothingToEvaluate
-from kbloop.evaluate.metrics import NOT_IN_KB
+from kbloop.evaluate.feedback import Feedback, FeedbackStore
+from kbloop.evaluate.metrics import UNANSWERABLE
+from kbloop.text import normalise
 
-Slice = Literal["new", "old", "user"]
+Slice = Literal["new", "old", "user", "feedback"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,12 @@ class EvalItem:
 
     @property
     def answerable(self) -> bool:
-        return self.reference != NOT_IN_KB
+        return self.reference != UNANSWERABLE
+
+    @property
+    def judge_only(self) -> bool:
+        """No reference answer (a question a user marked wrong): only the judge can score it."""
+        return not self.reference
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,28 +63,45 @@ def user_items(path: Path) -> list[EvalItem]:
     return items
 
 
+def feedback_items(candidates: list[Feedback]) -> list[EvalItem]:
+    """Questions users marked wrong, each asked once. Nobody wrote down the right answer, so
+    they have no reference: the judge grades the new answers against their sources."""
+    items: dict[str, EvalItem] = {}
+    for fb in candidates:
+        question = fb.question.strip()
+        key = normalise(question)
+        if question and key not in items:
+            rid = hashlib.sha256(f"feedback\n{key}".encode()).hexdigest()[:20]
+            items[key] = EvalItem(rid, question, "", "feedback")
+    return list(items.values())
+
+
 def _spread(items: list[EvalItem], n: int) -> list[EvalItem]:
     """A deterministic sample: the n items whose id hashes lowest (stable as the set grows)."""
     return sorted(items, key=lambda i: hashlib.sha256(i.id.encode()).hexdigest())[:n]
 
 
 def build_evalset(kb, new_versions: set[str], user_files: list[Path], max_items: int,
-                  old_share: float) -> list[EvalItem]:
+                  old_share: float, with_feedback: bool = False) -> list[EvalItem]:
     """Held-out dataset items (new = from ``new_versions``, old = from earlier versions) plus
-    the user's items; capped at ``max_items`` with at least ``old_share`` of them old when
-    old items exist."""
+    the user's items and, ``with_feedback`` (a run with a judge), the thumbs-down questions;
+    capped at ``max_items``, people's questions first, with at least ``old_share`` of the
+    rest old when old items exist."""
     user: list[EvalItem] = []
     for path in user_files:
         user += user_items(path)
+    marked = feedback_items(FeedbackStore(kb.manifest.db).eval_candidates()) if with_feedback else []
     records = DatasetStore(kb.home, kb.manifest).active_records("eval")
     dataset = [EvalItem(r.id, r.instruction, r.reference, "new" if r.version in new_versions else "old",
                         r.source["text_hash"], r.source["path"], r.version, accept=tuple(r.accept))
                for r in records]
     new = [i for i in dataset if i.slice == "new"]
     old = [i for i in dataset if i.slice == "old"]
-    room = max(0, max_items - len(user))
+    asked = _spread(user, max_items)
+    asked += _spread(marked, max_items - len(asked))
+    room = max_items - len(asked)
     n_old = min(len(old), max(round(room * old_share), room - len(new)))
-    picked = _spread(user, max_items) + _spread(new, room - n_old) + _spread(old, n_old)
+    picked = asked + _spread(new, room - n_old) + _spread(old, n_old)
     if not picked:
         raise NothingToEvaluate("nothing to evaluate: build a dataset (its eval split) or pass --set FILE.jsonl")
     return picked

@@ -1,19 +1,22 @@
 """The LLM judge: scores an answer against its reference and sources, and compares two answers.
 
 The judge is the judge role (``KBLOOP_JUDGE``: an Ollama model, or a packaged one), asked for
-JSON with a schema at temperature 0. Verdicts are cached in the manifest by (question,
+JSON with a schema at temperature 0. Verdicts are cached (``JudgeCache``) by (question,
 answers, reference, judge, prompt version), so a re-run costs nothing. A judge that gives no
 valid JSON, even after its retry, yields a recorded failure, never a crash.
+
+A question with no reference answer (one a user marked wrong) is graded against the sources
+alone: the prompt says there is no reference, and correctness then means agreeing with them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import time
+from collections.abc import Callable
 
 from kbloop.errors import BackendUnavailable
+from kbloop.evaluate.store import JudgeCache
 from kbloop.models.jsonout import JsonOutputError
 
 log = logging.getLogger(__name__)
@@ -56,23 +59,24 @@ Answer B: {b}
 
 Which answer is more correct and complete with respect to the reference? Reply winner A, B or tie, with a one-sentence reason."""
 SOURCE_CHARS = 1500
+NO_REFERENCE = "(none: no reference answer is known; judge by the sources alone)"
 
 
 class Judge:
-    def __init__(self, model, manifest):
-        self.model, self.manifest = model, manifest
-        self.spec = getattr(model, "spec", "judge")
+    def __init__(self, model, cache: JudgeCache):
+        self.model, self.cache = model, cache
+        self.spec = model.spec
         self.calls = self.cache_hits = self.failures = 0
 
     def _key(self, kind: str, *parts: str) -> str:
         text = "\n\x1f".join((PROMPT_VERSION, self.spec, kind, *parts))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _cached(self, key: str, ask) -> dict:
-        row = self.manifest.db.execute("SELECT value FROM judge_cache WHERE key = ?", (key,)).fetchone()
-        if row:
+    def _cached(self, key: str, ask: Callable[[], dict]) -> dict:
+        cached = self.cache.get(key)
+        if cached is not None:
             self.cache_hits += 1
-            return json.loads(row["value"])
+            return cached
         self.calls += 1
         try:
             verdict = ask()
@@ -81,14 +85,14 @@ class Judge:
             self.failures += 1
             log.warning("judge failed: %s", exc)
             return {"error": str(exc)}
-        self.manifest.db.execute("INSERT OR REPLACE INTO judge_cache VALUES (?, ?, ?)",
-                                 (key, json.dumps(verdict, sort_keys=True), time.time()))
+        self.cache.put(key, verdict)
         return verdict
 
     def score(self, question: str, answer: str, reference: str, sources: list[str]) -> dict:
         """{correctness, groundedness, completeness, reason}, or {error} when the judge failed."""
         shown = "\n---\n".join(s.strip() for s in sources)[:SOURCE_CHARS] or "(none)"
-        prompt = SCORE_PROMPT.format(question=question, reference=reference, sources=shown, answer=answer)
+        prompt = SCORE_PROMPT.format(question=question, reference=reference or NO_REFERENCE, sources=shown,
+                                     answer=answer)
         return self._cached(self._key("score", question, answer, reference, shown),
                             lambda: self.model.complete_json(prompt, SCORES_SCHEMA, system=SYSTEM, max_new_tokens=160))
 
@@ -99,7 +103,7 @@ class Judge:
             return "tie"
         verdicts = []
         for a, b in ((first, second), (second, first)):
-            prompt = PAIR_PROMPT.format(question=question, reference=reference, a=a, b=b)
+            prompt = PAIR_PROMPT.format(question=question, reference=reference or NO_REFERENCE, a=a, b=b)
             verdict = self._cached(self._key("pair", question, reference, a, b),
                                    lambda p=prompt: self.model.complete_json(p, PAIR_SCHEMA, system=SYSTEM,
                                                                              max_new_tokens=120))

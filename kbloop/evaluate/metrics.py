@@ -7,23 +7,16 @@ that is a number must appear as a whole number (``900`` does not match ``9000`` 
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 from typing import Iterable
 
-NOT_IN_KB = "NOT_IN_KB"
-_CITATION = re.compile(r"\[\d{1,2}\]")  # a source mark like [1] is not the number 1
-_PUNCT = re.compile(r"[`*_\\\"'“”‘’()\[\]{},;:!?]")
-_SPACE = re.compile(r"\s+")
-_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+from kbloop.text import normalise
 
-
-def normalise(text: str) -> str:
-    text = _CITATION.sub(" ", unicodedata.normalize("NFKC", text).lower())
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 6,700 -> 6700
-    text = _PUNCT.sub(" ", text)
-    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # sentence dots, not decimal points
-    return _SPACE.sub(" ", text).strip()
+# The reference an eval item gives when the knowledge base cannot answer it: the assistant must
+# refuse (the refusal users see is ``kbloop.prompt.NOT_IN_KB``, a sentence, not this marker).
+UNANSWERABLE = "NOT_IN_KB"
+# A reference that is a number and nothing else, matched as a whole number.
+NUMERIC_REFERENCE = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 
 def matches(answer: str, references: Iterable[str]) -> bool:
@@ -33,7 +26,7 @@ def matches(answer: str, references: Iterable[str]) -> bool:
         ref = normalise(reference)
         if not ref:
             continue
-        if _NUMBER.match(ref):
+        if NUMERIC_REFERENCE.match(ref):
             if re.search(rf"(?<![\d.]){re.escape(ref)}(?![\d]|\.\d)", norm_answer):
                 return True
         elif f" {ref} " in norm_answer or (len(ref) > 3 and ref in norm_answer):

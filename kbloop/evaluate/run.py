@@ -5,7 +5,8 @@ The run, in ``evaluate``:
 1. resolve the candidate (default: the newest adapter) and the baseline (default: the current
    adapter, or the base model when none is current);
 2. build the eval set: held-out dataset items, new knowledge (the candidate's new dataset
-   versions) and old, plus the user's eval files;
+   versions) and old, plus the user's eval files and, when there is a judge, the questions
+   users marked wrong (which only the judge can score: they have no reference answer);
 3. retrieval metrics once (hit@k and MRR of the gold chunk or file; the same for both sides);
 4. each side answers every question through the assistant (its adapter applied); answer
    metrics: normalised match, token F1, refusal correctness;
@@ -21,19 +22,20 @@ import logging
 import time
 from pathlib import Path
 
-from kbloop import models
 from kbloop.assistant.answer import Assistant
 from kbloop.errors import KbloopError
 from kbloop.evaluate.evalset import EvalItem, build_evalset
 from kbloop.evaluate.gate import decide, score
 from kbloop.evaluate.judge import Judge, judge_norm
 from kbloop.evaluate.metrics import matches, token_f1
-from kbloop.evaluate.report import write_report
+from kbloop.evaluate.report import EvalReport, write_report
+from kbloop.evaluate.store import EvaluationStore, JudgeCache
 from kbloop.finetune.registry import AdapterRegistry
+from kbloop.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-SLICES = ("all", "new", "old", "user")
+SLICES = ("all", "new", "old", "user", "feedback")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -51,9 +53,7 @@ def retrieval_ranks(kb, items: list[EvalItem], k: int) -> dict[str, int | None]:
         rank = None
         for n, hit in enumerate(hits, start=1):
             if item.gold_hash:
-                row = kb.manifest.db.execute("SELECT text_hash FROM chunks WHERE vector_id = ?",
-                                             (hit.vector_id,)).fetchone()
-                found = row is not None and row["text_hash"] == item.gold_hash
+                found = kb.manifest.text_hash_of(hit.vector_id) == item.gold_hash
             else:
                 found = Path(hit.path).name == Path(item.gold_path).name
             if found:
@@ -65,22 +65,23 @@ def retrieval_ranks(kb, items: list[EvalItem], k: int) -> dict[str, int | None]:
 
 def answer_all(kb, adapter: Path | None, items: list[EvalItem], progress: bool, label: str) -> dict[str, dict]:
     """Each item answered by the generator with ``adapter`` (None: the base model)."""
-    generator = models.create("generator", kb.settings.generator, kb.settings)
-    if adapter is not None:
-        if not hasattr(generator, "adapter"):
-            raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} cannot apply a LoRA adapter")
-        generator.adapter = adapter
+    generator = kb.model("generator")  # its own instance, dropped below with its weights
+    generator.use_adapter(adapter)
     assistant = Assistant(kb, generator)
     out = {}
-    for item in _bar(items, progress, f"answers ({label})"):
+    for item in progress_bar(items, show=progress, desc=f"answers ({label})", unit="q"):
         ans = assistant.ask(item.question)
-        if item.answerable:
+        correct: bool | None
+        f1: float | None
+        if item.judge_only:
+            correct = f1 = None
+        elif item.answerable:
             forms = [item.reference, *item.accept]
             correct = not ans.refused and matches(ans.answer, forms)
-            f1 = 0.0 if ans.refused else max(token_f1(ans.answer, f) for f in forms)
+            f1 = round(0.0 if ans.refused else max(token_f1(ans.answer, f) for f in forms), 4)
         else:
             correct, f1 = ans.refused, float(ans.refused)
-        out[item.id] = {"answer": ans.answer, "refused": ans.refused, "correct": correct, "f1": round(f1, 4),
+        out[item.id] = {"answer": ans.answer, "refused": ans.refused, "correct": correct, "f1": f1,
                         "sources": [s.text for s in ans.sources], "source_paths": [s.path for s in ans.sources]}
     del assistant, generator
     gc.collect()
@@ -93,19 +94,21 @@ def side_metrics(items: list[EvalItem], answers: dict[str, dict], ranks: dict[st
         chosen = [i for i in items if part == "all" or i.slice == part]
         if not chosen:
             continue
-        answerable = [i for i in chosen if i.answerable]
-        unanswerable = [i for i in chosen if not i.answerable]
+        # Judge-only questions have no reference: the judge scores them, no metric does.
+        scored = [i for i in chosen if not i.judge_only]
+        answerable = [i for i in scored if i.answerable]
+        unanswerable = [i for i in scored if not i.answerable]
+        judgeable = [i for i in chosen if i.answerable]
         ranked = [ranks[i.id] for i in chosen if i.id in ranks]
-        judged = [answers[i.id].get("judge_norm") for i in answerable]
         by_slice[part] = {
             "n": len(chosen),
-            "accuracy": _mean([float(answers[i.id]["correct"]) for i in chosen]),
+            "accuracy": _mean([float(answers[i.id]["correct"]) for i in scored]),
             "answer_match": _mean([float(answers[i.id]["correct"]) for i in answerable]),
-            "f1": _mean([answers[i.id]["f1"] for i in chosen]),
+            "f1": _mean([answers[i.id]["f1"] for i in scored]),
             "refusal_correct": _mean([float(answers[i.id]["refused"]) for i in unanswerable]),
             "false_refusal": _mean([float(answers[i.id]["refused"]) for i in answerable]),
-            "judge": _mean(judged),
-            "judge_failures": sum(1 for i in answerable if "error" in answers[i.id].get("verdict", {})),
+            "judge": _mean([answers[i.id].get("judge_norm") for i in judgeable]),
+            "judge_failures": sum(1 for i in judgeable if "error" in answers[i.id].get("verdict", {})),
             f"hit@{k}": _mean([float(r is not None) for r in ranked]),
             "mrr": _mean([1.0 / r if r else 0.0 for r in ranked]),
         }
@@ -130,7 +133,7 @@ def knowledge_new_to(registry: AdapterRegistry, lineage: dict, kb) -> set[str]:
 
 def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_files: list[Path] | None = None,
              use_judge: bool = True, promote: bool = False, progress: bool = False,
-             max_items: int | None = None) -> dict:
+             max_items: int | None = None) -> EvalReport:
     settings = kb.settings
     registry = AdapterRegistry(kb.home, kb.manifest)
     cand = registry.resolve(candidate or "latest")
@@ -149,7 +152,8 @@ def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_f
     new_versions = knowledge_new_to(registry, lineage, kb)
     own = kb.home.eval_questions(settings)
     files = ([own] if own else []) + [f for f in user_files or [] if not own or f.resolve() != own.resolve()]
-    items = build_evalset(kb, new_versions, files, max_items or settings.eval_max_items, settings.eval_old_share)
+    items = build_evalset(kb, new_versions, files, max_items or settings.eval_max_items, settings.eval_old_share,
+                          with_feedback=use_judge)
     started = time.time()
     k = settings.retrieve_k
     ranks = retrieval_ranks(kb, items, k)
@@ -160,9 +164,9 @@ def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_f
     judge = None
     pairwise = {"wins": 0, "losses": 0, "ties": 0, "inconsistent": 0}
     if use_judge:
-        judge = Judge(models.create("judge", settings.judge, settings), kb.manifest)
+        judge = Judge(kb.model("judge"), JudgeCache(kb.manifest.db))
         answerable = [i for i in items if i.answerable]
-        for item in _bar(answerable, progress, "judge"):
+        for item in progress_bar(answerable, show=progress, desc="judge", unit="q"):
             for side in sides:
                 got = answers[side][item.id]
                 verdict = judge.score(item.question, got["answer"], item.reference, got["sources"])
@@ -177,25 +181,25 @@ def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_f
     metrics = {side: side_metrics(items, answers[side], ranks, k) for side in sides}
     decision = decide(metrics["candidate"], metrics["baseline"], settings.gate_tolerance)
     run = time.strftime("%Y%m%d-%H%M%S", time.localtime(started)) + f"-{cand}"
-    report = {
-        "run": run, "created_at": started, "seconds": round(time.time() - started, 1),
-        "candidate": cand, "baseline": base or "base", "generator": settings.generator,
-        "judge": judge.spec if judge else None,
-        "judge_calls": judge.calls if judge else 0, "judge_cache_hits": judge.cache_hits if judge else 0,
-        "judge_failures": judge.failures if judge else 0,
-        "items": len(items), "slices": {s: sum(1 for i in items if i.slice == s) for s in ("new", "old", "user")},
-        "metrics": metrics, "pairwise": pairwise if judge and settings.eval_pairwise else None,
-        "decision": decision.as_dict(),
-        "details": [item.as_dict() | {"retrieval_rank": ranks.get(item.id),
-                                      "candidate": _public(answers["candidate"][item.id]),
-                                      "baseline": _public(answers["baseline"][item.id])} for item in items],
-    }
-    folder = write_report(kb, report)
-    report["folder"] = str(folder)
-    _record(kb, registry, report)
+    report = EvalReport(
+        run=run, created_at=started, seconds=round(time.time() - started, 1),
+        candidate=cand, baseline=base or "base", generator=settings.generator,
+        judge=judge.spec if judge else None,
+        judge_calls=judge.calls if judge else 0, judge_cache_hits=judge.cache_hits if judge else 0,
+        judge_failures=judge.failures if judge else 0,
+        items=len(items), slices={s: sum(1 for i in items if i.slice == s) for s in SLICES if s != "all"},
+        metrics=metrics, pairwise=pairwise if judge and settings.eval_pairwise else None,
+        decision=decision,
+        details=[item.as_dict() | {"retrieval_rank": ranks.get(item.id),
+                                   "candidate": _public(answers["candidate"][item.id]),
+                                   "baseline": _public(answers["baseline"][item.id])} for item in items],
+    )
+    store = EvaluationStore(kb.home, kb.manifest.db)
+    report.folder = str(write_report(store, report))
+    _record(store, registry, report)
     if promote and decision.decision == "accept":
         registry.promote(cand, f"evaluation {run}: accepted against {base or 'base'}")
-        report["promoted"] = True
+        report.promoted = True
     return report
 
 
@@ -203,27 +207,14 @@ def _public(answer: dict) -> dict:
     return {k: v for k, v in answer.items() if k != "sources"}
 
 
-def _record(kb, registry: AdapterRegistry, report: dict) -> None:
-    import json
-
-    summary = {"metrics": report["metrics"], "pairwise": report["pairwise"]}
-    kb.manifest.db.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
-                           (report["run"], report["created_at"], report["candidate"], report["baseline"],
-                            report["decision"]["decision"], json.dumps(summary, sort_keys=True)))
-    lineage = registry.lineage(report["candidate"])
+def _record(store: EvaluationStore, registry: AdapterRegistry, report: EvalReport) -> None:
+    """The run in the evaluations table, and its score and decision in the candidate's lineage."""
+    store.record(report)
+    lineage = registry.lineage(report.candidate)
     evaluations = lineage.get("evaluations", []) + [{
-        "run": report["run"], "baseline": report["baseline"], "at": report["created_at"],
-        "score": report["metrics"]["candidate"]["all"]["score"],
-        "baseline_score": report["metrics"]["baseline"]["all"]["score"],
-        "decision": report["decision"]["decision"],
+        "run": report.run, "baseline": report.baseline, "at": report.created_at,
+        "score": report.score("candidate"), "baseline_score": report.score("baseline"),
+        "decision": report.decision.decision,
     }]
-    registry.update_lineage(report["candidate"], evaluations=evaluations,
-                            gate=report["decision"] | {"run": report["run"], "baseline": report["baseline"]})
-
-
-def _bar(items, progress: bool, desc: str):
-    if not progress:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="q", dynamic_ncols=True)
+    registry.update_lineage(report.candidate, evaluations=evaluations,
+                            gate=report.decision.as_dict() | {"run": report.run, "baseline": report.baseline})

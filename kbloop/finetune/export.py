@@ -6,9 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
+from kbloop import models
 from kbloop.errors import KbloopError
 from kbloop.finetune.registry import AdapterRegistry
-from kbloop.models.packaged import PRESETS, gguf_file
 
 
 def _resolve(kb, version: str) -> tuple[str, Path, dict]:
@@ -18,14 +18,13 @@ def _resolve(kb, version: str) -> tuple[str, Path, dict]:
 
 
 def _base_source(kb, lineage: dict) -> Path:
-    """What Ollama's FROM names: the packaged GGUF, or the Hugging Face folder."""
+    """What Ollama's FROM names for the model the adapter was trained for (the packaged GGUF,
+    or the Hugging Face folder), as that model's backend says."""
     spec = lineage.get("generator") or kb.settings.generator
-    provider, _, name = spec.partition(":")
-    if provider == "local" and name in PRESETS:
-        return gguf_file(PRESETS[name], Path(kb.settings.model_cache).expanduser())
-    if provider == "hf":
-        return Path(name).expanduser().resolve()
-    raise KbloopError(f"cannot export an adapter trained for {spec}")
+    base = models.create("generator", spec, kb.settings).ollama_base()
+    if base is None:
+        raise KbloopError(f"cannot export an adapter trained for {spec}")
+    return base
 
 
 def export_ollama(kb, version: str, out: Path | None) -> tuple[Path, str]:
@@ -57,7 +56,10 @@ def export_merged(kb, version: str, out: Path | None) -> Path:
     if lineage.get("generator") != kb.settings.generator:
         raise KbloopError(f"adapter {name} was trained for {lineage.get('generator')}: "
                           f"set KBLOOP_GENERATOR to it to export")
-    base_dir = kb.generator._locate()
+    base_dir = kb.generator.base_model_dir()
+    if base_dir is None:
+        raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} has no weights here to merge into: "
+                          "use a local: or hf: model")
     out = (out or kb.home.data_dir / "exports" / f"{name}-merged").resolve()
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

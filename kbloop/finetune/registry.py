@@ -16,7 +16,7 @@ import re
 import time
 from pathlib import Path
 
-from kbloop.errors import KbloopError
+from kbloop.errors import NotFound
 from kbloop.fsutil import atomic_write_bytes
 
 CURRENT_KEY = "adapter_current"
@@ -48,7 +48,7 @@ class AdapterRegistry:
         folder = self.dir / version
         if not (folder / "lineage.json").is_file():
             known = ", ".join(self.versions()) or "none yet (run `kbloop finetune`)"
-            raise KbloopError(f"no adapter version {version!r}; versions: {known}")
+            raise NotFound(f"no adapter version {version!r}; versions: {known}")
         return folder
 
     def lineage(self, version: str) -> dict:
@@ -66,12 +66,12 @@ class AdapterRegistry:
         if version in (None, "current"):
             current = self.current()
             if current is None:
-                raise KbloopError("no adapter is current yet: name a version, or promote one")
+                raise NotFound("no adapter is current yet: name a version, or promote one")
             return current
         if version == "latest":
             versions = self.versions()
             if not versions:
-                raise KbloopError("no adapters yet: run `kbloop finetune`")
+                raise NotFound("no adapters yet: run `kbloop finetune`")
             return versions[-1]
         self.path(version)
         return version
@@ -103,7 +103,7 @@ class AdapterRegistry:
         """Go back to what was current before the last promotion; returns the version now current."""
         history = self.history()
         if not history:
-            raise KbloopError("nothing to roll back: no adapter has been promoted")
+            raise NotFound("nothing to roll back: no adapter has been promoted")
         previous = history[-1]["previous"]
         self.promote(previous, f"rollback from {history[-1]['version'] or 'base'}")
         return previous

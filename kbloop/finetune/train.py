@@ -32,10 +32,12 @@ from pathlib import Path
 from kbloop import __version__
 from kbloop.dataset.records import Record
 from kbloop.dataset.store import DatasetStore
-from kbloop.errors import KbloopError
+from kbloop.errors import KbloopError, NotFound
+from kbloop.finetune.config import TrainConfig
 from kbloop.finetune.data import Example, answer_loss, collate, encode, length_batches
 from kbloop.finetune.registry import AdapterRegistry
 from kbloop.fsutil import atomic_write_bytes, exclusive
+from kbloop.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,16 @@ class Plan:
     probe_ids: list[str]             # fixed sample whose loss is measured before and after
     parent_probe_ids: list[str]      # the parent's probe, to show where this run starts
     dataset_versions: list[str]
-    config: dict
+    config: TrainConfig
     seen_ids: list[str] = field(default_factory=list)  # all records this adapter has learned from
     new_dataset_versions: list[str] = field(default_factory=list)  # where the new records came from
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        return cls(**{**data, "config": TrainConfig(**data["config"])})
 
 
 @dataclass
@@ -81,12 +87,6 @@ class TrainResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def training_config(settings) -> dict:
-    """The settings that shape a run, saved sorted next to the adapter."""
-    keys = [k for k in type(settings).model_fields if k.startswith("finetune_")]
-    return {k.removeprefix("finetune_"): getattr(settings, k) for k in sorted(keys)}
 
 
 def base_model_id(folder: Path) -> str:
@@ -116,6 +116,7 @@ def pending_records(kb) -> int:
 
 def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, base_id: str) -> Plan:
     settings = kb.settings
+    config = TrainConfig.from_settings(settings)
     if fresh:
         parent = None
     elif parent is None:
@@ -128,30 +129,30 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
         )
     active = DatasetStore(kb.home, kb.manifest).active_records("train")
     if not active:
-        raise KbloopError("no training records: run `kbloop dataset build` first")
+        raise NotFound("no training records: run `kbloop dataset build` first")
     seen = set(parent_lineage.get("seen_ids", []))
     new = [r.id for r in active if r.id not in seen]
-    if settings.finetune_max_records and len(new) > settings.finetune_max_records:
+    if config.max_records and len(new) > config.max_records:
         # The newest knowledge first; within a dataset version, a seeded sample.
         version_of = {r.id: r.version for r in active}
-        shuffled = random.Random(settings.finetune_seed).sample(new, len(new))
-        keep = set(sorted(shuffled, key=lambda i: version_of[i], reverse=True)[:settings.finetune_max_records])
+        shuffled = random.Random(config.seed).sample(new, len(new))
+        keep = set(sorted(shuffled, key=lambda i: version_of[i], reverse=True)[:config.max_records])
         new = [i for i in new if i in keep]
     if not new:
         raise KbloopError(f"nothing new to learn: adapter {parent} has seen every active training record "
                           "(build a dataset after the documents change, or use --fresh)")
-    rng = random.Random(settings.finetune_seed)
+    rng = random.Random(config.seed)
     pool = [r.id for r in active if r.id in seen]
-    replay = rng.sample(pool, min(len(pool), round(settings.finetune_replay_ratio * len(new)))) if parent else []
+    replay = rng.sample(pool, min(len(pool), round(config.replay_ratio * len(new)))) if parent else []
     probe = rng.sample(new + replay, min(PROBE_SIZE, len(new) + len(replay)))
     by_id = {r.id: r for r in active}
     return Plan(
         version=registry.next_version(), parent=parent, base_model=base_id,
-        lr=settings.finetune_incremental_lr if parent else settings.finetune_lr,
+        lr=config.incremental_lr if parent else config.lr,
         record_ids=new, replay_ids=replay, probe_ids=probe,
         parent_probe_ids=parent_lineage.get("probe_ids", []),
         dataset_versions=sorted({by_id[i].version for i in new + replay}),
-        config=training_config(settings) | {"generator": settings.generator},
+        config=config,
         seen_ids=sorted(seen | set(new)),
         new_dataset_versions=sorted({by_id[i].version for i in new}),
     )
@@ -207,20 +208,18 @@ def load_for_training(base_dir: Path, plan: Plan, registry: AdapterRegistry, thr
     hf_logging.disable_progress_bar()
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(plan.config["seed"])
+    torch.manual_seed(plan.config.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, dtype=torch.float32)
-    if plan.config["gradient_checkpointing"]:
+    if plan.config.gradient_checkpointing:
         base.gradient_checkpointing_enable()
         base.enable_input_require_grads()
     if plan.parent:
         model = PeftModel.from_pretrained(base, registry.path(plan.parent), is_trainable=True)
     else:
-        model = get_peft_model(base, LoraConfig(
-            r=plan.config["lora_r"], lora_alpha=plan.config["lora_alpha"], lora_dropout=plan.config["lora_dropout"],
-            target_modules=[m.strip() for m in plan.config["target_modules"].split(",") if m.strip()],
-            task_type="CAUSAL_LM",
-        ))
+        cfg = plan.config
+        model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                target_modules=cfg.modules, task_type="CAUSAL_LM"))
     return model, tokenizer
 
 
@@ -228,23 +227,22 @@ def load_for_training(base_dir: Path, plan: Plan, registry: AdapterRegistry, thr
 
 
 def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = False,
-             progress: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+             progress: bool = False) -> TrainResult:
     """Train the next adapter version; see the module docstring for the steps."""
     registry = AdapterRegistry(kb.home, kb.manifest)
     runs = registry.dir / ".runs"
     with exclusive(registry.dir / ".train.lock", "fine-tuning run"):
-        generator = kb.generator
-        if not hasattr(generator, "_locate"):
+        base_dir = kb.generator.base_model_dir()
+        if base_dir is None:
             raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} cannot be fine-tuned here: "
                               "use a local: or hf: model (an Ollama model can use an exported adapter)")
-        base_dir = generator._locate()
         base_id = base_model_id(base_dir)
         if resume:
             unfinished = sorted(p for p in runs.glob("*/plan.json")) if runs.is_dir() else []
             if not unfinished:
-                raise KbloopError("no interrupted fine-tuning run to resume")
+                raise NotFound("no interrupted fine-tuning run to resume")
             run_dir = unfinished[-1].parent
-            plan = Plan(**json.loads((run_dir / "plan.json").read_text()))
+            plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
         else:
             plan = plan_run(kb, registry, parent, fresh, base_id)
             run_dir = runs / plan.version
@@ -252,13 +250,12 @@ def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = 
             run_dir.mkdir(parents=True)
             atomic_write_bytes(run_dir / "plan.json", json.dumps(plan.as_dict(), indent=1).encode())
         with kb.manifest.recording("finetune") as summary:
-            result = _train(kb, registry, plan, base_dir, run_dir, progress, stop_after_steps)
+            result = _train(kb, registry, plan, base_dir, run_dir, progress)
             summary.update(result.as_dict())
     return result
 
 
-def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: Path, progress: bool,
-           stop_after_steps: int | None) -> TrainResult:
+def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: Path, progress: bool) -> TrainResult:
     import torch
 
     cfg = plan.config
@@ -268,18 +265,18 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
     records = records_by_id(kb, wanted)
 
     def examples(ids: list[str]) -> list[Example]:
-        out = [encode(records[i], tokenizer, cfg["max_seq_len"]) for i in ids if i in records]
+        out = [encode(records[i], tokenizer, cfg.max_seq_len) for i in ids if i in records]
         return [e for e in out if e is not None]
 
     train_set = examples(plan.record_ids + plan.replay_ids)
     skipped = len(plan.record_ids) + len(plan.replay_ids) - len(train_set)
     if not train_set:
-        raise KbloopError(f"every selected record is longer than KBLOOP_FINETUNE_MAX_SEQ_LEN={cfg['max_seq_len']}")
+        raise KbloopError(f"every selected record is longer than KBLOOP_FINETUNE_MAX_SEQ_LEN={cfg.max_seq_len}")
     probe, parent_probe = examples(plan.probe_ids), examples(plan.parent_probe_ids)
 
-    batches = [b for epoch in range(cfg["epochs"])
-               for b in length_batches(train_set, cfg["batch_size"], cfg["seed"] + epoch)]
-    accum = cfg["grad_accum"]
+    batches = [b for epoch in range(cfg.epochs)
+               for b in length_batches(train_set, cfg.batch_size, cfg.seed + epoch)]
+    accum = cfg.grad_accum
     total_steps = math.ceil(len(batches) / accum)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=plan.lr, weight_decay=0.0)
@@ -297,12 +294,13 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
         log.info("resuming %s at step %d of %d", plan.version, step, total_steps)
     else:
         # Before any step: a continued adapter's loss on its parent's probe is the parent's final loss.
-        initial = estimate_loss(model, parent_probe or probe, pad_id, cfg["batch_size"])
+        initial = estimate_loss(model, parent_probe or probe, pad_id, cfg.batch_size)
     resumed_from = step
 
     model.train()
     train_log = open(run_dir / "train_log.jsonl", "a", encoding="utf-8")
-    bar = _bar(total_steps, step, plan.version) if progress else None
+    bar = progress_bar(show=progress, total=total_steps, initial=step, desc=f"finetune {plan.version}",
+                       unit="step")
     timed_tokens, timed_from = 0, time.perf_counter()
     try:
         while step < total_steps:
@@ -334,17 +332,14 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:.0f}")
                 bar.update(1)
-            if step % cfg["checkpoint_steps"] == 0 and step < total_steps:
+            if step % cfg.checkpoint_steps == 0 and step < total_steps:
                 _save_checkpoint(model, optimizer, step, tokens_done, initial, checkpoint)
-            if stop_after_steps is not None and step - resumed_from >= stop_after_steps and step < total_steps:
-                _save_checkpoint(model, optimizer, step, tokens_done, initial, checkpoint)
-                raise KbloopError(f"stopped after {step} steps as asked; continue with `kbloop finetune --resume`")
     finally:
         train_log.close()
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - timed_from
-    final = estimate_loss(model, probe, pad_id, cfg["batch_size"])
+    final = estimate_loss(model, probe, pad_id, cfg.batch_size)
     _publish(model, registry, plan, run_dir, {
         "final_probe_loss": final, "initial_parent_probe_loss": initial if plan.parent else None,
         "base_probe_loss": None if plan.parent else initial,
@@ -380,7 +375,7 @@ def _publish(model, registry: AdapterRegistry, plan: Plan, run_dir: Path, losses
     model.save_pretrained(staging, safe_serialization=True)
     lineage = {
         "version": plan.version, "parent": plan.parent, "base_model": plan.base_model,
-        "generator": plan.config.get("generator"), "created_at": time.time(), "kbloop_version": __version__,
+        "generator": plan.config.generator, "created_at": time.time(), "kbloop_version": __version__,
         "dataset_versions": plan.dataset_versions, "new_dataset_versions": plan.new_dataset_versions,
         "records": {"new": len(plan.record_ids), "replay": len(plan.replay_ids), "skipped_too_long": skipped,
                     "seen_total": len(plan.seen_ids)},
@@ -389,14 +384,8 @@ def _publish(model, registry: AdapterRegistry, plan: Plan, run_dir: Path, losses
     }
     (staging / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
     (staging / "training_config.json").write_text(
-        json.dumps(plan.config | {"kbloop_version": __version__}, indent=2, sort_keys=True) + "\n")
+        json.dumps(plan.config.as_dict() | {"kbloop_version": __version__}, indent=2, sort_keys=True) + "\n")
     shutil.copyfile(run_dir / "train_log.jsonl", staging / "train_log.jsonl")
     registry.dir.mkdir(parents=True, exist_ok=True)
     os.replace(staging, registry.dir / plan.version)
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _bar(total: int, done: int, version: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=done, desc=f"finetune {version}", unit="step", dynamic_ncols=True)

@@ -1,4 +1,4 @@
-"""Incremental indexing: keep the FAISS store and the manifest equal to the docs folder.
+"""Incremental indexing: keep the vector store and the manifest equal to the docs folder.
 
 The algorithm, in ``Indexer.ingest``:
 
@@ -19,12 +19,11 @@ the next open; the manifest never refers to a vector the saved store lacks.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,12 +31,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from kbloop.config import Home, Settings
-from kbloop.errors import KbloopError, LoaderError, NeedsRebuild, StoreError
-from kbloop.fsutil import sha256_file
+from kbloop.errors import ConfigError, KbloopError, LoaderError, NeedsRebuild, StoreError
+from kbloop.fsutil import exclusive, sha256_file
 from kbloop.ingest.chunking import Chunk, chunk_document, make_splitter
 from kbloop.ingest.loaders import load, supported
 from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
-from kbloop.vector_store.faiss_store import HEADER, FaissStore
+from kbloop.progress import progress_bar
+from kbloop.vector_store import StoreLocation, VectorStore, store_location
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ def is_ignored_name(name: str) -> bool:
 
 @dataclass
 class IngestCounts:
+    """What one ingest did. ``files_ignored`` counts names skipped as never documents (hidden
+    files and folders, editor backups, partial downloads); a hidden folder counts once, unread."""
+
     files_added: int = 0
     files_changed: int = 0
     files_unchanged: int = 0
@@ -107,14 +110,13 @@ class Indexer:
                  progress: bool = False):
         self.home, self.settings, self.manifest = home, settings, manifest
         self.docs_dir = home.docs_dir(settings)
-        self.store_dir = home.vector_store_dir
+        self.location: StoreLocation = store_location(settings, home)
         self._embedder_factory = embedder_factory
         self._embedder = None
         self.clock = clock
         self.progress = progress
-        self.store: FaissStore | None = None
+        self.store: VectorStore | None = None
         self._write_depth = 0
-        self._write_lock = None
         self.splitter = make_splitter(settings.chunk_size, settings.chunk_overlap)
 
     @property
@@ -136,33 +138,28 @@ class Indexer:
         Re-entrant within this indexer (an ingest runs the check). Another process that
         writes (an ingest from the command line while the daemon ingests) waits its turn.
         """
-        if self._write_depth == 0:
-            self.home.data_dir.mkdir(parents=True, exist_ok=True)
-            self._write_lock = open(self.home.data_dir / "write.lock", "w")
-            fcntl.flock(self._write_lock, fcntl.LOCK_EX)
-        self._write_depth += 1
-        try:
-            yield
-        finally:
-            self._write_depth -= 1
-            if self._write_depth == 0:
-                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
-                self._write_lock.close()
+        lock = self.home.data_dir / "write.lock"
+        with nullcontext() if self._write_depth else exclusive(lock, "index write", wait=True):
+            self._write_depth += 1
+            try:
+                yield
+            finally:
+                self._write_depth -= 1
 
-    def load_store(self) -> FaissStore | None:
+    def load_store(self) -> VectorStore | None:
         """The saved store for reading: no repairs, so a reader never races a writer.
 
         Vectors a writer has saved but not yet recorded are skipped by searches anyway.
         """
         try:
-            store = FaissStore.load(self.store_dir)
+            store = self.location.load()
         except StoreError as exc:
             raise StoreError(f"{exc}: run `kbloop check` (then `kbloop ingest`) to repair") from None
         if store is not None and store.embedder != self.settings.embedder:
             raise self._needs_rebuild(store)
         return store
 
-    def _needs_rebuild(self, store: FaissStore) -> NeedsRebuild:
+    def _needs_rebuild(self, store: VectorStore) -> NeedsRebuild:
         return NeedsRebuild(
             f"the index was built with {store.embedder} but KBLOOP_EMBEDDER is {self.settings.embedder}: "
             "run `kbloop ingest --rebuild` to re-embed everything, or set KBLOOP_EMBEDDER back"
@@ -176,15 +173,15 @@ class Indexer:
     def _check(self, rebuild: bool) -> CheckReport:
         report = CheckReport()
         try:
-            store = FaissStore.load(self.store_dir)
+            store = self.location.load()
         except StoreError as exc:
             report.problems.append(f"vector store damaged: {exc}")
-            self._set_aside_store()
+            self.location.set_aside("damaged", self.clock())
             store = None
         if rebuild:
             with self.manifest.transaction():
                 self.manifest.mark_stale([f.id for f in self.manifest.files().values()])
-            self._set_aside_store(suffix="replaced")
+            self.location.set_aside("replaced", self.clock())
             store = None
             report.repaired.append("rebuild: every file will be parsed and embedded again")
         elif store is not None and store.embedder != self.settings.embedder:
@@ -210,11 +207,6 @@ class Indexer:
             log.warning("check: %s", line)
         return report
 
-    def _set_aside_store(self, suffix: str = "damaged") -> None:
-        header = self.store_dir / HEADER
-        if header.exists():
-            header.replace(header.with_name(f"{HEADER}.{suffix}-{int(self.clock())}"))
-
     # -- the ingest -----------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[str | Path] | None = None, rebuild: bool = False) -> IngestCounts:
@@ -229,9 +221,9 @@ class Indexer:
         counts = IngestCounts()
         self.check(rebuild=rebuild)
         if not self.docs_dir.is_dir():
-            raise KbloopError(f"docs folder {self.docs_dir} does not exist: create it or set KBLOOP_DOCS_DIR")
+            raise ConfigError(f"docs folder {self.docs_dir} does not exist: create it or set KBLOOP_DOCS_DIR")
         known = self.manifest.files()
-        disk, in_scope = self._scan(paths)
+        disk, in_scope, counts.files_ignored = self._scan(paths)
         resplit = self.manifest.get_meta("chunking") not in (None, self.chunking_signature)
         now = self.clock()
 
@@ -254,7 +246,7 @@ class Indexer:
         self._apply_deletes(deleted, counts)
 
         pending: list[FilePlan] = []
-        for rel, st, sha, rec in self._bar(todo, "parse", unit="file"):
+        for rel, st, sha, rec in progress_bar(todo, show=self.progress, desc="parse", unit="file", leave=False):
             plan = self._plan(rel, st, sha, rec)
             pending.append(plan)
             if sum(len(p.add) for p in pending) >= FLUSH_CHUNKS or len(pending) >= FLUSH_FILES:
@@ -276,13 +268,18 @@ class Indexer:
             and rec.checked_at - st.st_mtime > RACY_SECONDS
         )
 
-    def _scan(self, paths: Iterable[str | Path] | None) -> tuple[dict[str, os.stat_result], Callable[[str], bool]]:
-        """Files on disk in scope (relative path -> stat), and which manifest paths are in scope."""
+    def _scan(
+        self, paths: Iterable[str | Path] | None,
+    ) -> tuple[dict[str, os.stat_result], Callable[[str], bool], int]:
+        """Files on disk in scope (relative path -> stat), which manifest paths are in scope, and
+        how many names were skipped as never documents."""
         docs = self.docs_dir.resolve()
         if paths is None:
-            return self._walk(docs), lambda rel: True
+            found, ignored = self._walk(docs)
+            return found, lambda rel: True, ignored
         disk: dict[str, os.stat_result] = {}
         scopes: list[str] = []
+        ignored = 0
         for raw in paths:
             path = Path(raw).expanduser()
             path = (path if path.is_absolute() else Path.cwd() / path).resolve()
@@ -293,23 +290,32 @@ class Indexer:
             rel = "" if rel == "." else rel
             scopes.append(rel)
             if path.is_dir():
-                disk.update(self._walk(path, docs))
-            elif path.is_file() and not is_ignored_name(path.name):
+                found, skipped = self._walk(path, docs)
+                disk.update(found)
+                ignored += skipped
+            elif path.is_file() and is_ignored_name(path.name):
+                ignored += 1
+            elif path.is_file():
                 disk[rel] = path.stat()
 
         def in_scope(rel: str) -> bool:
             return any(not s or rel == s or rel.startswith(s + "/") for s in scopes)
 
-        return disk, in_scope
+        return disk, in_scope, ignored
 
     @staticmethod
-    def _walk(top: Path, docs: Path | None = None) -> dict[str, os.stat_result]:
+    def _walk(top: Path, docs: Path | None = None) -> tuple[dict[str, os.stat_result], int]:
+        """Documents under ``top`` (path relative to ``docs`` -> stat), and how many names were
+        skipped: hidden folders (not entered, counted once each) and ignored file names."""
         docs = docs or top
         found = {}
+        ignored = 0
         for folder, dirs, files in os.walk(top):
+            ignored += sum(d.startswith(".") for d in dirs)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in files:
                 if is_ignored_name(name):
+                    ignored += 1
                     continue
                 path = Path(folder) / name
                 try:
@@ -317,7 +323,7 @@ class Indexer:
                 except OSError:
                     continue  # vanished between listing and stat
                 found[path.relative_to(docs).as_posix()] = st
-        return found
+        return found, ignored
 
     def _apply_renames(self, todo, deleted: dict[str, FileRecord], counts: IngestCounts, now: float):
         by_sha: dict[str, list[str]] = defaultdict(list)
@@ -402,7 +408,7 @@ class Indexer:
                 next_id += 1
         if ids:
             if self.store is None:
-                self.store = FaissStore.create(self.store_dir, self.embedder.dim, self.settings.embedder)
+                self.store = self.location.create(self.embedder.dim, self.settings.embedder)
             self.store.add(np.asarray(ids), np.vstack(rows))
             self.store.save()
 
@@ -458,12 +464,6 @@ class Indexer:
             return np.zeros((0, 0), dtype=np.float32)
         step = max(self.settings.embed_batch_size * 4, 64)
         parts = [self.embedder.embed(texts[i:i + step])
-                 for i in self._bar(range(0, len(texts), step), "embed", unit="batch")]
+                 for i in progress_bar(range(0, len(texts), step), show=self.progress, desc="embed", unit="batch",
+                                       leave=False)]
         return np.vstack(parts)
-
-    def _bar(self, items, desc: str, unit: str):
-        if not self.progress:
-            return items
-        from tqdm import tqdm
-
-        return tqdm(items, desc=desc, unit=unit, leave=False, dynamic_ncols=True)

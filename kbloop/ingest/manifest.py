@@ -1,7 +1,9 @@
-"""The manifest: one SQLite file that knows every document, chunk and vector id.
+"""The manifest: the home's SQLite database, and the store of what it knows of the documents:
+every file, chunk and vector id, the keyword index beside the vectors, runs and settings.
 
-Schema changes are numbered migrations; the ``migrations`` table records which ran, so an
-older manifest opens with a newer kbloop.
+The files, chunks, runs and meta tables are this module's; the other tables in the same file
+belong to their own stores (datasets, feedback, evaluations), which share this connection.
+The knowledge base opens it with every store's migrations (``kbloop.schema``).
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import json
 import re
 import sqlite3
 import time
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
-MIGRATIONS: list[tuple[str, str]] = [
+from kbloop.db import Migration, connect, snapshot, transaction
+
+MIGRATIONS: list[Migration] = [
     (
         "001_files_chunks_runs",
         """
@@ -80,79 +85,6 @@ MIGRATIONS: list[tuple[str, str]] = [
                        coalesce(json_extract(metadata, '$.section'), '') || ' ' || text FROM chunks;
         """,
     ),
-    (
-        "003_datasets",
-        # Dataset versions and the status of every record in them. The records themselves live
-        # in data/datasets/<version>.jsonl, never edited; retiring one is a row update here.
-        """
-        CREATE TABLE dataset_versions (
-            version TEXT PRIMARY KEY,
-            created_at REAL NOT NULL,
-            parent TEXT,
-            info TEXT NOT NULL                  -- JSON: settings, teacher, counts
-        );
-        CREATE TABLE dataset_records (
-            id TEXT PRIMARY KEY,                -- hash of source text hash + question
-            version TEXT NOT NULL REFERENCES dataset_versions(version),
-            split TEXT NOT NULL,                -- train | eval
-            text_hash TEXT NOT NULL,            -- the source chunk's text hash
-            path TEXT NOT NULL,
-            generator TEXT NOT NULL,
-            oracle INTEGER NOT NULL,            -- 1 = the source chunk is in the knowledge
-            question TEXT NOT NULL,
-            status TEXT NOT NULL,               -- active | retired
-            retired_in TEXT,
-            retired_reason TEXT                 -- changed | deleted
-        );
-        CREATE INDEX dataset_records_hash ON dataset_records(text_hash);
-        CREATE INDEX dataset_records_status ON dataset_records(status, split);
-        CREATE TABLE dataset_chunks (           -- chunk texts already turned into records
-            text_hash TEXT PRIMARY KEY,
-            version TEXT NOT NULL,
-            n_records INTEGER NOT NULL
-        );
-        """,
-    ),
-    (
-        "004_feedback",
-        # Thumbs up or down on an answer, from the web page or the API. Thumbs-down answers are
-        # candidates for the eval set: a question the assistant got wrong is worth re-asking.
-        """
-        CREATE TABLE feedback (
-            id INTEGER PRIMARY KEY,
-            created_at REAL NOT NULL,
-            rating TEXT NOT NULL CHECK (rating IN ('up', 'down')),
-            comment TEXT,
-            question TEXT NOT NULL,
-            answer TEXT NOT NULL,
-            sources TEXT NOT NULL,              -- JSON: the sources shown with the answer
-            model TEXT,
-            adapter TEXT,
-            refused INTEGER NOT NULL DEFAULT 0
-        );
-        CREATE INDEX feedback_rating ON feedback(rating, id);
-        """,
-    ),
-    (
-        "005_evaluations",
-        # Judge verdicts by (question, answer, reference, judge, prompt version): a re-run of an
-        # evaluation asks the judge nothing it has answered before.
-        """
-        CREATE TABLE judge_cache (
-            key TEXT PRIMARY KEY,
-            value TEXT NOT NULL,                -- JSON verdict
-            created_at REAL NOT NULL
-        );
-        CREATE TABLE evaluations (
-            run TEXT PRIMARY KEY,
-            created_at REAL NOT NULL,
-            candidate TEXT,
-            baseline TEXT,
-            decision TEXT NOT NULL,             -- accept | reject
-            summary TEXT NOT NULL               -- JSON scores
-        );
-        """,
-    ),
 ]
 
 
@@ -181,25 +113,6 @@ class ChunkRecord:
     vector_id: int
 
 
-Rating = Literal["up", "down"]
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """A user's rating of one answer, with what they were shown."""
-
-    id: int
-    created_at: float
-    rating: str
-    comment: str | None
-    question: str
-    answer: str
-    sources: list[dict]
-    model: str | None
-    adapter: str | None
-    refused: bool
-
-
 @dataclass(frozen=True)
 class Hit:
     """A chunk found by search, with what a citation needs."""
@@ -221,40 +134,25 @@ class Hit:
 
 
 class Manifest:
-    def __init__(self, path: Path):
+    """Files, chunks, runs and meta. ``db`` is the home's connection, which the other stores
+    of the same home (``DatasetStore``, ``FeedbackStore``, ``EvaluationStore``) share."""
+
+    def __init__(self, path: Path, migrations: Sequence[Migration] = MIGRATIONS):
+        """Open the database at ``path``, applying the ``migrations`` it lacks: by default this
+        store's own tables; the knowledge base passes the whole schema."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        self.db = connect(self.path, migrations)
 
     def close(self) -> None:
         self.db.close()
 
-    def _migrate(self) -> None:
-        self.db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-        applied = {row["name"] for row in self.db.execute("SELECT name FROM migrations")}
-        for name, sql in MIGRATIONS:
-            if name in applied:
-                continue
-            # One script, one transaction: a migration applies entirely or not at all.
-            self.db.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\n"
-                f"INSERT INTO migrations VALUES ('{name}', {time.time()!r});\nCOMMIT;"
-            )
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Writes that land together or not at all (see ``kbloop.db.transaction``)."""
+        return transaction(self.db)
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def snapshot(self) -> AbstractContextManager[sqlite3.Connection]:
+        """Reads that all see one committed state (see ``kbloop.db.snapshot``)."""
+        return snapshot(self.db)
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -317,6 +215,21 @@ class Manifest:
     def chunks_of(self, file_id: int) -> list[ChunkRecord]:
         rows = self.db.execute("SELECT * FROM chunks WHERE file_id = ? ORDER BY ordinal", (file_id,))
         return [_chunk(row) for row in rows]
+
+    def indexed_chunks(self) -> list[tuple[str, ChunkRecord]]:
+        """Every chunk of an indexed file with its file's path, in path and reading order, read
+        in one snapshot (an ingest may commit meanwhile; the next reader sees it)."""
+        with self.snapshot():
+            rows = self.db.execute(
+                """SELECT chunks.*, files.path FROM chunks JOIN files ON files.id = chunks.file_id
+                   WHERE files.status = 'indexed' ORDER BY files.path, chunks.ordinal"""
+            ).fetchall()
+        return [(row["path"], _chunk(row)) for row in rows]
+
+    def text_hash_of(self, vector_id: int) -> str | None:
+        """The text hash of the chunk stored under ``vector_id``; None when no chunk has it."""
+        row = self.db.execute("SELECT text_hash FROM chunks WHERE vector_id = ?", (vector_id,)).fetchone()
+        return row["text_hash"] if row else None
 
     def vector_ids(self) -> set[int]:
         return {row[0] for row in self.db.execute("SELECT vector_id FROM chunks")}
@@ -409,31 +322,6 @@ class Manifest:
     def last_runs(self, limit: int = 5) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(row) | {"summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]
-
-    # -- feedback -------------------------------------------------------------------------
-
-    def add_feedback(self, rating: Rating, question: str, answer: str, *, comment: str | None = None,
-                     sources: list[dict] | None = None, model: str | None = None, adapter: str | None = None,
-                     refused: bool = False) -> int:
-        """Store one rating of an answer; returns its id."""
-        cur = self.db.execute(
-            """INSERT INTO feedback (created_at, rating, comment, question, answer, sources, model, adapter, refused)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (time.time(), rating, comment or None, question, answer, json.dumps(sources or [], sort_keys=True),
-             model, adapter, int(refused)),
-        )
-        return int(cur.lastrowid)
-
-    def feedback(self, rating: Rating | None = None, limit: int = 100) -> list[Feedback]:
-        """Stored ratings, newest first; only one kind when ``rating`` is given."""
-        where, args = ("WHERE rating = ?", [rating]) if rating else ("", [])
-        rows = self.db.execute(f"SELECT * FROM feedback {where} ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [Feedback(**dict(row) | {"sources": json.loads(row["sources"]), "refused": bool(row["refused"])})
-                for row in rows]
-
-    def eval_candidates(self, limit: int = 1000) -> list[Feedback]:
-        """Answers users marked wrong: questions an eval set should ask again."""
-        return self.feedback("down", limit)
 
 
 def _chunk(row: sqlite3.Row) -> ChunkRecord:

@@ -18,7 +18,7 @@ import numpy as np
 from kbloop.errors import BackendUnavailable, ConfigError
 from kbloop.models.files import package_dir
 from kbloop.models.ollama import client_kwargs, ollama_errors
-from kbloop.models.registry import register
+from kbloop.models.registry import ModelSpec, register
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +130,23 @@ class TransformersEmbedder(Embedder):
 
 
 @register("embedder", "local")
-def _local(name: str, settings: Any) -> Embedder:
-    if name not in LOCAL_PRESETS:
+def _local(spec: ModelSpec, settings: Any) -> Embedder:
+    if spec.name not in LOCAL_PRESETS:
         raise ConfigError(
-            f"unknown packaged embedder local:{name}; packaged: {', '.join('local:' + n for n in LOCAL_PRESETS)} "
+            f"unknown packaged embedder {spec}; packaged: {', '.join('local:' + n for n in LOCAL_PRESETS)} "
             "(or use hf:<folder> / ollama:<model>)"
         )
-    module, pip_name, sub = LOCAL_PRESETS[name]
+    module, pip_name, sub = LOCAL_PRESETS[spec.name]
     path = package_dir(module, pip_name) / sub
-    return TransformersEmbedder(f"local:{name}", path, settings.embed_batch_size, settings.torch_threads)
+    return TransformersEmbedder(str(spec), path, settings.embed_batch_size, settings.torch_threads)
 
 
 @register("embedder", "hf")
-def _hf_folder(name: str, settings: Any) -> Embedder:
-    path = Path(name).expanduser()
+def _hf_folder(spec: ModelSpec, settings: Any) -> Embedder:
+    path = Path(spec.name).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"hf:{name}: no such model folder")
-    return TransformersEmbedder(f"hf:{name}", path.resolve(), settings.embed_batch_size, settings.torch_threads)
+        raise ConfigError(f"{spec}: no such model folder")
+    return TransformersEmbedder(str(spec), path.resolve(), settings.embed_batch_size, settings.torch_threads)
 
 
 class OllamaEmbedder(Embedder):
@@ -179,5 +179,5 @@ class OllamaEmbedder(Embedder):
 
 
 @register("embedder", "ollama")
-def _ollama(name: str, settings: Any) -> Embedder:
-    return OllamaEmbedder(name, settings)
+def _ollama(spec: ModelSpec, settings: Any) -> Embedder:
+    return OllamaEmbedder(spec.name, settings)

@@ -3,6 +3,10 @@
 One required method, ``stream(messages)``, yields text pieces; ``generate`` joins them and
 ``complete_json`` returns validated JSON (Ollama's ``format=`` with the schema; for local
 models a strict parse with small repairs and one retry). Local models load on first use.
+
+What else a backend can do (apply a LoRA adapter, be fine-tuned, be exported to Ollama) is
+declared on ``Generator`` with the answer of a backend that cannot, so callers ask the
+backend instead of probing it or inspecting its provider.
 """
 
 from __future__ import annotations
@@ -11,13 +15,13 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-from kbloop.errors import ConfigError
+from kbloop.errors import ConfigError, KbloopError
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
 from kbloop.models.ollama import client_kwargs, ollama_errors
-from kbloop.models.packaged import PRESETS, converted_dir
-from kbloop.models.registry import register
+from kbloop.models.packaged import PRESETS, PackagedGGUF, converted_dir, gguf_file
+from kbloop.models.registry import ModelSpec, register
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +32,29 @@ class Generator(ABC):
     """A backend of the generator, teacher or judge role."""
 
     spec: str
-    can_stream: bool = True
+    """``provider:name``, as configured: names the model in answers, reports and caches."""
+    supports_adapters: bool = False
+    """Whether ``use_adapter`` can apply a PEFT LoRA adapter."""
+    adapter: Path | None = None
+    """The LoRA adapter folder applied now; None answers with the base model."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = str(spec)
+
+    def use_adapter(self, adapter: Path | None) -> None:
+        """Answer with ``adapter`` (or the base model, for None) from the next request on."""
+        if adapter is not None:
+            raise KbloopError(f"{self.spec} cannot apply a LoRA adapter: use a local: or hf: model")
+
+    def base_model_dir(self) -> Path | None:
+        """The Hugging Face folder that fine-tuning trains on and ``export merged`` merges into;
+        None for a model kbloop cannot fine-tune (one served by Ollama)."""
+        return None
+
+    def ollama_base(self) -> Path | None:
+        """What an Ollama Modelfile's FROM names under this model's adapters; None when Ollama
+        cannot take them."""
+        return None
 
     @abstractmethod
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
@@ -71,15 +97,22 @@ class Generator(ABC):
 class TransformersGenerator(Generator):
     """A causal LM folder run with transformers on CPU, greedy unless told otherwise.
 
-    ``locate`` finds (or converts) the folder on first use, so constructing is free.
-    ``adapter`` is a PEFT LoRA folder applied on load.
+    The folder (``base_model_dir``) is read on first use, so constructing is free; ``adapter``
+    is a PEFT LoRA folder applied on load.
     """
 
-    def __init__(self, spec: str, locate: Callable[[], Path], threads: int = 0, adapter: Path | None = None):
-        self.spec, self._locate, self.threads, self.adapter = spec, locate, threads, adapter
+    supports_adapters = True
+
+    def __init__(self, spec: ModelSpec, threads: int = 0):
+        super().__init__(spec)
+        self.threads = threads
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
+
+    @abstractmethod
+    def base_model_dir(self) -> Path:
+        """The model folder, found (or converted) when first asked for."""
 
     def load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -90,7 +123,7 @@ class TransformersGenerator(Generator):
             hf_logging.disable_progress_bar()
             if self.threads:
                 torch.set_num_threads(self.threads)
-            folder = self._locate()
+            folder = self.base_model_dir()
             self._tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
             self._model = with_adapter(model, self.adapter).eval()
@@ -107,10 +140,6 @@ class TransformersGenerator(Generator):
                 base = self._model.unload() if self.adapter is not None else self._model
                 self._model = with_adapter(base, adapter).eval()
             self.adapter = adapter
-
-    def count_tokens(self, text: str) -> int:
-        _, tokenizer = self.load()
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
                stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
@@ -187,33 +216,58 @@ def is_looping(generated: list[int], window: int = LOOP_WINDOW) -> bool:
     return any(generated[i:i + window] == tail for i in range(len(generated) - 2 * window + 1))
 
 
-def _model_cache(settings: Any) -> Path:
-    return Path(settings.model_cache).expanduser()
+class PackagedGenerator(TransformersGenerator):
+    """A model packaged as GGUF (``local:``): transformers reads a folder converted from it once
+    into the model cache; Ollama takes the GGUF itself."""
+
+    def __init__(self, spec: ModelSpec, preset: PackagedGGUF, cache_dir: Path, threads: int = 0):
+        super().__init__(spec, threads)
+        self.preset, self.cache_dir = preset, cache_dir
+
+    def base_model_dir(self) -> Path:
+        return converted_dir(self.preset, self.cache_dir)
+
+    def ollama_base(self) -> Path:
+        return gguf_file(self.preset, self.cache_dir)
 
 
-def _local(name: str, settings: Any) -> Generator:
-    preset = PRESETS.get(name)
+class FolderGenerator(TransformersGenerator):
+    """A Hugging Face model folder on disk (``hf:``); Ollama's FROM takes the folder too."""
+
+    def __init__(self, spec: ModelSpec, folder: Path, threads: int = 0):
+        super().__init__(spec, threads)
+        self.folder = folder
+
+    def base_model_dir(self) -> Path:
+        return self.folder
+
+    def ollama_base(self) -> Path:
+        return self.folder
+
+
+def _local(spec: ModelSpec, settings: Any) -> Generator:
+    preset = PRESETS.get(spec.name)
     if preset is None:
         raise ConfigError(
-            f"unknown packaged model local:{name}; packaged: {', '.join('local:' + n for n in PRESETS)} "
+            f"unknown packaged model {spec}; packaged: {', '.join('local:' + n for n in PRESETS)} "
             "(or use hf:<folder> / ollama:<model>)"
         )
-    return TransformersGenerator(f"local:{name}", lambda: converted_dir(preset, _model_cache(settings)),
-                                 settings.torch_threads)
+    return PackagedGenerator(spec, preset, Path(settings.model_cache).expanduser(), settings.torch_threads)
 
 
-def _hf(name: str, settings: Any) -> Generator:
-    folder = Path(name).expanduser().resolve()
+def _hf(spec: ModelSpec, settings: Any) -> Generator:
+    folder = Path(spec.name).expanduser().resolve()
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"hf:{name}: not a Hugging Face model folder (no config.json)")
-    return TransformersGenerator(f"hf:{name}", lambda: folder, settings.torch_threads)
+        raise ConfigError(f"{spec}: not a Hugging Face model folder (no config.json)")
+    return FolderGenerator(spec, folder, settings.torch_threads)
 
 
 class OllamaGenerator(Generator):
     """A chat model on an Ollama server, through langchain-ollama's ChatOllama."""
 
-    def __init__(self, model: str, settings: Any):
-        self.spec, self.model, self.url, self.settings = f"ollama:{model}", model, settings.ollama_url, settings
+    def __init__(self, spec: ModelSpec, settings: Any):
+        super().__init__(spec)
+        self.model, self.url, self.settings = spec.name, settings.ollama_url, settings
 
     def _chat(self, temperature: float, max_new_tokens: int, schema: dict | None = None,
               stop: list[str] | None = None) -> Any:
@@ -240,8 +294,8 @@ class OllamaGenerator(Generator):
             return chat.invoke([(m["role"], m["content"]) for m in messages]).content
 
 
-def _ollama(name: str, settings: Any) -> Generator:
-    return OllamaGenerator(name, settings)
+def _ollama(spec: ModelSpec, settings: Any) -> Generator:
+    return OllamaGenerator(spec, settings)
 
 
 for _role in ("generator", "teacher", "judge"):

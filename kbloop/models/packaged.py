@@ -10,19 +10,16 @@ and every later load reads that folder.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from kbloop.errors import BackendUnavailable
-from kbloop.fsutil import sha256_file
+from kbloop.fsutil import exclusive, sha256_file
 from kbloop.models.files import package_dir
 
 log = logging.getLogger(__name__)
@@ -83,18 +80,6 @@ PRESETS: dict[str, PackagedGGUF] = {
 }
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One process at a time assembles or converts a given model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def gguf_file(preset: PackagedGGUF, cache_dir: Path) -> Path:
     """The verified GGUF file: in place for a single-file package, assembled for chunks."""
     if not preset.chunked:
@@ -113,7 +98,7 @@ def gguf_file(preset: PackagedGGUF, cache_dir: Path) -> Path:
             raise BackendUnavailable(
                 f"model local:{preset.name} needs package {package.replace('_', '-')}: {preset.install}"
             ) from None
-    with _locked(target.with_suffix(".lock")):
+    with exclusive(target.with_suffix(".lock"), f"assembly of local:{preset.name}", wait=True):
         if target.is_file() and target.stat().st_size == preset.size:
             return target
         tmp = target.with_suffix(".part")
@@ -140,7 +125,7 @@ def converted_dir(preset: PackagedGGUF, cache_dir: Path) -> Path:
     stamp = {"gguf_sha256": preset.sha256, "conversion": CONVERSION_VERSION}
     if _stamp_matches(target, stamp):
         return target
-    with _locked(cache_dir / "models" / f".{preset.name}.lock"):
+    with exclusive(cache_dir / "models" / f".{preset.name}.lock", f"conversion of local:{preset.name}", wait=True):
         if _stamp_matches(target, stamp):
             return target
         source = gguf_file(preset, cache_dir)

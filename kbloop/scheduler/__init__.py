@@ -1,9 +1,5 @@
-"""The daemon: the watcher and `schedule` jobs feeding one job queue, a lock, signals, status.
+"""The daemon: the watcher and `schedule` jobs feeding one job queue, a lock, signals.
 
-Only the lock and status reader are imported here, so `kbloop status` loads neither
-watchdog nor schedule; the daemon itself lives in ``kbloop.scheduler.daemon``.
+What it leaves for other processes (its lock holder and state file) is read through
+``kbloop.daemon_state``, so `kbloop status` loads neither watchdog nor schedule.
 """
-
-from kbloop.scheduler.state import daemon_status
-
-__all__ = ["daemon_status"]

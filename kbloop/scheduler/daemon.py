@@ -18,14 +18,14 @@ from functools import partial
 import schedule
 
 from kbloop.config import Home, Settings
-from kbloop.errors import KbloopError
+from kbloop.daemon_state import write_state
+from kbloop.errors import ConfigError, KbloopError
 from kbloop.ingest.watcher import Debouncer, start_observer
 from kbloop.kb import KnowledgeBase
 from kbloop.scheduler.jobs import DailyAt, Every, ScheduledJob, full_scan, timetable
 from kbloop.scheduler.lock import DaemonLock
 from kbloop.scheduler.logs import configure_logging
 from kbloop.scheduler.queue import Job, JobQueue
-from kbloop.scheduler.state import write_state
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Daemon:
     def run(self) -> None:
         """Watch and schedule until the stop flag is set; returns after the running job ends."""
         if not self.docs.is_dir():
-            raise KbloopError(f"docs folder {self.docs} does not exist: create it or set KBLOOP_DOCS_DIR")
+            raise ConfigError(f"docs folder {self.docs} does not exist: create it or set KBLOOP_DOCS_DIR")
         try:
             observer = start_observer(self.docs, self.changes)
         except OSError as exc:  # typically the inotify watch limit on a very large tree

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from kbloop.config import Settings
-from kbloop.errors import KbloopError, NothingToEvaluate
+from kbloop.errors import NothingToEvaluate, StoreError
 from kbloop.kb import KnowledgeBase
 
 
@@ -48,7 +48,7 @@ def consistency_check(kb: KnowledgeBase) -> dict:
     re-embedding are picked up by the next scan. Problems it cannot repair fail the job."""
     report = kb.check()
     if report.problems:
-        raise KbloopError("consistency check: " + "; ".join(report.problems))
+        raise StoreError("consistency check: " + "; ".join(report.problems))
     return asdict(report)
 
 
@@ -56,13 +56,12 @@ def learn(kb: KnowledgeBase) -> dict:
     """The learning half of the loop: records from what changed, then, when there are records
     the current adapter has not seen, a continued adapter that answers only if the gate
     accepts it. Each step records its own run; this summary names what each did."""
-    from kbloop import models
     from kbloop.dataset.build import build
     from kbloop.evaluate.run import evaluate
     from kbloop.finetune.train import finetune, pending_records
 
     settings = kb.settings
-    teacher = models.create("teacher", settings.teacher, settings) if settings.dataset_teacher_pairs else None
+    teacher = kb.model("teacher") if settings.dataset_teacher_pairs else None
     summary: dict = {"dataset": build(kb, teacher).as_dict()}
     if not pending_records(kb):
         summary["finetune"] = "no new training records"
@@ -74,8 +73,7 @@ def learn(kb: KnowledgeBase) -> dict:
     except NothingToEvaluate as exc:
         summary["evaluate"] = f"{exc}; adapter {trained.version} stays a candidate"
         return summary
-    summary["evaluate"] = {"run": report["run"], "decision": report["decision"]["decision"],
-                           "promoted": bool(report.get("promoted"))}
+    summary["evaluate"] = {"run": report.run, "decision": report.decision.decision, "promoted": report.promoted}
     return summary
 
 

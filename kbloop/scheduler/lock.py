@@ -2,20 +2,21 @@
 
 The kernel drops the lock when its holder dies, however it dies, so a lock left by a dead
 process is simply taken by the next daemon; no pid guessing is needed. The file also holds
-the holder's pid and start time, for the error message and for `kbloop status`.
+the holder's pid and start time, for the error message and for `kbloop status`
+(``kbloop.daemon_state`` reads it).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 from pathlib import Path
 
+from kbloop.daemon_state import LOCK_NAME, read_holder
 from kbloop.errors import DaemonRunning
+from kbloop.fsutil import try_lock
 
-LOCK_NAME = "daemon.lock"
 # A `kbloop status` probing the lock holds it for microseconds; try again before refusing.
 ACQUIRE_TRIES, ACQUIRE_PAUSE = 5, 0.05
 
@@ -31,14 +32,12 @@ class DaemonLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")  # never truncate what another holder wrote
         for attempt in range(ACQUIRE_TRIES):
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if try_lock(fh):
                 break
-            except BlockingIOError:
-                if attempt == ACQUIRE_TRIES - 1:
-                    fh.close()
-                    raise DaemonRunning(_refusal(self.path)) from None
-                time.sleep(ACQUIRE_PAUSE)
+            if attempt == ACQUIRE_TRIES - 1:
+                fh.close()
+                raise DaemonRunning(_refusal(self.path))
+            time.sleep(ACQUIRE_PAUSE)
         fh.seek(0)
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "started_at": time.time()}))
@@ -61,33 +60,8 @@ class DaemonLock:
         self.release()
 
 
-def lock_holder(data_dir: Path) -> dict | None:
-    """The running daemon's {"pid", "started_at"} (values None if not yet written), or None if none runs."""
-    path = Path(data_dir) / LOCK_NAME
-    try:
-        fh = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    with fh:
-        try:
-            # Shared and non-blocking: succeeds only when no daemon holds it exclusively.
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_holder(path)
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return None
-
-
-def _read_holder(path: Path) -> dict:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # the holder is between truncating and writing it
-        info = {}
-    return {"pid": info.get("pid"), "started_at": info.get("started_at")}
-
-
 def _refusal(path: Path) -> str:
-    holder = _read_holder(path)
+    holder = read_holder(path)
     pid = holder["pid"]
     since = (f", since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['started_at']))}"
              if holder["started_at"] else "")

@@ -37,16 +37,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kbloop.assistant.answer import Answer
-from kbloop.server.reports import adapters, eval_file, evals
-from kbloop.server.service import IngestRunning, Service
-from kbloop.errors import (
-    BackendUnavailable,
-    ConfigError,
-    HomeNotFound,
-    KbloopError,
-    NeedsRebuild,
-    StoreError,
-)
+from kbloop.server.reports import adapters, eval_file
+from kbloop.server.service import Service
+from kbloop.errors import KbloopError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +49,6 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid_request",
                500: "internal_error", 503: "unavailable"}
-# A domain error's status: the first class it is an instance of; other KbloopErrors are the caller's.
-KBLOOP_STATUS: list[tuple[type[KbloopError], int]] = [
-    (IngestRunning, 409), (NeedsRebuild, 409), (StoreError, 503), (BackendUnavailable, 503),
-    (ConfigError, 500), (HomeNotFound, 500),
-]
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
              "style.css": "text/css; charset=utf-8"}
 PAGE_POLICY = "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -72,11 +60,12 @@ M = TypeVar("M", bound=BaseModel)
 # -- errors ------------------------------------------------------------------------------------
 
 class ApiError(Exception):
-    """A request the API refuses, with the status code it is refused with."""
+    """A request the HTTP layer refuses (too large, not JSON, invalid fields), with its status;
+    what the library refuses arrives as a KbloopError that carries its own."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, http_status: int, message: str):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.http_status = http_status
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -92,10 +81,9 @@ def error_event(exc: BaseException) -> dict:
 
 
 def describe_error(exc: BaseException) -> tuple[int, str]:
-    if isinstance(exc, ApiError):
-        return exc.status, exc.message
-    if isinstance(exc, KbloopError):
-        return next((status for cls, status in KBLOOP_STATUS if isinstance(exc, cls)), 400), str(exc)
+    """The status and message of any error; a bug's details stay in the server log."""
+    if isinstance(exc, (ApiError, KbloopError)):
+        return exc.http_status, str(exc)
     log.error("request failed", exc_info=exc)
     return 500, f"internal error ({exc.__class__.__name__}); the server log has the details"
 
@@ -300,7 +288,7 @@ def create_app(service: Service) -> Any:
     async def page(request: Request) -> Response:
         name = request.path_params.get("name", "index.html")
         if name not in WEB_FILES:
-            raise ApiError(404, f"no page file {name}")
+            raise NotFound(f"no page file {name}")
         headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
         if name == "index.html":
             headers |= {"Content-Security-Policy": PAGE_POLICY, "Referrer-Policy": "no-referrer"}
@@ -315,7 +303,7 @@ def create_app(service: Service) -> Any:
     async def chat_completions(request: Request) -> Response:
         body = await read_body(request, ChatRequest)
         if body.model != MODEL_ID:
-            raise ApiError(404, f"unknown model {body.model!r}: GET /v1/models lists {MODEL_ID!r}")
+            raise NotFound(f"unknown model {body.model!r}: GET /v1/models lists {MODEL_ID!r}")
         question, history = conversation(body.messages)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         items = in_thread(lambda: service.answer(question, history))
@@ -378,7 +366,7 @@ def create_app(service: Service) -> Any:
         job_id = request.path_params.get("job")
         job = service.ingests.jobs.get(job_id) if job_id else service.ingests.latest()
         if job is None:
-            raise ApiError(404, f"no ingest {job_id}" if job_id else "no ingest has run in this server")
+            raise NotFound(f"no ingest {job_id}" if job_id else "no ingest has run in this server")
         return json_response(asdict(job))
 
     async def feedback(request: Request) -> JSONResponse:
@@ -403,13 +391,13 @@ def create_app(service: Service) -> Any:
         return json_response({"adapters": await run_in_threadpool(adapters, data_dir, serving)})
 
     async def list_evals(request: Request) -> JSONResponse:
-        return json_response(await run_in_threadpool(evals, data_dir))
+        return json_response(await run_in_threadpool(service.evals))
 
     async def report_file(request: Request) -> Response:
         run, name = request.path_params["run"], request.path_params["name"]
         found = eval_file(data_dir, run, name)
         if found is None:
-            raise ApiError(404, f"no report file {run}/{name}")
+            raise NotFound(f"no report file {run}/{name}")
         path, media_type = found
         return Response(path.read_bytes(), media_type=media_type,
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kbloop.evaluate.store import EvaluationRun
+
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REPORT_FILES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".txt": "text/plain; charset=utf-8",
                 ".csv": "text/csv; charset=utf-8", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -45,19 +47,20 @@ def adapters(data_dir: Path, serving: Any) -> list[dict]:
     return sorted(found, key=lambda a: -a["modified_at"])
 
 
-def evals(data_dir: Path) -> dict:
-    """Evaluation runs (``data/evals/<run>/report.json``), newest first; the latest with its report."""
-    runs = []
-    for report in (data_dir / "evals").glob("*/report.json"):
-        if not SAFE_NAME.match(report.parent.name):
-            continue
-        files = sorted(p.name for p in report.parent.iterdir()
-                       if p.is_file() and p.suffix.lower() in REPORT_FILES and SAFE_NAME.match(p.name))
-        runs.append({"run": report.parent.name, "modified_at": report.stat().st_mtime, "files": files,
-                     "plots": [f for f in files if f.lower().endswith(PLOTS)]})
-    runs.sort(key=lambda r: -r["modified_at"])
-    latest = runs[0] | {"report": _read_json(data_dir / "evals" / runs[0]["run"] / "report.json")} if runs else None
-    return {"runs": runs, "latest": latest}
+def evals(runs: list[EvaluationRun]) -> dict:
+    """The evaluation runs that have a report.json, newest report first; the latest with its report."""
+    shown = sorted((r for r in runs if SAFE_NAME.match(r.run) and (r.folder / "report.json").is_file()),
+                   key=lambda r: -(r.folder / "report.json").stat().st_mtime)
+    listed = [_listing(r) for r in shown]
+    latest = listed[0] | {"report": _read_json(shown[0].folder / "report.json")} if listed else None
+    return {"runs": listed, "latest": latest}
+
+
+def _listing(run: EvaluationRun) -> dict:
+    files = sorted(p.name for p in run.folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in REPORT_FILES and SAFE_NAME.match(p.name))
+    return {"run": run.run, "modified_at": (run.folder / "report.json").stat().st_mtime, "files": files,
+            "plots": [f for f in files if f.lower().endswith(PLOTS)]}
 
 
 def eval_file(data_dir: Path, run: str, name: str) -> tuple[Path, str] | None:

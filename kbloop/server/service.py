@@ -1,9 +1,9 @@
 """What the HTTP API calls: one home served to concurrent requests without corrupting anything.
 
 Each request borrows a reader with its own SQLite connection and reads the manifest inside one
-read transaction (a WAL snapshot), against an in-memory FAISS snapshot that no writer touches. A
-new snapshot is loaded when ``vector_store/header.json``, the store's atomic commit point,
-changes. An ingest runs on a background thread under the home's write lock with its own
+read transaction (a WAL snapshot), against an in-memory vector store snapshot that no writer
+touches. A new snapshot is loaded when the store's revision (for FAISS, its atomically replaced
+header) changes. An ingest runs on a background thread under the home's write lock with its own
 connection, store and embedder, so searches neither wait for it nor see it half done. One model
 answers at a time (a lock); searches never take that lock.
 """
@@ -11,7 +11,6 @@ answers at a time (a lock); searches never take that lock.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -19,46 +18,41 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from kbloop import __version__, models
 from kbloop.assistant.answer import Answer, Assistant
 from kbloop.config import Home, Settings
-from kbloop.errors import KbloopError, StoreError
-from kbloop.ingest.manifest import Hit, Rating
+from kbloop.errors import Conflict, KbloopError, StoreError
+from kbloop.evaluate.feedback import FeedbackStore, Rating
+from kbloop.evaluate.store import EvaluationStore
+from kbloop.ingest.manifest import Hit
 from kbloop.kb import KnowledgeBase
-from kbloop.vector_store.faiss_store import HEADER, FaissStore
+from kbloop.server.reports import evals
+from kbloop.vector_store import StoreLocation, VectorStore, store_location
 
 log = logging.getLogger(__name__)
 
 
-class IngestRunning(KbloopError):
+class IngestRunning(Conflict):
     """This server already runs an ingest; a second would only wait for the first."""
 
 
 class StoreSnapshots:
-    """The FAISS index as last committed, shared read-only by every request.
+    """The vector store as last committed, shared read-only by every request.
 
-    The header's inode, mtime and size change with every save (it is replaced atomically), so a
-    stat per search tells whether to load the next generation.
+    The location's revision changes with every save and is cheap to read (FAISS: one stat), so
+    each search checks it to know whether to load the next commit.
     """
 
-    def __init__(self, directory: Path):
-        self.directory = directory
+    def __init__(self, location: StoreLocation):
+        self.location = location
         self._lock = threading.Lock()
         self._key: object = object()
-        self._store: FaissStore | None = None
+        self._store: VectorStore | None = None
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.directory / HEADER)
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
-    def current(self, load: Callable[[], FaissStore | None]) -> FaissStore | None:
-        key = self._stat()
+    def current(self, load: Callable[[], VectorStore | None]) -> VectorStore | None:
+        key = self.location.revision()
         if key == self._key:
             return self._store
         with self._lock:
@@ -66,18 +60,18 @@ class StoreSnapshots:
                 self._store, self._key = self._reload(load), key
             return self._store
 
-    def _reload(self, load: Callable[[], FaissStore | None]) -> FaissStore | None:
+    def _reload(self, load: Callable[[], VectorStore | None]) -> VectorStore | None:
         for _ in range(5):
-            before = self._stat()
-            header = FaissStore.read_header(self.directory)
-            if header is None:
+            before = self.location.revision()
+            saved = self.location.info()
+            if saved is None:
                 return None
-            if self._store is not None and self._store.header == header:
+            if self._store is not None and self._store.info == saved:
                 return self._store
             try:
                 return load()
             except StoreError:
-                if self._stat() == before:  # damaged, not merely replaced while we read it
+                if self.location.revision() == before:  # damaged, not merely replaced while we read it
                     raise
         raise StoreError("the index changed five times while loading it; try again")
 
@@ -89,27 +83,15 @@ class ReaderKB(KnowledgeBase):
         super().__init__(home, settings, embedder=embedder)
         self._snapshots = snapshots
 
-    def store(self) -> FaissStore | None:
+    def store(self) -> VectorStore | None:
         return self._snapshots.current(self.indexer.load_store)
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        db = self.manifest.db
-        if db.in_transaction:
-            yield
-            return
-        db.execute("BEGIN")  # WAL: every read until COMMIT sees the same committed manifest
-        try:
-            yield
-        finally:
-            db.execute("COMMIT")
-
     def search(self, query: str, k: int | None = None) -> list[Hit]:
-        with self._snapshot():
+        with self.manifest.snapshot():
             return super().search(query, k)
 
     def status(self) -> dict:
-        with self._snapshot():
+        with self.manifest.snapshot():
             return super().status()
 
 
@@ -168,14 +150,18 @@ class OneAtATime:
         return self.generator.spec
 
     @property
+    def supports_adapters(self) -> bool:
+        return self.generator.supports_adapters
+
+    @property
     def adapter(self) -> Any:
-        return getattr(self.generator, "adapter", None)
+        return self.generator.adapter
 
     def use_adapter(self, adapter: Any) -> None:
         generator = self.generator
         # Only a change waits for the lock (never swapped in the middle of an answer): a question
         # refused without the model must not queue behind another one's answer.
-        if hasattr(generator, "use_adapter") and generator.adapter != adapter:
+        if generator.adapter != adapter:
             with self.lock:
                 generator.use_adapter(adapter)
 
@@ -254,7 +240,7 @@ class Service:
         self._embedders = {"query": embedder, "ingest": ingest_embedder}
         self._lock = threading.Lock()
         self.started_at = int(time.time())
-        self.snapshots = StoreSnapshots(home.vector_store_dir)
+        self.snapshots = StoreSnapshots(store_location(self.settings, home))
         self.readers = Readers(lambda: ReaderKB(home, self.settings, embedder=self.embedder("query"),
                                                 snapshots=self.snapshots))
         self.model = OneAtATime(lambda: generator or self._create_generator())
@@ -264,7 +250,7 @@ class Service:
     def embedder(self, role: Literal["query", "ingest"]) -> Any:
         with self._lock:
             if self._embedders[role] is None:
-                self._embedders[role] = models.create("embedder", self.settings.embedder, self.settings)
+                self._embedders[role] = models.configured("embedder", self.settings)
             return self._embedders[role]
 
     def _create_generator(self) -> Any:
@@ -312,8 +298,13 @@ class Service:
 
     def add_feedback(self, rating: Rating, question: str, answer: str, **details: Any) -> int:
         with self.readers.borrow() as kb:
-            return kb.manifest.add_feedback(rating, question, answer, **details)
+            return FeedbackStore(kb.manifest.db).add(rating, question, answer, **details)
 
     def feedback(self, rating: Rating | None, limit: int) -> list[dict]:
         with self.readers.borrow() as kb:
-            return [asdict(f) for f in kb.manifest.feedback(rating, limit)]
+            return [asdict(f) for f in FeedbackStore(kb.manifest.db).ratings(rating, limit)]
+
+    def evals(self) -> dict:
+        """The evaluation runs with a report, for the web page."""
+        with self.readers.borrow() as kb:
+            return evals(EvaluationStore(kb.home, kb.manifest.db).runs())

@@ -10,13 +10,18 @@ replaces the header in one ``os.replace``; a crash at any moment leaves either t
 the new pair, both complete. Loading verifies the index file against the header's checksum.
 The index is an ``IndexIDMap2`` over ``IndexFlatIP``: exact inner-product search on
 normalised vectors (cosine), with ``reconstruct`` so unchanged text never needs re-embedding.
+
+``FaissStore`` is a ``VectorStore`` and ``FaissLocation`` its ``StoreLocation``
+(``kbloop.vector_store.base``); no other module knows these file names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,20 +31,19 @@ import numpy as np
 from kbloop import __version__
 from kbloop.errors import StoreError
 from kbloop.fsutil import atomic_write_bytes
+from kbloop.vector_store.base import SetAsideReason, StoreInfo
 
 HEADER = "header.json"
 FORMAT = 1
 
 
 @dataclass(frozen=True)
-class StoreHeader:
+class StoreHeader(StoreInfo):
+    """``header.json``: the store's info plus which index file holds it and that file's checksum."""
+
     index_file: str
-    embedder: str
-    dim: int
-    count: int
     sha256: str
     generation: int
-    saved_at: float
     kbloop_version: str = __version__
     format: int = FORMAT
 
@@ -95,14 +99,15 @@ class FaissStore:
     def dim(self) -> int:
         return self.index.d
 
+    @property
+    def info(self) -> StoreHeader | None:
+        return self.header
+
     def __len__(self) -> int:
         return self.index.ntotal
 
     def ids(self) -> np.ndarray:
         return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-
-    def reconstruct(self, vector_id: int) -> np.ndarray:
-        return self.index.reconstruct(int(vector_id))
 
     def vector(self, vector_id: int) -> np.ndarray | None:
         """The stored vector, or None when the id is not in the index."""
@@ -110,6 +115,12 @@ class FaissStore:
             return self.index.reconstruct(int(vector_id))
         except RuntimeError:
             return None
+
+    def reconstruct(self, vector_id: int) -> np.ndarray:
+        vector = self.vector(vector_id)
+        if vector is None:
+            raise StoreError(f"vector {vector_id} is not in {self.directory}: run `kbloop check` to repair")
+        return vector
 
     def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         """Up to ``k`` (id, cosine similarity) pairs, best first."""
@@ -131,7 +142,7 @@ class FaissStore:
         self.index.add_with_ids(vectors, ids)
         self.dirty = True
 
-    def remove(self, ids) -> int:
+    def remove(self, ids: Iterable[int]) -> int:
         ids = np.asarray(sorted(set(int(i) for i in ids)), dtype=np.int64)
         if len(ids) == 0:
             return 0
@@ -161,3 +172,36 @@ class FaissStore:
             return 0
         path = self.directory / self.header.index_file
         return path.stat().st_size if path.exists() else 0
+
+
+@dataclass(frozen=True)
+class FaissLocation:
+    """A home's ``vector_store/`` folder: the ``StoreLocation`` of a ``FaissStore``."""
+
+    directory: Path
+
+    def load(self) -> FaissStore | None:
+        return FaissStore.load(self.directory)
+
+    def create(self, dim: int, embedder: str) -> FaissStore:
+        return FaissStore.create(self.directory, dim, embedder)
+
+    def info(self) -> StoreHeader | None:
+        return FaissStore.read_header(self.directory)
+
+    def revision(self) -> tuple[int, int, int] | None:
+        """The header's inode, mtime and size: every save replaces it with a new file."""
+        try:
+            st = os.stat(self.directory / HEADER)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def set_aside(self, reason: SetAsideReason, at: float) -> None:
+        """Rename the header, the commit point: the index file it names stays until the next
+        save clears old generations, and ``load`` finds no store."""
+        header = self.directory / HEADER
+        try:
+            header.replace(header.with_name(f"{HEADER}.{reason}-{int(at)}"))
+        except FileNotFoundError:
+            pass  # nothing committed, nothing to set aside

@@ -1,4 +1,8 @@
-"""The grounded prompt: numbered sources, the question, and the rules for citing and refusing."""
+"""The grounded prompt: numbered sources, the question, and the rules for citing and refusing.
+
+The assistant builds it at question time and the dataset renders every training record with
+it, so it lives below both.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import re
 from kbloop.ingest.manifest import Hit
 
 DONT_KNOW = "I don't know."
+# What the user is shown when kbloop refuses: the model said DONT_KNOW, or a check found that
+# the sources cannot answer.
+NOT_IN_KB = "The knowledge base does not contain the answer to this question."
 
 # Measured on ../shared/kbdev with qwen2.5-0.5b: asking small models to cite [n] themselves
 # made them answer with a bare "[1]"; kbloop attributes sources itself (grounding.attribute).
