@@ -4,7 +4,6 @@ one line and exit code of the CLI, come from the kind of error the library raise
 from __future__ import annotations
 
 import fcntl
-import time
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from kbloop.errors import (
 from kbloop.fsutil import exclusive
 from kbloop.server.app import create_app, running
 from kbloop.server.service import IngestRunning, Service
+from test_server import wait_for_ingest
 
 ERROR_KEYS = {"type", "message", "status"}
 
@@ -41,16 +41,6 @@ def api(home, embedder):
     service = Service(home, home.load_settings(environ={}), embedder=embedder, ingest_embedder=embedder)
     with running(create_app(service)) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client, service
-
-
-def wait_for_ingest(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/ingest/{job_id}").json()
-        if job["state"] != "running":
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"ingest {job_id} still running after {timeout}s")
 
 
 # -- the kinds ---------------------------------------------------------------------------------
@@ -96,7 +86,7 @@ def test_a_second_ingest_while_one_runs_is_409(api, home):
         first = client.post("/api/ingest")
         assert first.status_code == 202, first.text
         assert "still running" in assert_error(client.post("/api/ingest"), 409, "conflict")
-    assert wait_for_ingest(client, first.json()["id"])["state"] == "ok"
+    assert wait_for_ingest(client, first.json()["id"], timeout=60)["state"] == "ok"
 
 
 @pytest.mark.parametrize("raised,status,error_type", [
