@@ -33,7 +33,7 @@ expected and given answer, correct, refused, top sources, timings) go to
 Run it from the repository root:
 
     pip install -r bench/requirements.txt
-    python bench/answers.py [--models local:qwen2.5-0.5b,local:smollm2-135m]
+    python bench/answers.py [--models local:qwen2.5-0.5b,local:smollm2-135m] [--engine llamacpp|transformers]
                             [--pipelines kbloop,plain] [--limit N]
                             [--workdir DIR] [--keep] [--json]
 
@@ -427,6 +427,9 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
 
     home = make_kbloop_home(workdir / "kbloop", corpus)
     settings = home.load_settings()
+    if args.engine:
+        settings = settings.model_copy(update={"engine": args.engine})
+    print(f"engine for local models: {settings.engine}")
     ctx = Context(items=items, embedder=models.create("embedder", EMBEDDER, settings), home=home)
     ctx.embedder.embed(["warm up"])
     indexes = prepare(ctx, args.pipelines, corpus)
@@ -449,7 +452,7 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
     print("\n## Summary\n")
     print(summary_table(rows))
     print(f"\nper-item results: {out_path}")
-    return {"bench": str(args.bench), "embedder": EMBEDDER, "limit": args.limit,
+    return {"bench": str(args.bench), "embedder": EMBEDDER, "engine": settings.engine, "limit": args.limit,
             "indexes": indexes, "results": rows, "items_file": str(out_path)}
 
 
@@ -463,6 +466,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"generator specs, comma-separated (default: {DEFAULT_MODELS})")
     parser.add_argument("--pipelines", type=comma_list, default=list(PIPELINES),
                         help="pipelines to run, comma-separated: kbloop, plain (default: both)")
+    parser.add_argument("--engine", choices=["llamacpp", "transformers"], default=None,
+                        help="engine for local: models (default: KBLOOP_ENGINE, llamacpp)")
     parser.add_argument("--limit", type=int, default=None,
                         help="ask only the first N items of each qa file (quick runs)")
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH,

@@ -1,4 +1,4 @@
-"""Process-wide switches that keep kbloop off the network."""
+"""Process-wide switches that keep kbloop off the network and polite on shared cores."""
 
 import os
 
@@ -15,5 +15,13 @@ OFFLINE_ENVIRONMENT = {
 }
 
 
+# Defaulted: OpenMP threads that spin while waiting starve every other process on the cores
+# (llama.cpp fell from 8.8 to 0.6 tok/s beside one busy process). Read once, when OpenMP
+# starts, so it is set here, before torch or llama.cpp load.
+SHARED_CPU_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def apply_offline_environment() -> None:
     os.environ.update(OFFLINE_ENVIRONMENT)
+    for key, value in SHARED_CPU_ENVIRONMENT.items():
+        os.environ.setdefault(key, value)

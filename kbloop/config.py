@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,6 +54,14 @@ class Settings(BaseModel):
         "local:qwen2.5-0.5b",
         description="Model that writes question/answer pairs for training data (same choices).",
     )
+    engine: Literal["llamacpp", "transformers"] = Field(
+        "llamacpp",
+        description=(
+            "Engine for local: models: llamacpp runs the packaged GGUF files as they are (fast; needs "
+            "llama-cpp-python, which the install builds), transformers runs an fp32 copy (slow; the fallback "
+            "when llama-cpp-python does not load). Training always uses transformers."
+        ),
+    )
     model_cache: str = Field(
         "~/.cache/kbloop",
         description="Where packaged models are assembled and converted once (shared by all homes).",
@@ -75,6 +84,14 @@ class Settings(BaseModel):
     max_file_mb: float = Field(
         50.0, gt=0, description="Files larger than this many MiB are skipped with a reason."
     )
+    follow_external_links: bool = Field(
+        False,
+        description=(
+            "Follow symbolic links in the docs folder (files and folders) that point outside it. Off, "
+            "such links are skipped with a logged reason, so a link cannot make files elsewhere "
+            "searchable; links that stay inside the docs folder are always followed."
+        ),
+    )
     embed_batch_size: int = Field(
         32, ge=1, le=4096, description="Texts per embedding call."
     )
@@ -84,13 +101,23 @@ class Settings(BaseModel):
         description="Base URL of an Ollama server, used only by ollama:<model> backends.",
     )
     ollama_timeout: float = Field(
-        120.0, gt=0, description="Seconds to wait for an Ollama response before giving up."
+        120.0, gt=0,
+        description="Seconds to wait for the next part of an Ollama response before giving up (each wait; "
+                    "KBLOOP_OLLAMA_DEADLINE bounds the whole request).",
     )
     ollama_connect_timeout: float = Field(
         2.0, gt=0, description="Seconds to wait for a connection to Ollama before reporting it down."
     )
+    ollama_deadline: float = Field(
+        600.0, gt=0,
+        description=(
+            "Most seconds one Ollama request (an answer, a judgement, a batch of embeddings) may take in "
+            "all, however slowly the server sends it; KBLOOP_OLLAMA_TIMEOUT bounds each wait for more."
+        ),
+    )
     torch_threads: int = Field(
-        0, ge=0, le=512, description="CPU threads for local models; 0 lets torch decide."
+        0, ge=0, le=512,
+        description="CPU threads for local models; 0 uses the physical cores (llama.cpp) or lets torch decide.",
     )
     dataset_teacher_pairs: int = Field(
         2, ge=0, le=10,
@@ -435,5 +462,8 @@ def init_home(root: str | os.PathLike) -> Home:
     for folder in (home.root / "docs", home.vector_store_dir, home.data_dir):
         folder.mkdir(parents=True, exist_ok=True)
     if not home.env_file.exists():
-        home.env_file.write_text(render_env_template(), encoding="utf-8")
+        # Owner-only from its first byte, never loosened later: it comes to hold KBLOOP_API_KEY.
+        created = os.open(home.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(created, "w", encoding="utf-8") as fh:
+            fh.write(render_env_template())
     return home

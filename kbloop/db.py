@@ -12,14 +12,47 @@ This module knows no table: the stores import it, so it imports none of them.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from kbloop.errors import StoreError
 
 Migration = tuple[str, str]  # (name, SQL script); numbered in the order they must run
+
+
+class ReadOnlyConnection(sqlite3.Connection):
+    """A connection to a database kbloop may not write (``mode=ro``): every read works, and a
+    write fails as one StoreError naming the folder, not as SQLite's "attempt to write a
+    readonly database" from deep inside whichever store tried."""
+
+    folder: Path
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        with self._refusing_writes():
+            return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        with self._refusing_writes():
+            return super().executemany(sql, parameters)
+
+    def executescript(self, script: str, /) -> sqlite3.Cursor:
+        with self._refusing_writes():
+            return super().executescript(script)
+
+    @contextmanager
+    def _refusing_writes(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_READONLY:
+                raise
+            raise StoreError(f"{self.folder} is not writable, so kbloop can read this home but not change it: "
+                             "make the folder writable (or run as its owner) and try again") from None
 
 
 def connect(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
@@ -30,15 +63,58 @@ def connect(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
     ``transaction`` and ``snapshot``. WAL lets readers keep reading while a writer commits;
     ``synchronous=FULL`` makes a commit survive a power cut. One connection may be used by
     several threads in turn (the server's readers are pooled), never at once.
+
+    A database in a folder kbloop may not write (a read-only mount, another user's home) opens
+    read-only instead: searches and status work, and the first write fails in one line.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the data folder {path.parent} ({exc.strerror}): "
+                         "make its parent writable, or point --home at an existing home") from None
+    if not _writable(path):
+        return connect_read_only(path, migrations)
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA foreign_keys=ON")
     migrate(db, migrations)
+    return db
+
+
+def _writable(path: Path) -> bool:
+    """Whether SQLite can write here: WAL writes ``-wal`` and ``-shm`` files beside the database."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def connect_read_only(path: Path, migrations: Sequence[Migration]) -> ReadOnlyConnection:
+    """Open an existing database for reading only: no WAL switch, no migrations (both write).
+
+    Without a ``-wal`` file every commit is in the database file itself, and in a folder no one
+    may write no writer can add one, so SQLite is told the file is immutable: it then needs no
+    ``-shm`` file, which it could not create here.
+    """
+    if not path.is_file():
+        raise StoreError(f"{path.parent} is not writable and holds no database yet: "
+                         "make it writable, or point --home at an existing home")
+    mode = "mode=ro" if path.with_name(f"{path.name}-wal").exists() else "mode=ro&immutable=1"
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?{mode}", uri=True, timeout=30, isolation_level=None,
+                         check_same_thread=False, factory=ReadOnlyConnection)
+    db.folder = path.parent
+    db.row_factory = sqlite3.Row
+    try:
+        applied = {row["name"] for row in db.execute("SELECT name FROM migrations")}
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"cannot read {path} ({exc}), and its folder is not writable") from None
+    missing = [name for name, _ in migrations if name not in applied]
+    if missing:
+        db.close()
+        raise StoreError(f"{path} needs upgrading ({', '.join(missing)}) but {path.parent} is not writable: "
+                         "run kbloop once where it may write there")
+    db.execute("PRAGMA foreign_keys=ON")
     return db
 
 

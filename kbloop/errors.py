@@ -13,6 +13,7 @@ for the HTTP API's JSON error and ``exit_code`` for the CLI, which prints ``one_
 | BackendUnavailable | 503  | 1    | a model backend cannot be reached or loaded             |
 | StoreError         | 503  | 1    | the store on disk is damaged; `kbloop check` repairs it |
 | NeedsRebuild       | 409  | 1    | the index was built with other settings                 |
+| DocsUnreadable     | 503  | 1    | the docs folder cannot be read; fix its permissions     |
 
 A damaged store is 503, not 500: the request was fine and the server has no bug; it cannot
 serve until the store is repaired, and the same request succeeds after that. 500 stays for
@@ -79,6 +80,13 @@ class NeedsRebuild(StoreError):
     """The index was built with other settings than the current ones."""
 
     http_status = 409
+
+
+class DocsUnreadable(KbloopError):
+    """The docs folder itself cannot be listed. An ingest stops before it changes anything: a
+    folder it cannot read says nothing about which documents are gone."""
+
+    http_status = 503
 
 
 class DaemonRunning(Conflict):

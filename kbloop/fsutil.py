@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from kbloop.errors import Conflict
+from kbloop.errors import Conflict, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,39 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files ``atomic_write_bytes`` left in ``folder`` when its writer was
+    killed mid-write: those named after a process that no longer runs. Returns what went."""
+    removed = []
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (ours, or another user's, counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def try_lock(fh: IO, *, shared: bool = False) -> bool:
@@ -58,8 +86,13 @@ def exclusive(path: Path, what: str, *, wait: bool = False) -> Iterator[None]:
     waits its turn instead, for work that every caller needs done (writing the index,
     assembling a model file).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "w")
+    except OSError as exc:
+        raise StoreError(f"{path.parent} is not writable ({exc.strerror}), so no {what} can run in this home: "
+                         "make the folder writable (or run as its owner) and try again") from None
+    with fh:
         if not try_lock(fh):
             if not wait:
                 raise Conflict(f"another {what} is running in this home (lock {path}); wait for it to finish")

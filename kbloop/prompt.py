@@ -63,30 +63,6 @@ def build_messages(question: str, hits: list[Hit], history: list[tuple[str, str]
 STOP_STRINGS = ["\nQuestion:", "\nSources:"]
 
 
-class StopFilter:
-    """Passes streamed text through, holding back what might begin a stop string, and
-    reports when one has arrived (the text before it has then all been passed on)."""
-
-    def __init__(self, stops: list[str] = STOP_STRINGS):
-        self.stops, self.text, self.sent, self.stopped = stops, "", 0, False
-
-    def feed(self, piece: str) -> str:
-        self.text += piece
-        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            return self._send(min(hits))
-        held = max((n for s in self.stops for n in range(1, len(s)) if self.text.endswith(s[:n])), default=0)
-        return self._send(len(self.text) - held)
-
-    def flush(self) -> str:
-        return "" if self.stopped else self._send(len(self.text))
-
-    def _send(self, upto: int) -> str:
-        out, self.sent = self.text[self.sent:upto], max(self.sent, upto)
-        return out
-
-
 def clean_answer(text: str) -> str:
     """The answer without an invented next turn and without lines it already said."""
     for stop in STOP_STRINGS:

@@ -1,6 +1,9 @@
 """A loopback server that speaks Ollama's HTTP API (the parts kbloop uses).
 
-Embeddings are a hashed bag of words, so texts sharing words get similar vectors.
+Embeddings are a hashed bag of words, so texts sharing words get similar vectors. A ``fault``
+makes streamed chat replies fail the ways a real server's can: ``"cut"`` sends half the reply,
+then closes the connection in the middle of the chunked body (Ollama killed mid-answer);
+``"trickle"`` sends the reply one byte every ``trickle_seconds``, so no single read times out.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 DIM = 64
@@ -22,10 +26,11 @@ def bag_of_words(text: str) -> list[float]:
 
 
 class FakeOllama:
-    def __init__(self, models=("nomic-embed-text",), reply=None):
+    def __init__(self, models=("nomic-embed-text",), reply=None, fault=None, trickle_seconds=0.05):
         self.models = set(models)
         # reply(request body) -> the assistant's text for /api/chat
         self.reply = reply or (lambda body: "I don't know.")
+        self.fault, self.trickle_seconds = fault, trickle_seconds
         self.requests: list[tuple[str, dict]] = []
         fake = self
 
@@ -56,14 +61,43 @@ class FakeOllama:
                 if body.get("stream", True) is False:
                     self._send(200, final | {"message": {"role": "assistant", "content": text}})
                     return
+                # one NDJSON line per token, as Ollama streams
+                lines = [json.dumps(base | {"message": {"role": "assistant", "content": word}, "done": False})
+                         .encode() + b"\n" for word in words] + [json.dumps(final).encode() + b"\n"]
+                if fake.fault == "cut":
+                    self._cut(lines)
+                elif fake.fault == "trickle":
+                    self._trickle(lines)
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-ndjson")
+                    self.end_headers()
+                    for line in lines:
+                        self.wfile.write(line)
+                        self.wfile.flush()
+
+            def _cut(self, lines: list[bytes]) -> None:
+                self.protocol_version = "HTTP/1.1"  # chunked, as Ollama: a cut body is detectably incomplete
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for line in lines[: max(1, len(lines) // 2)]:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                self.close_connection = True  # without the closing zero-length chunk
+
+            def _trickle(self, lines: list[bytes]) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-ndjson")
                 self.end_headers()
-                for word in words:  # one NDJSON line per token, as Ollama streams
-                    line = base | {"message": {"role": "assistant", "content": word}, "done": False}
-                    self.wfile.write(json.dumps(line).encode() + b"\n")
-                    self.wfile.flush()
-                self.wfile.write(json.dumps(final).encode() + b"\n")
+                try:
+                    for byte in b"".join(lines):
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(fake.trickle_seconds)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")

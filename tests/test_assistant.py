@@ -48,9 +48,10 @@ def test_question_about_a_term_no_source_mentions_is_refused(sample_home, open_k
 
 
 def test_stop_filter_holds_back_an_invented_next_turn():
-    from kbloop.prompt import StopFilter, clean_answer
+    from kbloop.prompt import STOP_STRINGS, clean_answer
+    from kbloop.text import StopFilter
 
-    stream = StopFilter()
+    stream = StopFilter(STOP_STRINGS)
     shown = [stream.feed(p) for p in ["The port", " is 8735.", "\n", "Ques", "tion: what", " else"]]
     assert "".join(shown) == "The port is 8735." and stream.stopped
     assert clean_answer("It is 8735.\nIt is 8735.\nQuestion: more") == "It is 8735."

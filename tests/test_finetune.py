@@ -231,7 +231,15 @@ def test_cli_adapters_and_export(trained, tmp_path):
     assert result.exit_code == 0, result.output
     modelfile = (tmp_path / "ol" / "Modelfile").read_text()
     assert "FROM " in modelfile and modelfile.count("ADAPTER ") == 1
-    assert (tmp_path / "ol" / "adapter" / "adapter_model.safetensors").is_file()
+    # Training already wrote the GGUF LoRA that llama.cpp applies; the export is a copy of it.
+    converted = kb.home.root / "data" / "adapters" / "0001" / "adapter_model.gguf"
+    assert converted.is_file()
+    assert f"ADAPTER {tmp_path / 'ol' / 'adapter.gguf'}" in modelfile
+    assert (tmp_path / "ol" / "adapter.gguf").read_bytes() == converted.read_bytes()
+    from gguf import GGUFReader
+
+    fields = GGUFReader(converted).fields
+    assert fields["general.type"].contents() == "adapter" and fields["adapter.type"].contents() == "lora"
     assert "ollama create" in result.output
     result = run_cli("export", "merged", "0001", "-o", str(tmp_path / "merged"), env=env)
     assert result.exit_code == 0, result.output

@@ -49,3 +49,12 @@ def test_ingest_makes_no_network_attempt(tmp_path):
     assert result["attempts"] == []
     assert result["added"] == 5 and result["failed"] == []
     assert result["top"] == "report.docx"
+
+
+def test_kbloop_sets_a_passive_openmp_wait_policy_unless_told_otherwise():
+    """Set before torch or llama.cpp start: spinning OpenMP threads starve other processes."""
+    probe = [sys.executable, "-c", "import os, kbloop; print(os.environ['OMP_WAIT_POLICY'])"]
+    env = {k: v for k, v in cli_env().items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run(probe, env=env, capture_output=True, text=True).stdout.strip() == "ACTIVE"

@@ -15,8 +15,9 @@ from typing import Any, Generator, Iterator
 from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words, restates,
                                        unmentioned_terms)
 from kbloop.ingest.manifest import Hit
-from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, StopFilter, build_messages, cited_numbers, clean_answer,
+from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
                            is_refusal)
+from kbloop.text import StopFilter
 
 # When the model can only restate the question, though a source holds most of its words.
 QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
@@ -159,7 +160,7 @@ class Assistant:
         """Stream the model's reply and return it cleaned. Given the question, text that so far
         adds nothing to it is held back, and a reply that only restates it is not shown."""
         call: dict = {}
-        shown, held = StopFilter(), ""
+        shown, held = StopFilter(STOP_STRINGS), ""
         holding = question is not None
         for piece in self.generator.stream(messages, stop=STOP_STRINGS, max_new_tokens=self.kb.settings.max_new_tokens,
                                            stats=call):

@@ -33,40 +33,80 @@ def stream_answer(assistant, question: str, history=None):
     raise RuntimeError("no answer")
 
 
+LOCAL = click.option("--local", is_flag=True,
+                     help="Load the models in this process even when `kbloop serve` or `daemon` runs.")
+
+
 @click.command()
 @click.argument("question")
 @click.option("--json", "as_json", is_flag=True, help="Print {answer, sources, model, adapter, timings} as JSON.")
+@LOCAL
 @click.pass_obj
-def ask(obj, question: str, as_json: bool) -> None:
-    """Answer QUESTION from the knowledge base, streamed, with its sources."""
+def ask(obj, question: str, as_json: bool, local: bool) -> None:
+    """Answer QUESTION from the knowledge base, streamed, with its sources.
+
+    A running `kbloop serve` or `kbloop daemon` of the same home answers it (no model load);
+    otherwise the models load in this process.
+    """
+    from kbloop.server.client import RemoteAssistant, ServerUnreachable
+
+    remote = None if local else obj.server(RemoteAssistant)
+    if remote is not None:
+        try:
+            _ask(remote, question, as_json)
+            return
+        except ServerUnreachable:  # it stopped since it announced itself: answer here
+            pass
+        finally:
+            remote.close()
     from kbloop.assistant.answer import Assistant
 
     with obj.open_kb() as kb:
-        assistant = Assistant(kb)
-        if as_json:
-            emit_json(assistant.ask(question).as_dict())
-            return
-        print_sources(stream_answer(assistant, question))
+        _ask(Assistant(kb), question, as_json)
+
+
+def _ask(assistant, question: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(assistant.ask(question).as_dict())
+        return
+    print_sources(stream_answer(assistant, question))
 
 
 @click.command()
+@LOCAL
 @click.pass_obj
-def chat(obj) -> None:
-    """A conversation: follow-up questions are understood in the light of earlier ones."""
+def chat(obj, local: bool) -> None:
+    """A conversation: follow-up questions are understood in the light of earlier ones.
+
+    Like `ask`, it uses a running server of the same home when there is one.
+    """
+    from kbloop.server.client import RemoteAssistant
+
+    remote = None if local else obj.server(RemoteAssistant)
+    if remote is not None:
+        try:
+            _converse(remote, refresh=lambda: None)
+        finally:
+            remote.close()
+        return
     from kbloop.assistant.answer import Assistant
 
     with obj.open_kb() as kb:
         assistant = Assistant(kb)
-        history: list[tuple[str, str]] = []
-        click.echo("Ask about your documents. An empty line or Ctrl-D ends the chat.")
-        while True:
-            try:
-                question = input("\n> ").strip()
-            except EOFError:
-                break
-            if not question:
-                break
-            kb.follow_adapter(assistant.generator)
-            answer = stream_answer(assistant, question, history)
-            print_sources(answer)
-            history.append((question, answer.answer))
+        _converse(assistant, refresh=lambda: kb.follow_adapter(assistant.generator))
+
+
+def _converse(assistant, refresh) -> None:
+    history: list[tuple[str, str]] = []
+    click.echo("Ask about your documents. An empty line or Ctrl-D ends the chat.")
+    while True:
+        try:
+            question = input("\n> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        refresh()  # an adapter promoted meanwhile answers the next question
+        answer = stream_answer(assistant, question, history)
+        print_sources(answer)
+        history.append((question, answer.answer))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from kbloop.cli.output import emit_json, human_bytes, print_counts, print_hits
+from kbloop.errors import NeedsRebuild
 
 
 @click.command()
@@ -23,11 +24,27 @@ def ingest(obj, paths: tuple[str, ...], rebuild: bool, as_json: bool) -> None:
 @click.argument("query")
 @click.option("-k", "k", type=click.IntRange(1, 200), default=None, help="How many chunks (default KBLOOP_SEARCH_K).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("--local", is_flag=True, help="Load the embedder in this process even when a server runs.")
 @click.pass_obj
-def search(obj, query: str, k: int | None, as_json: bool) -> None:
-    """Show the chunks most similar to QUERY, with file, page or section, and score."""
-    with obj.open_kb() as kb:
-        hits = kb.search(query, k)
+def search(obj, query: str, k: int | None, as_json: bool, local: bool) -> None:
+    """Show the chunks most similar to QUERY, with file, page or section, and score.
+
+    A running `kbloop serve` or `kbloop daemon` of the same home searches (no model load).
+    """
+    from kbloop.server.client import RemoteSearch, ServerUnreachable
+
+    hits = None
+    remote = None if local else obj.server(RemoteSearch)
+    if remote is not None:
+        try:
+            hits = remote.search(query, k)
+        except ServerUnreachable:
+            pass
+        finally:
+            remote.close()
+    if hits is None:
+        with obj.open_kb() as kb:
+            hits = kb.search(query, k)
     if as_json:
         emit_json([{"rank": i, "score": round(h.score, 4), "path": h.path, "location": h.location,
                     "page": h.metadata.get("page"), "section": h.metadata.get("section"), "text": h.text}
@@ -80,15 +97,35 @@ def status(obj, as_json: bool) -> None:
         click.echo(f"run:      {run['kind']} {run['status']}" + (f" ({run['error']})" if run["error"] else ""))
 
 
+# `kbloop check`'s exit status for each outcome; 1 to 4 are the error kinds' (kbloop.errors).
+CHECK_EXIT_CODES = {"consistent": 0, "repaired": 5, "unrepaired": 6}
+
+
 @click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print {outcome, problems, repaired} as JSON.")
 @click.pass_obj
-def check(obj) -> None:
-    """Check the index against the manifest and repair what is safe."""
+def check(obj, as_json: bool) -> None:
+    """Check the index against the manifest and repair what is safe.
+
+    Exits 0 when they agreed, 5 when something was repaired, 6 when a problem is left that
+    needs `kbloop ingest` (or `kbloop ingest --rebuild`) to fix.
+    """
     with obj.open_kb() as kb:
-        report = kb.check()
-    for line in report.problems:
-        click.echo(f"problem:  {line}")
-    for line in report.repaired:
-        click.echo(f"repaired: {line}")
-    if not report.problems and not report.repaired:
-        click.echo("ok: index and manifest agree")
+        try:
+            report = kb.check()
+        except NeedsRebuild as exc:  # a problem only `kbloop ingest --rebuild` repairs
+            problems, repaired = [exc.one_line()], []
+        else:
+            problems, repaired = report.problems, report.repaired
+    outcome = "unrepaired" if problems else "repaired" if repaired else "consistent"
+    if as_json:
+        emit_json({"outcome": outcome, "problems": problems, "repaired": repaired})
+    else:
+        for line in problems:
+            click.echo(f"problem:  {line}")
+        for line in repaired:
+            click.echo(f"repaired: {line}")
+        if outcome == "consistent":
+            click.echo("ok: index and manifest agree")
+    if CHECK_EXIT_CODES[outcome]:
+        raise SystemExit(CHECK_EXIT_CODES[outcome])

@@ -26,6 +26,17 @@ class Context:
 
         return KnowledgeBase(self.home(), progress=progress and sys.stderr.isatty())
 
+    def server(self, client: type):
+        """A ``client`` of this home's running ``kbloop serve`` or ``daemon``, or None when none
+        runs: asking it saves loading the models in this process."""
+        from kbloop.server.address import running_server
+
+        home = self.home()
+        url = running_server(home.data_dir)
+        if url is None:
+            return None
+        return client(url, home.load_settings().api_key)
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", envvar=None, metavar="DIR",

@@ -21,6 +21,7 @@ def serve(obj, host: str | None, port: int | None, log_requests: bool) -> None:
     Set KBLOOP_API_KEY to require `Authorization: Bearer <key>` on every API request.
     """
     from kbloop.server.app import LOOPBACK, base_url, bind, create_app, run_server
+    from kbloop.server.address import published
     from kbloop.server.service import Service
 
     home = obj.home()
@@ -39,7 +40,8 @@ def serve(obj, host: str | None, port: int | None, log_requests: bool) -> None:
     # The server stops on SIGINT or SIGTERM and then re-raises the signal: both end up here.
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        run_server(create_app(Service(home, settings)), sock, log_requests)
+        with published(home.data_dir, url, "serve"):
+            run_server(create_app(Service(home, settings)), sock, log_requests)
     except KeyboardInterrupt:
         pass
     click.echo("stopped", err=True)

@@ -3,17 +3,29 @@
 A thumbs-down marks a question the assistant got wrong, which is worth asking again:
 ``eval_candidates`` lists them, and ``kbloop evaluate`` asks them of both sides (see
 ``kbloop.evaluate.evalset``). The ``feedback`` table is this store's.
+
+The sources come from whoever rates, so what is stored of them is bounded in nesting and size:
+JSON nested hundreds deep parses, but breaks whatever later walks it (listing, re-encoding)
+with a RecursionError. A row stored before these bounds that breaks them is listed without
+its sources, with a warning, so one bad rating cannot take the others down with it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from kbloop.db import Migration
+from kbloop.errors import KbloopError
+
+log = logging.getLogger(__name__)
+
+SOURCES_MAX_DEPTH = 6  # the page sends a list of flat objects: depth 2
+SOURCES_MAX_BYTES = 256 * 1024
 
 MIGRATIONS: list[Migration] = [
     (
@@ -68,7 +80,7 @@ class FeedbackStore:
         cur = self.db.execute(
             """INSERT INTO feedback (created_at, rating, comment, question, answer, sources, model, adapter, refused)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (time.time(), rating, comment or None, question, answer, json.dumps(sources or [], sort_keys=True),
+            (time.time(), rating, comment or None, question, answer, _stored_sources(sources or []),
              model, adapter, int(refused)),
         )
         return int(cur.lastrowid)
@@ -77,9 +89,50 @@ class FeedbackStore:
         """Stored ratings, newest first; only one kind when ``rating`` is given."""
         where, args = ("WHERE rating = ?", [rating]) if rating else ("", [])
         rows = self.db.execute(f"SELECT * FROM feedback {where} ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [Feedback(**dict(row) | {"sources": json.loads(row["sources"]), "refused": bool(row["refused"])})
+        return [Feedback(**dict(row) | {"sources": _read_sources(row["id"], row["sources"]),
+                                        "refused": bool(row["refused"])})
                 for row in rows]
 
     def eval_candidates(self, limit: int = 1000) -> list[Feedback]:
         """Answers users marked wrong, newest first: questions an evaluation asks again."""
         return self.ratings("down", limit)
+
+
+def json_depth(value: Any) -> int:
+    """How deep a parsed JSON value nests (a scalar 0, ``[]`` 1, ``[{}]`` 2), measured without
+    recursion, so any value can be measured."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth + 1)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _stored_sources(sources: list[dict]) -> str:
+    """The sources as stored, or a KbloopError saying which bound they break."""
+    if json_depth(sources) > SOURCES_MAX_DEPTH:
+        raise KbloopError(f"sources nest deeper than {SOURCES_MAX_DEPTH} levels: send the sources as shown, "
+                          "a list of flat objects")
+    text = json.dumps(sources, sort_keys=True)
+    if len(text.encode()) > SOURCES_MAX_BYTES:
+        raise KbloopError(f"sources take more than {SOURCES_MAX_BYTES} bytes as JSON: send fewer, or leave out their text")
+    return text
+
+
+def _read_sources(feedback_id: int, text: str) -> list[dict]:
+    """A row's sources; none, with a warning, where the row breaks the bounds ``add`` keeps."""
+    try:
+        sources = json.loads(text)
+        problem = None if json_depth(sources) <= SOURCES_MAX_DEPTH else f"nested deeper than {SOURCES_MAX_DEPTH}"
+    except RecursionError:
+        problem = "nested too deep to parse"
+    except ValueError as exc:
+        problem = f"not JSON ({exc})"
+    if problem is None and not (isinstance(sources, list) and all(isinstance(s, dict) for s in sources)):
+        problem = "not a list of objects"
+    if problem is not None:
+        log.warning("feedback %d: its stored sources are %s; listed without them", feedback_id, problem)
+        return []
+    return sources

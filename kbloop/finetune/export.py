@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from kbloop import models
 from kbloop.errors import KbloopError
 from kbloop.finetune.registry import AdapterRegistry
+from kbloop.models.lora_gguf import BaseArchitecture, ensure_gguf
 
 
 def _resolve(kb, version: str) -> tuple[str, Path, dict]:
@@ -17,29 +19,31 @@ def _resolve(kb, version: str) -> tuple[str, Path, dict]:
     return name, registry.path(name), registry.lineage(name)
 
 
-def _base_source(kb, lineage: dict) -> Path:
-    """What Ollama's FROM names for the model the adapter was trained for (the packaged GGUF,
-    or the Hugging Face folder), as that model's backend says."""
+def _base_generator(kb, lineage: dict):
+    """The backend of the model the adapter was trained for, which says what Ollama's FROM
+    names (the packaged GGUF, or the Hugging Face folder)."""
     spec = lineage.get("generator") or kb.settings.generator
-    base = models.create("generator", spec, kb.settings).ollama_base()
-    if base is None:
+    generator = models.create("generator", spec, kb.settings)
+    if generator.ollama_base() is None or generator.base_model_dir() is None:
         raise KbloopError(f"cannot export an adapter trained for {spec}")
-    return base
+    return generator
 
 
 def export_ollama(kb, version: str, out: Path | None) -> tuple[Path, str]:
+    """A Modelfile: FROM the base model, ADAPTER the adapter as a GGUF LoRA, the form Ollama
+    (like llama.cpp) takes for every architecture, Qwen2 included."""
     name, adapter_dir, lineage = _resolve(kb, version)
+    generator = _base_generator(kb, lineage)
+    config = json.loads((generator.base_model_dir() / "config.json").read_text())
+    converted = ensure_gguf(adapter_dir, BaseArchitecture.from_hf_config(config))
     out = (out or kb.home.data_dir / "exports" / f"{name}-ollama").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    adapter_copy = out / "adapter"
-    shutil.rmtree(adapter_copy, ignore_errors=True)
-    shutil.copytree(adapter_dir, adapter_copy,
-                    ignore=shutil.ignore_patterns("train_log.jsonl", "lineage.json", "training_config.json"))
-    base = _base_source(kb, lineage)
+    adapter_copy = out / "adapter.gguf"
+    shutil.copyfile(converted, adapter_copy)
     modelfile = out / "Modelfile"
     modelfile.write_text(
         f"# kbloop adapter {name} for {lineage.get('generator')}\n"
-        f"FROM {base}\n"
+        f"FROM {generator.ollama_base()}\n"
         f"ADAPTER {adapter_copy}\n"
         "PARAMETER temperature 0\n",
         encoding="utf-8",

@@ -287,7 +287,7 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
     if (checkpoint / "state.pt").is_file():
         from peft import set_peft_model_state_dict
 
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        state = load_checkpoint(checkpoint / "state.pt")
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_done, initial = state["step"], state["tokens"], state["initial_parent_probe_loss"]
@@ -344,9 +344,36 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
         "final_probe_loss": final, "initial_parent_probe_loss": initial if plan.parent else None,
         "base_probe_loss": None if plan.parent else initial,
     }, tokens_done, skipped)
+    _prepare_for_serving(kb, registry.path(plan.version))
     return TrainResult(plan.version, plan.parent, step, len(plan.record_ids), len(plan.replay_ids), skipped,
                        tokens_done, round(seconds, 2), round(timed_tokens / max(seconds, 1e-9), 1),
                        initial if plan.parent else None, final, resumed_from)
+
+
+def _prepare_for_serving(kb, adapter: Path) -> None:
+    """Convert the new adapter for the answering engine now; a failure only delays that to the
+    adapter's first use (where it is reported), it never loses the trained adapter."""
+    try:
+        written = kb.generator.prepare_adapter(adapter)
+    except KbloopError as exc:
+        log.warning("adapter %s is saved, but not yet converted for %s: %s", adapter.name, kb.generator.spec, exc)
+        return
+    if written is not None:
+        log.info("adapter %s converted for llama.cpp: %s", adapter.name, written.name)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's state: tensors, numbers and containers of them, nothing else. Unpickling
+    anything more could run code that whoever can write into data/ put there."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise KbloopError(f"{path} holds more than tensors and numbers, so it is not loaded (it could run code): "
+                          f"delete {path.parent} to start this run again from its first step") from None
 
 
 def _save_checkpoint(model, optimizer, step: int, tokens: int, initial: float | None, folder: Path) -> None:

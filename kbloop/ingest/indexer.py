@@ -3,9 +3,10 @@
 The algorithm, in ``Indexer.ingest``:
 
 1. check the store against the manifest and repair what is safe (``check``);
-2. scan the folder: a file whose size and mtime match the manifest (and were confirmed
-   after the mtime, so a same-second edit cannot hide) is unchanged without being read;
-   otherwise its sha256 decides;
+2. scan the folder (``kbloop.ingest.scan``; done before the check, so an unreadable docs folder
+   stops the run before anything changes): a file whose size and mtime match the manifest (and
+   were confirmed after the mtime, so a same-second edit cannot hide) is unchanged without being
+   read; otherwise its sha256 decides. What cannot be read is reported and kept as it was;
 3. a new path whose bytes equal a vanished path's is a rename: one manifest update;
 4. deleted files leave the manifest, then their vectors leave the store;
 5. new and changed files are parsed and chunked; a chunk whose text hash the file already
@@ -15,12 +16,18 @@ The algorithm, in ``Indexer.ingest``:
 
 A crash between the writes leaves vectors that no chunk refers to, which ``check`` removes on
 the next open; the manifest never refers to a vector the saved store lacks.
+
+``--rebuild`` (``Indexer._rebuild``) fills a new store generation beside the one in use and
+swaps it in at the end, so searches never see a half-built index.
 """
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
+import re
+import stat
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
@@ -33,9 +40,10 @@ import numpy as np
 from kbloop.config import Home, Settings
 from kbloop.errors import ConfigError, KbloopError, LoaderError, NeedsRebuild, StoreError
 from kbloop.fsutil import exclusive, sha256_file
-from kbloop.ingest.chunking import Chunk, chunk_document, make_splitter
+from kbloop.ingest.chunking import Chunk, chunk_document, embed_text, make_splitter
 from kbloop.ingest.loaders import load, supported
 from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
+from kbloop.ingest.scan import Scan, is_ignored_name, scan_folder, unreadable_reason
 from kbloop.progress import progress_bar
 from kbloop.vector_store import StoreLocation, VectorStore, store_location
 
@@ -49,19 +57,29 @@ CHUNKER_VERSION = 1
 FLUSH_CHUNKS = 256
 FLUSH_FILES = 64
 
-IGNORED_SUFFIXES = ("~", ".tmp", ".temp", ".swp", ".swo", ".swx", ".part", ".crdownload", ".bak")
+
+def remembered_sha(rec: FileRecord) -> str | None:
+    """The bytes a record vouches for, which are not read again: those indexed, or those whose
+    content failed. Older versions also recorded a file they could not read as failed; such a
+    record vouches for nothing, so the file is read again."""
+    if rec.status == "indexed":
+        return rec.sha256
+    return None if _failed_to_read(rec.error) else rec.failed_sha256
 
 
-def is_ignored_name(name: str) -> bool:
-    """Hidden files, editor backups and partial downloads are never documents."""
-    return (name.startswith((".", "~$", "#")) or name.endswith(IGNORED_SUFFIXES)
-            or name.lower().endswith(IGNORED_SUFFIXES))
+def _failed_to_read(error: str | None) -> bool:
+    """Whether a recorded failure was an OSError (how older versions recorded unreadable files)."""
+    match = re.match(r"unexpected error: (\w+):", error or "")
+    kind = getattr(builtins, match.group(1), None) if match else None
+    return isinstance(kind, type) and issubclass(kind, OSError)
 
 
 @dataclass
 class IngestCounts:
     """What one ingest did. ``files_ignored`` counts names skipped as never documents (hidden
-    files and folders, editor backups, partial downloads); a hidden folder counts once, unread."""
+    files and folders, editor backups, partial downloads, links not followed); a hidden folder
+    counts once, unread. ``files_failed`` counts files whose content failed and paths that could
+    not be read (an unreadable folder counts once); ``failures`` gives each one's reason."""
 
     files_added: int = 0
     files_changed: int = 0
@@ -85,6 +103,16 @@ class CheckReport:
     ok: bool = True
     repaired: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Carried:
+    """A file whose chunks a rebuild keeps as the manifest has them, embedded again: one it does
+    not parse again, or whose content fails now."""
+
+    file_id: int
+    chunks: list[ChunkRecord]
+    new_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -166,25 +194,26 @@ class Indexer:
         )
 
     def check(self, rebuild: bool = False) -> CheckReport:
-        """Load the store and make it agree with the manifest; repair what is safe."""
+        """Load the store and make it agree with the manifest; repair what is safe. Before a
+        ``rebuild``, which replaces the store, one made by another embedder is no error."""
         with self.writing():
             return self._check(rebuild)
 
     def _check(self, rebuild: bool) -> CheckReport:
         report = CheckReport()
+        report.repaired += self._settle_rebuild()
+        with self.manifest.transaction():
+            interrupted = self.manifest.mark_interrupted_runs()
+        if interrupted:
+            report.repaired.append(f"{interrupted} runs left 'running' by a process that is gone are "
+                                   "recorded as interrupted")
         try:
             store = self.location.load()
         except StoreError as exc:
             report.problems.append(f"vector store damaged: {exc}")
             self.location.set_aside("damaged", self.clock())
             store = None
-        if rebuild:
-            with self.manifest.transaction():
-                self.manifest.mark_stale([f.id for f in self.manifest.files().values()])
-            self.location.set_aside("replaced", self.clock())
-            store = None
-            report.repaired.append("rebuild: every file will be parsed and embedded again")
-        elif store is not None and store.embedder != self.settings.embedder:
+        if store is not None and store.embedder != self.settings.embedder and not rebuild:
             raise self._needs_rebuild(store)
         manifest_ids = self.manifest.vector_ids()
         store_ids = set(store.ids().tolist()) if store is not None else set()
@@ -207,47 +236,171 @@ class Indexer:
             log.warning("check: %s", line)
         return report
 
+    def _settle_rebuild(self) -> list[str]:
+        """Finish, or remove, what an interrupted rebuild left: its store, staged beside the one
+        in use. A rebuild's vector ids are all new, so the manifest holds exactly the staged
+        store's ids once the rebuild's swap committed: then the store only has to be put in use.
+        Otherwise the rebuild never took effect, and ``clean`` removes its files (with the
+        temporary files of saves that were killed)."""
+        done = []
+        try:
+            staged = self.location.load_staged()
+        except StoreError:
+            staged = None  # never in use, and damaged: clean removes it
+        if staged is not None and set(staged.ids().tolist()) == self.manifest.vector_ids():
+            self.location.promote()
+            done.append("finished a rebuild interrupted after its last commit: its index is now in use")
+        return done + self.location.clean()
+
+    # -- rebuild --------------------------------------------------------------------------
+
+    def _rebuild(self, paths: Iterable[str | Path] | None) -> IngestCounts:
+        """Parse and embed everything again, into a new store generation that readers do not see
+        until it is complete.
+
+        Searches keep using the store in use and the manifest's rows throughout. The new vectors
+        fill a staged store under new ids; once it is saved, one manifest transaction swaps in
+        every file's new chunk rows, and promoting the staged store puts it in use. A crash
+        before the swap leaves the old generation in use and the next check removes the staged
+        one; a crash after it is finished by the next check (``_settle_rebuild``).
+
+        Files not parsed again (outside ``paths``, unreadable now) and files whose content fails
+        now keep the chunks the manifest has, embedded again from their text: a rebuild loses
+        nothing that was searchable.
+        """
+        counts = IngestCounts()
+        if not self.docs_dir.is_dir():
+            raise ConfigError(f"docs folder {self.docs_dir} does not exist: create it or set KBLOOP_DOCS_DIR")
+        scan = self._scan(paths)
+        self.check(rebuild=True)
+        counts.files_ignored = scan.ignored
+        for rel, reason in scan.unreadable.items():
+            self._skip_unreadable(rel, reason, counts)
+        known = self.manifest.files()
+        now = self.clock()
+
+        plans: list[FilePlan] = []
+        for rel, st in progress_bar(sorted(scan.files.items()), show=self.progress, desc="parse", unit="file",
+                                    leave=False):
+            try:
+                plans.append(self._plan(rel, st, sha256_file(self.docs_dir / rel), known.get(rel)))
+            except OSError as exc:
+                self._skip_unreadable(rel, unreadable_reason(exc), counts)
+        deleted = [rel for rel in known if scan.accounts_for(rel) and rel not in scan.files]
+        parsed = {plan.path for plan in plans if not plan.error} | set(deleted)
+        carried = [Carried(rec.id, chunks) for rel, rec in known.items()
+                   if rel not in parsed and (chunks := self.manifest.chunks_of(rec.id))]
+        for plan in plans:
+            if plan.error:
+                counts.files_failed += 1
+                counts.failures.append({"path": plan.path, "reason": plan.error})
+                log.warning("skipped %s: %s", plan.path, plan.error)
+                continue
+            counts.files_changed += plan.record is not None
+            counts.files_added += plan.record is None
+            counts.chunks_removed += len(plan.remove)
+            # Every chunk gets a new vector, those whose text the file already had too.
+            plan.remove = [old for old, _ in plan.keep] + plan.remove
+            plan.add = sorted([chunk for _, chunk in plan.keep] + plan.add, key=lambda chunk: chunk.ordinal)
+            plan.keep = []
+
+        staged = self.location.stage(self.embedder.dim, self.settings.embedder)
+        texts = [(c.text_hash, c.embed_text) for plan in plans for c in plan.add]
+        texts += [(c.text_hash, embed_text(c.text, c.metadata)) for kept in carried for c in kept.chunks]
+        new_ids = iter(self._fill(staged, texts, self._next_vector_id(), counts))
+        for plan in plans:
+            plan.new_ids = [next(new_ids) for _ in plan.add]
+        for kept in carried:
+            kept.new_ids = [next(new_ids) for _ in kept.chunks]
+        staged.save()
+
+        with self.manifest.transaction():
+            for rel in deleted:
+                counts.chunks_removed += len(self.manifest.delete_file(rel))
+            for plan in plans:
+                self._record(plan, now)
+            for kept in carried:
+                self.manifest.delete_chunks([c.id for c in kept.chunks])
+                for c, vector_id in zip(kept.chunks, kept.new_ids):
+                    self.manifest.insert_chunk(kept.file_id, c.ordinal, c.text_hash, c.text, c.metadata, vector_id)
+            self.manifest.set_meta("chunking", self.chunking_signature)
+            self.manifest.set_meta("last_ingest", str(now))
+        counts.files_deleted = len(deleted)
+        self.location.promote()
+        self.store = self.location.load()
+        return counts
+
+    def _fill(self, store: VectorStore, texts: list[tuple[str, str]], first_id: int,
+              counts: IngestCounts) -> list[int]:
+        """Add one vector per (text hash, text) to ``store``, under consecutive ids from
+        ``first_id``, a slice at a time; a text met before in the run is copied, not embedded."""
+        seen: dict[str, int] = {}
+        ids = list(range(first_id, first_id + len(texts)))
+        step = FLUSH_CHUNKS * 16
+        for start in range(0, len(texts), step):
+            batch, batch_ids = texts[start:start + step], ids[start:start + step]
+            fresh = {h: text for h, text in batch if h not in seen}
+            vectors = dict(zip(fresh, self._embed(list(fresh.values()))))
+            store.add(np.asarray(batch_ids), np.vstack([
+                vectors[h] if h in vectors else store.reconstruct(seen[h]) for h, _ in batch]))
+            for (h, _), vector_id in zip(batch, batch_ids):
+                seen.setdefault(h, vector_id)
+            counts.chunks_embedded += len(fresh)
+            counts.chunks_reused += len(batch) - len(fresh)
+        return ids
+
     # -- the ingest -----------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[str | Path] | None = None, rebuild: bool = False) -> IngestCounts:
         with self.writing(), self.manifest.recording("ingest") as summary:
             started = time.perf_counter()
-            counts = self._ingest(paths, rebuild)
+            counts = self._rebuild(paths) if rebuild else self._ingest(paths, rebuild)
             counts.seconds = round(time.perf_counter() - started, 4)
             summary.update(counts.as_dict())
         return counts
 
     def _ingest(self, paths: Iterable[str | Path] | None, rebuild: bool) -> IngestCounts:
         counts = IngestCounts()
-        self.check(rebuild=rebuild)
         if not self.docs_dir.is_dir():
             raise ConfigError(f"docs folder {self.docs_dir} does not exist: create it or set KBLOOP_DOCS_DIR")
+        # Scan before the check: a docs folder that cannot be read stops even a rebuild unchanged.
+        scan = self._scan(paths)
+        self.check(rebuild=rebuild)
         known = self.manifest.files()
-        disk, in_scope, counts.files_ignored = self._scan(paths)
+        counts.files_ignored = scan.ignored
+        for rel, reason in scan.unreadable.items():
+            self._skip_unreadable(rel, reason, counts)
         resplit = self.manifest.get_meta("chunking") not in (None, self.chunking_signature)
         now = self.clock()
 
         todo: list[tuple[str, os.stat_result, str, FileRecord | None]] = []
-        for rel, st in sorted(disk.items()):
+        for rel, st in sorted(scan.files.items()):
             rec = known.get(rel)
             if rec and not resplit and self._unchanged_by_stat(rec, st):
                 counts.files_unchanged += 1
                 continue
-            sha = sha256_file(self.docs_dir / rel)
-            last_seen = rec and (rec.sha256 if rec.status == "indexed" else rec.failed_sha256)
-            if rec and not resplit and sha == last_seen:
+            try:
+                sha = sha256_file(self.docs_dir / rel)
+            except OSError as exc:
+                self._skip_unreadable(rel, unreadable_reason(exc), counts)
+                continue
+            if rec and not resplit and sha == remembered_sha(rec):
                 self.manifest.touch_file(rec.id, st.st_size, st.st_mtime_ns, now)
                 counts.files_unchanged += 1
                 continue
             todo.append((rel, st, sha, rec))
 
-        deleted = {rel: rec for rel, rec in known.items() if in_scope(rel) and rel not in disk}
+        deleted = {rel: rec for rel, rec in known.items() if scan.accounts_for(rel) and rel not in scan.files}
         todo = self._apply_renames(todo, deleted, counts, now)
         self._apply_deletes(deleted, counts)
 
         pending: list[FilePlan] = []
         for rel, st, sha, rec in progress_bar(todo, show=self.progress, desc="parse", unit="file", leave=False):
-            plan = self._plan(rel, st, sha, rec)
+            try:
+                plan = self._plan(rel, st, sha, rec)
+            except OSError as exc:
+                self._skip_unreadable(rel, unreadable_reason(exc), counts)
+                continue
             pending.append(plan)
             if sum(len(p.add) for p in pending) >= FLUSH_CHUNKS or len(pending) >= FLUSH_FILES:
                 self._flush(pending, counts, now)
@@ -262,68 +415,71 @@ class Indexer:
     @staticmethod
     def _unchanged_by_stat(rec: FileRecord, st: os.stat_result) -> bool:
         return (
-            (rec.sha256 is not None or rec.failed_sha256 is not None)
+            remembered_sha(rec) is not None
             and rec.size == st.st_size
             and rec.mtime_ns == st.st_mtime_ns
             and rec.checked_at - st.st_mtime > RACY_SECONDS
         )
 
-    def _scan(
-        self, paths: Iterable[str | Path] | None,
-    ) -> tuple[dict[str, os.stat_result], Callable[[str], bool], int]:
-        """Files on disk in scope (relative path -> stat), which manifest paths are in scope, and
-        how many names were skipped as never documents."""
+    def _scan(self, paths: Iterable[str | Path] | None) -> Scan:
+        """The documents on disk in scope, what could not be read, and which manifest paths the
+        scan accounts for (see ``kbloop.ingest.scan``)."""
         docs = self.docs_dir.resolve()
+        follow = self.settings.follow_external_links
+        scan = Scan()
         if paths is None:
-            found, ignored = self._walk(docs)
-            return found, lambda rel: True, ignored
-        disk: dict[str, os.stat_result] = {}
-        scopes: list[str] = []
-        ignored = 0
+            scan_folder(scan, docs, follow_external=follow)
+            return scan
+        scan.scopes = []
         for raw in paths:
-            path = Path(raw).expanduser()
-            path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+            rel = self._relative(raw, docs)
+            scan.scopes.append(rel)
+            path = docs / rel
             try:
-                rel = path.relative_to(docs).as_posix()
-            except ValueError:
-                raise KbloopError(f"{raw} is outside the docs folder {docs}; copy it in or set KBLOOP_DOCS_DIR") from None
-            rel = "" if rel == "." else rel
-            scopes.append(rel)
-            if path.is_dir():
-                found, skipped = self._walk(path, docs)
-                disk.update(found)
-                ignored += skipped
-            elif path.is_file() and is_ignored_name(path.name):
-                ignored += 1
-            elif path.is_file():
-                disk[rel] = path.stat()
+                st = path.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # gone: the index forgets it
+            except OSError as exc:
+                scan.unreadable[rel] = unreadable_reason(exc)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                scan_folder(scan, docs, rel, follow_external=follow)
+            elif is_ignored_name(path.name):
+                scan.ignored += 1
+            elif stat.S_ISREG(st.st_mode):
+                scan.files[rel] = st
+        return scan
 
-        def in_scope(rel: str) -> bool:
-            return any(not s or rel == s or rel.startswith(s + "/") for s in scopes)
+    def _relative(self, raw: str | Path, docs: Path) -> str:
+        """A named path relative to the docs folder (resolved ``docs``). One that resolves outside
+        it is refused, unless it is a link in the docs folder that KBLOOP_FOLLOW_EXTERNAL_LINKS
+        lets the scan follow."""
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else Path.cwd() / path
+        try:
+            rel = path.resolve().relative_to(docs).as_posix()
+        except ValueError:
+            rel = self._external_link(raw, Path(os.path.normpath(path)), docs)
+        return "" if rel == "." else rel
 
-        return disk, in_scope, ignored
+    def _external_link(self, raw: str | Path, path: Path, docs: Path) -> str:
+        """The relative path of ``path`` (not resolved), which resolves outside the docs folder:
+        allowed only when it lies in the docs folder, through a link, and such links are followed."""
+        for base in (docs, Path(os.path.abspath(self.docs_dir))):
+            if path == base or base in path.parents:
+                if self.settings.follow_external_links:
+                    return path.relative_to(base).as_posix()
+                raise KbloopError(f"{raw} is outside the docs folder {docs}: it goes through a link out of "
+                                  "it (KBLOOP_FOLLOW_EXTERNAL_LINKS=true follows such links)")
+        raise KbloopError(f"{raw} is outside the docs folder {docs}; copy it in or set KBLOOP_DOCS_DIR")
 
     @staticmethod
-    def _walk(top: Path, docs: Path | None = None) -> tuple[dict[str, os.stat_result], int]:
-        """Documents under ``top`` (path relative to ``docs`` -> stat), and how many names were
-        skipped: hidden folders (not entered, counted once each) and ignored file names."""
-        docs = docs or top
-        found = {}
-        ignored = 0
-        for folder, dirs, files in os.walk(top):
-            ignored += sum(d.startswith(".") for d in dirs)
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in files:
-                if is_ignored_name(name):
-                    ignored += 1
-                    continue
-                path = Path(folder) / name
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue  # vanished between listing and stat
-                found[path.relative_to(docs).as_posix()] = st
-        return found, ignored
+    def _skip_unreadable(rel: str, reason: str, counts: IngestCounts) -> None:
+        """A path that could not be read is reported, not recorded: its content may be fine, so
+        the manifest keeps what it knew of it and the next ingest tries again."""
+        counts.files_failed += 1
+        counts.failures.append({"path": rel, "reason": reason})
+        log.warning("skipped %s: %s", rel, reason)
 
     def _apply_renames(self, todo, deleted: dict[str, FileRecord], counts: IngestCounts, now: float):
         by_sha: dict[str, list[str]] = defaultdict(list)
@@ -365,6 +521,8 @@ class Indexer:
         except LoaderError as exc:
             plan.error = str(exc)
             return plan
+        except OSError:
+            raise  # the file could not be read, which says nothing of its content: the caller skips it
         except Exception as exc:  # one bad file must never stop the run
             log.exception("unexpected error reading %s", rel)
             plan.error = f"unexpected error: {exc.__class__.__name__}: {exc}"

@@ -6,12 +6,16 @@ first use; kbloop gives it a blank English pipeline with a sentencizer instead, 
 ever fetched (its part-of-speech heuristics then see no tags, which only affects how plain
 text lines are classified, not what text is kept).
 
-Every failure is a ``LoaderError`` whose message is the reason recorded in the manifest.
+Every failure of the content is a ``LoaderError`` whose message is the reason recorded in the
+manifest. A file that cannot be read raises ``OSError`` instead, which says nothing of its
+content: loaders read the bytes before they parse, so a parser never turns a read error into
+a verdict on the file.
 """
 
 from __future__ import annotations
 
 import codecs
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -68,25 +72,36 @@ def load(path: Path, max_bytes: int | None = None) -> Loaded:
         )
     loaded = fn(path)
     if not any(e.text.strip() for e in loaded.elements):
-        # unstructured and pypdf both return nothing, silently, for text they cannot read.
-        raise LoaderError("no text found in a non-empty file (scanned or image-only documents need OCR)")
+        raise LoaderError("no text: the file holds only whitespace, markup or images")
     return loaded
 
 
 # -- text decoding -------------------------------------------------------------------------
 
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+# UTF-32's little-endian mark begins with UTF-16's, so it is tried first.
+BYTE_ORDER_MARKS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+TEXT_CONTROLS = frozenset((9, 10, 12, 13, 27))  # tab, newlines, form feed, escape
 
 
 def read_text(path: Path) -> tuple[str, list[str]]:
-    """Decode a text file: UTF-8 (with or without BOM), else a single-byte fallback with a note."""
+    """Decode a text file: by its byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8, else a
+    single-byte fallback with a note."""
     data = path.read_bytes()
-    if looks_binary(data):
-        raise LoaderError(f"binary content, not {path.suffix.lstrip('.').upper() or 'text'} (a misnamed file?)")
-    for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
-                          (codecs.BOM_UTF16_BE, "utf-16")):
+    binary = LoaderError(f"binary content, not {path.suffix.lstrip('.').upper() or 'text'} (a misnamed file?)")
+    for bom, encoding in BYTE_ORDER_MARKS:
         if data.startswith(bom):
-            return data.decode(encoding), []
+            try:
+                text = data.decode(encoding)
+            except UnicodeDecodeError:
+                name = encoding.upper().removesuffix("-SIG")
+                raise LoaderError(f"not valid {name} text after its byte-order mark") from None
+            if "\x00" in text[:8192] or _mostly_controls([ord(c) for c in text[:8192]]):
+                raise binary
+            return text, []
+    if looks_binary(data):
+        raise binary
     try:
         return data.decode("utf-8"), []
     except UnicodeDecodeError:
@@ -100,12 +115,15 @@ def read_text(path: Path) -> tuple[str, list[str]]:
 
 
 def looks_binary(data: bytes) -> bool:
-    """NUL bytes, or many control characters, in the first 8 KiB mean this is not text."""
+    """NUL bytes, or many control characters, in the first 8 KiB mean this is not text (text with
+    a byte-order mark is decoded first, see ``read_text``)."""
     head = data[:8192]
-    if b"\x00" in head and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return True
-    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13, 27))
-    return bool(head) and controls / len(head) > 0.10
+    return b"\x00" in head or _mostly_controls(head)
+
+
+def _mostly_controls(codes: bytes | list[int]) -> bool:
+    controls = sum(1 for code in codes if code < 32 and code not in TEXT_CONTROLS)
+    return bool(codes) and controls / len(codes) > 0.10
 
 
 # -- unstructured, offline -----------------------------------------------------------------
@@ -202,9 +220,10 @@ def load_html(path: Path) -> Loaded:
 def load_docx(path: Path) -> Loaded:
     import zipfile
 
-    if not zipfile.is_zipfile(path):
+    data = path.read_bytes()  # here, so a read error stays an OSError and is not taken for bad content
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         raise LoaderError("not a valid DOCX (not a zip container)")
-    return _partition("partition_docx", "unstructured.partition.docx", filename=str(path))
+    return _partition("partition_docx", "unstructured.partition.docx", file=io.BytesIO(data))
 
 
 @loader(".pdf")
@@ -213,11 +232,12 @@ def load_pdf(path: Path) -> Loaded:
     from pypdf.errors import PyPdfError
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
-    with open(path, "rb") as fh:
-        if not fh.read(1024).lstrip().startswith(b"%PDF"):
-            raise LoaderError("not a PDF (no %PDF header)")
+    # Read here, so a read error stays an OSError: pypdf's own OSErrors below mean a corrupt file.
+    data = path.read_bytes()
+    if not data[:1024].lstrip().startswith(b"%PDF"):
+        raise LoaderError("not a PDF (no %PDF header)")
     try:
-        reader = PdfReader(path, strict=False)
+        reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
             raise LoaderError("encrypted PDF; decrypt it before adding it")
         elements = []
@@ -230,4 +250,6 @@ def load_pdf(path: Path) -> Loaded:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, OSError, AttributeError, IndexError) as exc:
         raise LoaderError(f"corrupt PDF: {exc.__class__.__name__}: {_short(exc)}") from None
+    if not elements:
+        raise LoaderError("no text layer: a scanned or image-only PDF needs OCR before it can be indexed")
     return Loaded(elements, title=title)

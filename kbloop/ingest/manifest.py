@@ -13,12 +13,13 @@ import re
 import sqlite3
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from kbloop.db import Migration, connect, snapshot, transaction
+from kbloop.fsutil import exclusive, try_lock
 
 MIGRATIONS: list[Migration] = [
     (
@@ -86,6 +87,9 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
 ]
+
+# Why a run stopped that recorded no end of its own.
+INTERRUPTED = "its process ended before it finished (killed, or the machine stopped)"
 
 
 @dataclass(frozen=True)
@@ -309,19 +313,57 @@ class Manifest:
     @contextmanager
     def recording(self, kind: str) -> Iterator[dict]:
         """Record the body as one run: 'running' now, then 'ok' with the summary the body fills
-        in, or 'failed' with the error, so `kbloop status` shows what happened to it."""
-        run_id = self.start_run(kind)
-        summary: dict = {}
+        in, or 'failed' with the error, so `kbloop status` shows what happened to it.
+
+        A process killed outright (kill -9, a power cut) records nothing, so while the body runs
+        this process holds the run's lock (``data/runs/<id>.lock``), taken before the row is
+        visible. The kernel drops it when the process dies, however it dies: a 'running' run
+        whose lock is free was cut short, and shows (then is recorded) as 'interrupted'."""
+        with ExitStack() as held:
+            with self.transaction():
+                self.mark_interrupted_runs()
+                run_id = self.start_run(kind)
+                lock = self._run_lock(run_id)
+                held.enter_context(exclusive(lock, f"{kind} run"))
+                held.callback(lock.unlink, missing_ok=True)
+            summary: dict = {}
+            try:
+                yield summary
+            except BaseException as exc:
+                self.finish_run(run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+                raise
+            self.finish_run(run_id, "ok", summary)
+
+    def _run_lock(self, run_id: int) -> Path:
+        return self.path.parent / "runs" / f"{run_id}.lock"
+
+    def _run_alive(self, run_id: int) -> bool:
+        """Whether the process of a 'running' run still holds the run's lock."""
         try:
-            yield summary
-        except BaseException as exc:
-            self.finish_run(run_id, "failed", error=f"{exc.__class__.__name__}: {exc}")
-            raise
-        self.finish_run(run_id, "ok", summary)
+            with open(self._run_lock(run_id)) as fh:
+                return not try_lock(fh)  # closing the file drops the lock this took
+        except FileNotFoundError:
+            return False
+
+    def mark_interrupted_runs(self) -> int:
+        """Record the runs whose process ended without finishing them as 'interrupted'."""
+        gone = [row["id"] for row in self.db.execute("SELECT id FROM runs WHERE status = 'running'").fetchall()
+                if not self._run_alive(row["id"])]
+        for run_id in gone:
+            self.db.execute("UPDATE runs SET status = 'interrupted', error = ? WHERE id = ? AND status = 'running'",
+                            (INTERRUPTED, run_id))
+            self._run_lock(run_id).unlink(missing_ok=True)
+        return len(gone)
 
     def last_runs(self, limit: int = 5) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))
-        return [dict(row) | {"summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]
+        """The latest runs, newest first; one still 'running' whose process is gone shows as
+        'interrupted' (the next run or check records it so)."""
+        rows = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        runs = [dict(row) | {"summary": json.loads(row["summary"]) if row["summary"] else None} for row in rows]
+        for run in runs:
+            if run["status"] == "running" and not self._run_alive(run["id"]):
+                run.update(status="interrupted", error=INTERRUPTED)
+        return runs
 
 
 def _chunk(row: sqlite3.Row) -> ChunkRecord:

@@ -29,7 +29,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from kbloop.ingest.indexer import is_ignored_name
+from kbloop.ingest.scan import is_ignored_name
 
 # Opened, closed-without-write and attribute events come from reads (the indexer's own among
 # them), and a directory's "modified" only echoes a change to a child: none is a new version.

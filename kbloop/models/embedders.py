@@ -17,7 +17,7 @@ import numpy as np
 
 from kbloop.errors import BackendUnavailable, ConfigError
 from kbloop.models.files import package_dir
-from kbloop.models.ollama import client_kwargs, ollama_errors
+from kbloop.models.ollama import client_kwargs, ollama_errors, sync_client_kwargs
 from kbloop.models.registry import ModelSpec, register
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ class OllamaEmbedder(Embedder):
 
         self.spec, self.model, self.url = f"ollama:{model}", model, settings.ollama_url
         self.batch_size = settings.embed_batch_size
-        self._client = OllamaEmbeddings(model=model, base_url=self.url, client_kwargs=client_kwargs(settings))
+        self._client = OllamaEmbeddings(model=model, base_url=self.url, client_kwargs=client_kwargs(settings),
+                                        sync_client_kwargs=sync_client_kwargs(settings))
         self._dim: int | None = None
 
     @property

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from kbloop.errors import ConfigError, KbloopError
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
 from kbloop.models.ollama import client_kwargs, ollama_errors
-from kbloop.models.packaged import PRESETS, PackagedGGUF, converted_dir, gguf_file
+from kbloop.models.packaged import PackagedGGUF, converted_dir, gguf_file
 from kbloop.models.registry import ModelSpec, register
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ class Generator(ABC):
         """Answer with ``adapter`` (or the base model, for None) from the next request on."""
         if adapter is not None:
             raise KbloopError(f"{self.spec} cannot apply a LoRA adapter: use a local: or hf: model")
+
+    def prepare_adapter(self, adapter: Path) -> Path | None:
+        """Make a freshly trained adapter ready for this engine (llama.cpp converts it to GGUF);
+        the file written, or None when the adapter is used as it is."""
+        return None
 
     def base_model_dir(self) -> Path | None:
         """The Hugging Face folder that fine-tuning trains on and ``export merged`` merges into;
@@ -245,16 +250,6 @@ class FolderGenerator(TransformersGenerator):
         return self.folder
 
 
-def _local(spec: ModelSpec, settings: Any) -> Generator:
-    preset = PRESETS.get(spec.name)
-    if preset is None:
-        raise ConfigError(
-            f"unknown packaged model {spec}; packaged: {', '.join('local:' + n for n in PRESETS)} "
-            "(or use hf:<folder> / ollama:<model>)"
-        )
-    return PackagedGenerator(spec, preset, Path(settings.model_cache).expanduser(), settings.torch_threads)
-
-
 def _hf(spec: ModelSpec, settings: Any) -> Generator:
     folder = Path(spec.name).expanduser().resolve()
     if not (folder / "config.json").is_file():
@@ -273,8 +268,11 @@ class OllamaGenerator(Generator):
               stop: list[str] | None = None) -> Any:
         from langchain_ollama import ChatOllama
 
+        from kbloop.models.ollama import sync_client_kwargs
+
         return ChatOllama(model=self.model, base_url=self.url, temperature=temperature, num_predict=max_new_tokens,
-                          format=schema, stop=stop, client_kwargs=client_kwargs(self.settings))
+                          format=schema, stop=stop, client_kwargs=client_kwargs(self.settings),
+                          sync_client_kwargs=sync_client_kwargs(self.settings))
 
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
                stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
@@ -299,6 +297,5 @@ def _ollama(spec: ModelSpec, settings: Any) -> Generator:
 
 
 for _role in ("generator", "teacher", "judge"):
-    register(_role, "local")(_local)
     register(_role, "hf")(_hf)
     register(_role, "ollama")(_ollama)

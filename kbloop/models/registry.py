@@ -19,9 +19,9 @@ Role = Literal["embedder", "generator", "teacher", "judge"]
 # Modules whose import registers the backends of a role.
 _BACKEND_MODULES: dict[str, tuple[str, ...]] = {
     "embedder": ("kbloop.models.embedders",),
-    "generator": ("kbloop.models.generators",),
-    "teacher": ("kbloop.models.generators",),
-    "judge": ("kbloop.models.generators",),
+    "generator": ("kbloop.models.generators", "kbloop.models.local"),
+    "teacher": ("kbloop.models.generators", "kbloop.models.local"),
+    "judge": ("kbloop.models.generators", "kbloop.models.local"),
 }
 
 _REGISTRY: dict[tuple[str, str], Callable[..., Any]] = {}

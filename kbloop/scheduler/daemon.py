@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import time
+from contextlib import nullcontext
 from functools import partial
+from typing import Callable, ContextManager
 
 import schedule
 
@@ -151,15 +153,14 @@ class Daemon:
         self._published, self._published_at = snapshot, now
 
 
-def run_daemon(home: Home, settings: Settings | None = None) -> None:
-    """This process becomes ``home``'s daemon until SIGTERM or SIGINT (then returns normally)."""
-    # Before torch loads: OpenMP threads that busy-wait starve whatever else shares the
-    # machine (MODELS.md, "Speed and threads"). An explicit value from the user wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def run_daemon(home: Home, settings: Settings | None = None,
+               serve: Callable[[Home, Settings], ContextManager[str]] | None = None) -> None:
+    """This process becomes ``home``'s daemon until SIGTERM or SIGINT (then returns normally).
+    ``serve``, when given, runs beside it for as long (the HTTP API, so the daemon answers too)."""
     stop = StopFlag()
     stop.install()
     settings = settings or home.load_settings()
     with DaemonLock(home.data_dir):
         configure_logging(home.logs_dir)
-        with KnowledgeBase(home, settings) as kb:
+        with KnowledgeBase(home, settings) as kb, serve(home, settings) if serve else nullcontext():
             Daemon(kb, stop).run()

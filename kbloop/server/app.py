@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -45,9 +45,13 @@ log = logging.getLogger(__name__)
 
 MODEL_ID = "kbloop"
 MAX_BODY = 1 << 20
+BODY_TIMEOUT = 30.0  # seconds for a body to arrive once its head has; the head's own is in protocol.py
+MAX_HEAD = 16 * 1024  # bytes of request line and headers
+KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
+MAX_CONCURRENCY = 100  # open connections (or requests in flight) before new requests get 503
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "too_large", 422: "invalid_request",
+               405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "too_large", 422: "invalid_request",
                500: "internal_error", 503: "unavailable"}
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
              "style.css": "text/css; charset=utf-8"}
@@ -94,8 +98,11 @@ def _validation_message(exc: ValidationError) -> str:
 
 # -- request bodies ----------------------------------------------------------------------------
 
+# Every request model is strict: "yes" is no boolean and "5" no number, so a typo is refused
+# instead of read as something else (``{"rebuild": "yes"}`` starting a full rebuild).
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -108,7 +115,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(BaseModel):
     # Sampling options (temperature, max_tokens, ...) are accepted and ignored: answers are
     # greedy and grounded, and their length is KBLOOP_MAX_NEW_TOKENS.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -116,19 +123,19 @@ class ChatRequest(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     query: str = Field(min_length=1, max_length=4000)
     k: int | None = Field(None, ge=1, le=200)
 
 
 class IngestRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     paths: list[str] | None = Field(None, description="Files or folders inside docs/; all of docs/ when absent.")
     rebuild: bool = False
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     rating: Literal["up", "down"]
     question: str = Field(min_length=1, max_length=8000)
     answer: str = Field(max_length=50000)
@@ -140,16 +147,23 @@ class FeedbackRequest(BaseModel):
 
 
 async def read_body(request: Request, model: type[M]) -> M:
-    """The JSON body as ``model``; an empty body means every field's default."""
+    """The JSON body as ``model``; an empty body means every field's default. A client that
+    goes away before sending it all raises ClientDisconnect, which ``create_app`` logs."""
     if int(request.headers.get("content-length") or 0) > MAX_BODY:
         raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > MAX_BODY:
-            raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for part in request.stream():
+                body += part
+                if len(body) > MAX_BODY:
+                    raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
     try:
         data = json.loads(body) if body.strip() else {}
+    except RecursionError:
+        raise ApiError(400, "the body nests too deeply to read: send flatter JSON") from None
     except ValueError as exc:
         raise ApiError(400, f"the body is not valid JSON ({exc})") from None
     try:
@@ -327,7 +341,8 @@ def create_app(service: Service) -> Any:
                     streamed += item
                     item = await anext(items)
                 if item.retracts(streamed):
-                    yield sse(chunk(request_id, created, {"content": f"\n\n{item.answer}"}))
+                    # Marked, so a client that shows the final answer itself can skip it.
+                    yield sse(chunk(request_id, created, {"content": f"\n\n{item.answer}"}, kbloop_retraction=True))
                 yield sse(chunk(request_id, created, {}, "stop", kbloop=item.as_dict(with_text=True)))
                 if include_usage:
                     yield sse(chunk(request_id, created, {}) | {"choices": [], "usage": usage(item)})
@@ -346,7 +361,8 @@ def create_app(service: Service) -> Any:
         else:
             params = {"query": request.query_params.get("q"), "k": request.query_params.get("k")}
             try:
-                body = SearchRequest.model_validate({k: v for k, v in params.items() if v is not None})
+                # Query parameters are all text: here, and only here, "5" may mean 5.
+                body = SearchRequest.model_validate({k: v for k, v in params.items() if v is not None}, strict=False)
             except ValidationError as exc:
                 raise ApiError(422, _validation_message(exc).replace("query:", "q:")) from None
         started = time.perf_counter()
@@ -408,6 +424,11 @@ def create_app(service: Service) -> Any:
             return error_response(exc.status_code, message.get(exc.status_code, str(exc.detail)), exc.headers)
         return error_response(*describe_error(exc))
 
+    async def on_disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        # Routine (a closed tab, a cancelled script), not a server error: one line, no traceback.
+        log.info("%s %s: the client went away before sending its whole request", request.method, request.url.path)
+        return Response(status_code=400)  # no one is left to read it
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -430,7 +451,7 @@ def create_app(service: Service) -> Any:
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: on_error, ApiError: on_error, KbloopError: on_error,
-                                        Exception: on_error})
+                                        ClientDisconnect: on_disconnect, Exception: on_error})
     loopback_only = service.settings.serve_host in LOOPBACK
     return Guard(app, api_key=service.settings.api_key, loopback_only=loopback_only)
 
@@ -460,10 +481,15 @@ def base_url(sock: socket.socket) -> str:
 
 
 def _server(app: Any, log_requests: bool = False) -> Any:
+    """uvicorn with bounds for what clients may hold: idle time, head size and time, connections."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level="info" if log_requests else "warning",
-                                         access_log=log_requests, timeout_graceful_shutdown=5))
+    from kbloop.server.protocol import HeadDeadlineProtocol
+
+    return uvicorn.Server(uvicorn.Config(
+        app, http=HeadDeadlineProtocol, log_level="info" if log_requests else "warning", access_log=log_requests,
+        timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE, h11_max_incomplete_event_size=MAX_HEAD,
+        limit_concurrency=MAX_CONCURRENCY))
 
 
 def run_server(app: Any, sock: socket.socket, log_requests: bool = False) -> None:
@@ -475,7 +501,13 @@ def run_server(app: Any, sock: socket.socket, log_requests: bool = False) -> Non
 def running(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` on a background thread of this process and yield its base URL: the
     in-process way to call the real HTTP API, for tests and benchmarks."""
-    sock = bind(host, port)
+    with serving(app, bind(host, port)) as url:
+        yield url
+
+
+@contextmanager
+def serving(app: Any, sock: socket.socket) -> Iterator[str]:
+    """Serve ``app`` on ``sock`` from a background thread for as long as the block runs."""
     server = _server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="kbloop-server", daemon=True)
     thread.start()

@@ -47,19 +47,22 @@ def adapters(data_dir: Path, serving: Any) -> list[dict]:
     return sorted(found, key=lambda a: -a["modified_at"])
 
 
-def evals(runs: list[EvaluationRun]) -> dict:
-    """The evaluation runs that have a report.json, newest report first; the latest with its report."""
-    shown = sorted((r for r in runs if SAFE_NAME.match(r.run) and (r.folder / "report.json").is_file()),
-                   key=lambda r: -(r.folder / "report.json").stat().st_mtime)
-    listed = [_listing(r) for r in shown]
-    latest = listed[0] | {"report": _read_json(shown[0].folder / "report.json")} if listed else None
+def evals(data_dir: Path, runs: list[EvaluationRun]) -> dict:
+    """The evaluation runs that have a report.json, newest report first; the latest with its report.
+
+    Only what ``eval_file`` would send is shown: a run folder, or a file in it, that is a link
+    to somewhere outside ``data/evals/`` is left out of the listing as it is refused there.
+    """
+    reports = {r.run: found[0] for r in runs if (found := eval_file(data_dir, r.run, "report.json"))}
+    shown = sorted(reports, key=lambda run: -reports[run].stat().st_mtime)
+    listed = [_listing(data_dir, run, reports[run]) for run in shown]
+    latest = listed[0] | {"report": _read_json(reports[shown[0]])} if listed else None
     return {"runs": listed, "latest": latest}
 
 
-def _listing(run: EvaluationRun) -> dict:
-    files = sorted(p.name for p in run.folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in REPORT_FILES and SAFE_NAME.match(p.name))
-    return {"run": run.run, "modified_at": (run.folder / "report.json").stat().st_mtime, "files": files,
+def _listing(data_dir: Path, run: str, report: Path) -> dict:
+    files = sorted(p.name for p in report.parent.iterdir() if eval_file(data_dir, run, p.name))
+    return {"run": run, "modified_at": report.stat().st_mtime, "files": files,
             "plots": [f for f in files if f.lower().endswith(PLOTS)]}
 
 

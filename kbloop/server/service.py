@@ -290,6 +290,8 @@ class Service:
         docs = self.home.docs_dir(self.settings).resolve()
         checked = []
         for raw in paths:
+            if "\0" in raw:  # no file name holds one; the OS refuses it with a ValueError
+                raise KbloopError(f"{raw!r} is not a path: it holds a null character")
             path = (docs / raw).resolve()
             if path != docs and docs not in path.parents:
                 raise KbloopError(f"{raw} is outside the docs folder {docs}")
@@ -307,4 +309,4 @@ class Service:
     def evals(self) -> dict:
         """The evaluation runs with a report, for the web page."""
         with self.readers.borrow() as kb:
-            return evals(EvaluationStore(kb.home, kb.manifest.db).runs())
+            return evals(kb.home.data_dir, EvaluationStore(kb.home, kb.manifest.db).runs())

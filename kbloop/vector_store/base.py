@@ -8,6 +8,9 @@ engine's files or collections. ``kbloop.vector_store.store_location`` picks the 
 The SQLite manifest is the source of truth: it says which ids should exist, and the indexer's
 check makes the store agree with it. So a store only has to keep ids and vectors, write its
 changes atomically (``save``), and say what it last committed (``info``).
+
+A rebuild fills a second store beside the one in use (``stage``), invisible to readers until
+``promote`` puts it in use in one atomic step; ``clean`` removes what a crash left half done.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-# Why a store is set aside: its files fail their checks, or a rebuild starts a fresh one.
+# Why a store is set aside: its files fail their checks, or a fresh one replaces it.
 SetAsideReason = Literal["damaged", "replaced"]
 
 
@@ -106,6 +109,20 @@ class StoreLocation(Protocol):
     def revision(self) -> Hashable | None:
         """A cheap token that changes with every commit (None when there is none): a reader
         checks it on each search to know when to load the newer store."""
+
+    def stage(self, dim: int, embedder: str) -> VectorStore:
+        """A new, empty store whose saves ``load``, ``info`` and ``revision`` do not see until
+        ``promote``: readers keep the committed store while it fills."""
+
+    def load_staged(self) -> VectorStore | None:
+        """The saved staged store, or None when there is none. Raises StoreError if damaged."""
+
+    def promote(self) -> None:
+        """Put the saved staged store in use in place of the committed one, atomically."""
+
+    def clean(self) -> list[str]:
+        """Remove what a crash left behind: a staged store never promoted, temporary files of
+        writers that were killed. One line per kind of thing removed, for the check's report."""
 
     def set_aside(self, reason: SetAsideReason, at: float) -> None:
         """Keep the committed store out of the way (for a person to inspect) so that ``load``

@@ -4,10 +4,14 @@ On disk, in ``vector_store/``::
 
     header.json            {"index_file", "embedder", "dim", "count", "sha256", ...}
     index.<generation>.faiss
+    header.staged.json     a rebuild's store, saved but not yet in use (while a rebuild runs)
 
 ``header.json`` is the commit point. A save writes the next generation's index file, then
 replaces the header in one ``os.replace``; a crash at any moment leaves either the old pair or
 the new pair, both complete. Loading verifies the index file against the header's checksum.
+A staged store (``FaissLocation.stage``) saves under ``header.staged.json`` instead, which no
+reader looks at, until ``promote`` renames it to ``header.json``. A save's temporary file
+carries its writer's pid, so one left by a killed writer is known and removed later.
 The index is an ``IndexIDMap2`` over ``IndexFlatIP``: exact inner-product search on
 normalised vectors (cosine), with ``reconstruct`` so unchanged text never needs re-embedding.
 
@@ -30,10 +34,11 @@ import numpy as np
 
 from kbloop import __version__
 from kbloop.errors import StoreError
-from kbloop.fsutil import atomic_write_bytes
+from kbloop.fsutil import atomic_write_bytes, fsync_folder, remove_stale_temporaries
 from kbloop.vector_store.base import SetAsideReason, StoreInfo
 
 HEADER = "header.json"
+STAGED = "header.staged.json"
 FORMAT = 1
 
 
@@ -49,25 +54,29 @@ class StoreHeader(StoreInfo):
 
 
 class FaissStore:
-    """Vectors keyed by int64 ids. Mutations are in memory until ``save()``."""
+    """Vectors keyed by int64 ids. Mutations are in memory until ``save()``, which commits them
+    under ``header_name``: ``header.json`` for the store in use, ``header.staged.json`` for a
+    rebuild's store that readers must not see yet."""
 
-    def __init__(self, directory: Path, index: faiss.Index, embedder: str, header: StoreHeader | None = None):
+    def __init__(self, directory: Path, index: faiss.Index, embedder: str, header: StoreHeader | None = None,
+                 header_name: str = HEADER):
         self.directory = Path(directory)
         self.index = index
         self.embedder = embedder
         self.header = header
+        self.header_name = header_name
         self.dirty = header is None
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, dim: int, embedder: str) -> "FaissStore":
+    def create(cls, directory: Path, dim: int, embedder: str, header_name: str = HEADER) -> "FaissStore":
         Path(directory).mkdir(parents=True, exist_ok=True)
-        return cls(directory, faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), embedder)
+        return cls(directory, faiss.IndexIDMap2(faiss.IndexFlatIP(dim)), embedder, header_name=header_name)
 
     @classmethod
-    def read_header(cls, directory: Path) -> StoreHeader | None:
-        path = Path(directory) / HEADER
+    def read_header(cls, directory: Path, header_name: str = HEADER) -> StoreHeader | None:
+        path = Path(directory) / header_name
         if not path.is_file():
             return None
         try:
@@ -76,9 +85,9 @@ class FaissStore:
             raise StoreError(f"{path} is unreadable ({exc})") from None
 
     @classmethod
-    def load(cls, directory: Path) -> "FaissStore | None":
+    def load(cls, directory: Path, header_name: str = HEADER) -> "FaissStore | None":
         """The saved store, or None when nothing was ever saved. Raises StoreError if damaged."""
-        header = cls.read_header(directory)
+        header = cls.read_header(directory, header_name)
         if header is None:
             return None
         path = Path(directory) / header.index_file
@@ -87,11 +96,11 @@ class FaissStore:
         except OSError as exc:
             raise StoreError(f"{path} is missing or unreadable ({exc.strerror})") from None
         if hashlib.sha256(data).hexdigest() != header.sha256:
-            raise StoreError(f"{path} does not match its checksum in {HEADER}")
+            raise StoreError(f"{path} does not match its checksum in {header_name}")
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if index.d != header.dim or index.ntotal != header.count:
             raise StoreError(f"{path} holds {index.ntotal}x{index.d}, header says {header.count}x{header.dim}")
-        return cls(directory, index, header.embedder, header)
+        return cls(directory, index, header.embedder, header, header_name)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -151,20 +160,30 @@ class FaissStore:
         return int(removed)
 
     def save(self) -> StoreHeader:
-        """Write the next generation atomically; the old files go only after the new header."""
+        """Write the next generation atomically; the old files go only after the new header.
+
+        The generation is new to the folder, so a staged store and the one in use never write
+        the same file. What a staged save replaces is only its own previous file: the store in
+        use stays whole until ``promote``."""
+        if not os.access(self.directory, os.W_OK):  # checked first: a read-only store still loads and searches
+            raise StoreError(f"{self.directory} is not writable, so the index cannot be saved: "
+                             "make the folder writable (or run as its owner) and try again")
         data = faiss.serialize_index(self.index).tobytes()
-        generation = (self.header.generation + 1) if self.header else 1
+        generation = max([self.header.generation if self.header else 0, *_generations(self.directory)]) + 1
         index_file = f"index.{generation}.faiss"
         atomic_write_bytes(self.directory / index_file, data)
         header = StoreHeader(
             index_file=index_file, embedder=self.embedder, dim=self.dim, count=self.index.ntotal,
             sha256=hashlib.sha256(data).hexdigest(), generation=generation, saved_at=time.time(),
         )
-        atomic_write_bytes(self.directory / HEADER, json.dumps(asdict(header), indent=2, sort_keys=True).encode())
+        previous = self.header
+        atomic_write_bytes(self.directory / self.header_name,
+                           json.dumps(asdict(header), indent=2, sort_keys=True).encode())
         self.header, self.dirty = header, False
-        for old in self.directory.glob("index.*.faiss"):
-            if old.name != index_file:
-                old.unlink(missing_ok=True)
+        if self.header_name == HEADER:
+            _remove_unused(self.directory)
+        elif previous is not None:
+            (self.directory / previous.index_file).unlink(missing_ok=True)
         return header
 
     def size_bytes(self) -> int:
@@ -197,6 +216,41 @@ class FaissLocation:
             return None
         return st.st_ino, st.st_mtime_ns, st.st_size
 
+    def stage(self, dim: int, embedder: str) -> FaissStore:
+        return FaissStore.create(self.directory, dim, embedder, header_name=STAGED)
+
+    def load_staged(self) -> FaissStore | None:
+        return FaissStore.load(self.directory, STAGED)
+
+    def promote(self) -> None:
+        """Rename the staged header to ``header.json``: one atomic step, then the files of the
+        store it replaces go."""
+        try:
+            os.replace(self.directory / STAGED, self.directory / HEADER)
+        except FileNotFoundError:
+            raise StoreError(f"no staged store in {self.directory} to put in use") from None
+        fsync_folder(self.directory)
+        _remove_unused(self.directory)
+
+    def clean(self) -> list[str]:
+        """Remove a staged store that was never promoted (a rebuild that did not finish) and the
+        temporary files of saves whose process was killed."""
+        done = []
+        staged = self.directory / STAGED
+        if staged.is_file():
+            try:
+                header = FaissStore.read_header(self.directory, STAGED)
+            except StoreError:
+                header = None  # unreadable: the file it names goes at the next save
+            if header is not None:
+                (self.directory / header.index_file).unlink(missing_ok=True)
+            staged.unlink()
+            done.append("removed the index of a rebuild that did not finish; the index before it stays in use")
+        stale = remove_stale_temporaries(self.directory) if self.directory.is_dir() else []
+        if stale:
+            done.append(f"removed {len(stale)} temporary files of index saves that were killed ({stale[0].name})")
+        return done
+
     def set_aside(self, reason: SetAsideReason, at: float) -> None:
         """Rename the header, the commit point: the index file it names stays until the next
         save clears old generations, and ``load`` finds no store."""
@@ -205,3 +259,25 @@ class FaissLocation:
             header.replace(header.with_name(f"{HEADER}.{reason}-{int(at)}"))
         except FileNotFoundError:
             pass  # nothing committed, nothing to set aside
+
+
+def _generations(directory: Path) -> list[int]:
+    """The generation numbers of the index files in ``directory``."""
+    return [int(p.name.split(".")[1]) for p in directory.glob("index.*.faiss") if p.name.split(".")[1].isdigit()]
+
+
+def _remove_unused(directory: Path) -> None:
+    """Remove the index files that neither ``header.json`` nor a staged header names (older
+    generations, and the files of stores set aside), and temporaries of killed saves."""
+    used = set()
+    for name in (HEADER, STAGED):
+        try:
+            header = FaissStore.read_header(directory, name)
+        except StoreError:
+            continue
+        if header is not None:
+            used.add(header.index_file)
+    for old in directory.glob("index.*.faiss"):
+        if old.name not in used:
+            old.unlink(missing_ok=True)
+    remove_stale_temporaries(directory)

@@ -1,0 +1,163 @@
+"""The llama.cpp engine on a real packaged model: streaming, stop strings, token counts,
+grammar-constrained JSON, and LoRA adapters converted to GGUF and switched in place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbloop import models
+from kbloop.config import Settings
+from kbloop.models import llamacpp, local
+from kbloop.models.generators import PackagedGenerator
+from kbloop.models.llamacpp import LlamaCppGenerator, Utf8Stream
+from kbloop.models.lora_gguf import GGUF_NAME, AdapterConversionError, BaseArchitecture, ensure_gguf
+
+QUESTION = [{"role": "user", "content": "Name three uses of a version control system."}]
+VERDICT = {
+    "type": "object",
+    "properties": {"correctness": {"type": "integer", "minimum": 1, "maximum": 5},
+                   "reason": {"type": "string", "minLength": 1}},
+    "required": ["correctness", "reason"],
+}
+
+
+@pytest.fixture(scope="module")
+def engine(model_cache) -> LlamaCppGenerator:
+    gen = models.create("generator", "local:smollm2-135m", Settings(model_cache=str(model_cache)))
+    assert isinstance(gen, LlamaCppGenerator)
+    return gen
+
+
+def test_the_engine_setting_chooses_the_engine(model_cache):
+    settings = Settings(model_cache=str(model_cache))
+    assert isinstance(models.create("judge", "local:qwen2.5-1.5b", settings), LlamaCppGenerator)
+    slow = models.create("judge", "local:qwen2.5-1.5b", settings.model_copy(update={"engine": "transformers"}))
+    assert isinstance(slow, PackagedGenerator)
+
+
+def test_without_llama_cpp_local_models_fall_back_to_transformers(model_cache, monkeypatch, caplog):
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    local.llamacpp_loads.cache_clear()
+    try:
+        gen = models.create("generator", "local:smollm2-135m", Settings(model_cache=str(model_cache)))
+    finally:
+        local.llamacpp_loads.cache_clear()
+    assert isinstance(gen, PackagedGenerator)
+    assert "transformers engine" in caplog.text
+
+
+def test_it_streams_counts_tokens_and_stops_at_the_limit(engine):
+    stats: dict = {}
+    pieces = list(engine.stream(QUESTION, max_new_tokens=24, stats=stats))
+    assert len(pieces) > 3 and "".join(pieces).strip()
+    assert stats == {"prompt_tokens": len(engine.prompt_tokens(QUESTION)), "completion_tokens": 24}
+
+
+def test_greedy_decoding_is_repeatable_and_honours_stop_strings(engine):
+    full = engine.generate(QUESTION, max_new_tokens=40)
+    assert engine.generate(QUESTION, max_new_tokens=40) == full
+    word = next(w for w in full.split()[3:] if len(w) > 3)
+    cut = engine.generate(QUESTION, max_new_tokens=40, stop=[word])
+    assert cut == full[:full.index(word)]
+
+
+def test_a_character_split_over_two_tokens_comes_out_whole():
+    stream = Utf8Stream()
+    data = "naïve €".encode()
+    assert stream.push(data[:3]) == "na" and stream.push(data[3:-1]) == "ïve " and stream.push(data[-1:]) == "€"
+
+
+def test_json_replies_follow_the_schema_by_grammar(engine):
+    messages = [{"role": "user", "content": "Grade the answer 'git tracks changes' to 'what does git do?'. "
+                                            "Reply as JSON."}]
+    for _ in range(3):
+        raw = engine._json_reply(messages, VERDICT, 80)
+        verdict = json.loads(raw)  # no repair needed: the grammar allowed nothing else
+        assert 1 <= verdict["correctness"] <= 5 and verdict["reason"]
+    assert set(engine.complete_json("Is git a version control system?", VERDICT, max_new_tokens=80)) == {
+        "correctness", "reason"}
+
+
+# -- adapters --------------------------------------------------------------------------------------
+
+def make_adapter(base_dir: Path, out: Path, seed: int, scale: float = 0.15) -> Path:
+    """A LoRA adapter with random (not zero) B matrices, so it changes the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, task_type="CAUSAL_LM",
+                                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                  "gate_proj", "up_proj", "down_proj"]))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, scale)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def peft_reply(base_dir: Path, adapter: Path, messages, tokens: int) -> str:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter)
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def adapters(engine, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("adapters")
+    base = engine.base_model_dir()
+    return make_adapter(base, folder / "v1", seed=1), make_adapter(base, folder / "v2", seed=2)
+
+
+@pytest.mark.slow
+def test_an_adapter_is_converted_applied_swapped_and_rolled_back(engine, adapters):
+    first, second = adapters
+    base_reply = engine.generate(QUESTION, max_new_tokens=16)
+    engine.use_adapter(first)
+    assert (first / GGUF_NAME).is_file()  # converted once, beside the safetensors
+    with_first = engine.generate(QUESTION, max_new_tokens=16)
+    engine.use_adapter(second)
+    with_second = engine.generate(QUESTION, max_new_tokens=16)
+    engine.use_adapter(first)
+    assert engine.generate(QUESTION, max_new_tokens=16) == with_first
+    engine.use_adapter(None)
+    assert engine.generate(QUESTION, max_new_tokens=16) == base_reply  # rollback restores the base exactly
+    assert len({base_reply, with_first, with_second}) == 3
+    # The same adapter through peft (fp32 weights) starts the same way.
+    expected = peft_reply(engine.base_model_dir(), first, QUESTION, 16)
+    assert with_first.split()[:4] == expected.split()[:4], (with_first, expected)
+
+
+@pytest.mark.slow
+def test_an_adapter_set_before_loading_applies_at_load(model_cache, adapters):
+    first, _ = adapters
+    fresh = models.create("generator", "local:smollm2-135m", Settings(model_cache=str(model_cache)))
+    warm = models.create("generator", "local:smollm2-135m", Settings(model_cache=str(model_cache)))
+    fresh.use_adapter(first)
+    warm.load()
+    warm.use_adapter(first)
+    assert fresh.generate(QUESTION, max_new_tokens=12) == warm.generate(QUESTION, max_new_tokens=12)
+    fresh.close()
+    warm.close()
+
+
+def test_a_dora_adapter_is_refused_in_one_line(tmp_path):
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "use_dora": True,
+                                                              "lora_alpha": 16}))
+    with pytest.raises(AdapterConversionError, match="plain LoRA only"):
+        ensure_gguf(tmp_path, BaseArchitecture("llama", 2, 4, 2))
+    assert not (tmp_path / GGUF_NAME).exists()
