@@ -74,6 +74,13 @@ class Settings(BaseModel):
             "(calibrated for local:all-minilm-l6-v2; see README)."
         ),
     )
+    verify_answers: bool = Field(
+        True,
+        description=(
+            "Check each answer with the judge model (KBLOOP_JUDGE) before it is shown: the answer stands only "
+            "when a source states it for exactly what was asked; costs one short judge call per answer."
+        ),
+    )
     max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer, in tokens.")
     chunk_size: int = Field(
         800, ge=100, le=20000, description="Characters per chunk (the splitter's target size)."

@@ -22,6 +22,7 @@ from kbloop.schema import MIGRATIONS
 from kbloop.vector_store import VectorStore
 
 if TYPE_CHECKING:
+    from kbloop.assistant.verify import Verifier
     from kbloop.models.generators import Generator
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ class KnowledgeBase:
             self.follow_adapter(generator)
             self._generator = generator
         return self._generator
+
+    @cached_property
+    def verifier(self) -> Verifier | None:
+        """What checks each answer before it is shown (the judge role's model, kept with the
+        knowledge base like the answering one); None with KBLOOP_VERIFY_ANSWERS=false."""
+        from kbloop.assistant.verify import Verifier
+
+        return Verifier(self.model("judge")) if self.settings.verify_answers else None
 
     def model(self, role: Literal["generator", "teacher", "judge"]) -> Generator:
         """A new backend for ``role`` as the settings choose it, without any adapter. Nothing

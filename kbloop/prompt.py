@@ -46,14 +46,11 @@ def source_heading(n: int, hit: Hit) -> str:
 ANSWER_NOT_QUESTION = "Do not repeat the question. Reply with the answer from the sources."
 
 
-def build_messages(question: str, hits: list[Hit], history: list[tuple[str, str]] | None = None,
-                   *, again: bool = False) -> list[dict]:
+def build_messages(question: str, hits: list[Hit], *, again: bool = False) -> list[dict]:
     # Best source last, nearest the question: small models weigh what they read last most.
     numbered = list(enumerate(hits, start=1))[::-1]
     sources = "\n\n".join(f"{source_heading(n, hit)}\n{hit.text.strip()}" for n, hit in numbered)
     messages = [{"role": "system", "content": SYSTEM}]
-    for past_question, past_answer in (history or [])[-2:]:
-        messages += [{"role": "user", "content": past_question}, {"role": "assistant", "content": past_answer}]
     ask = f"Sources:\n\n{sources}\n\nQuestion: {question}" + (f"\n\n{ANSWER_NOT_QUESTION}" if again else "")
     messages.append({"role": "user", "content": ask})
     return messages

@@ -86,3 +86,34 @@ class StopFilter:
     def _send(self, upto: int) -> str:
         out, self.sent = self.text[self.sent:upto], max(self.sent, upto)
         return out
+
+
+SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#|]|\s*\d+[.)]\s)")
+
+
+def word_stems(text: str, stopwords: frozenset[str] = STOPWORDS) -> set[str]:
+    """The content words of ``text``, a plural or third-person "s" dropped ("listens",
+    "listen"), so that the same words in another form still count as the same."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in content_words(text, stopwords)}
+
+
+def passage(text: str, query: str, limit: int = 240) -> str:
+    """The sentences of ``text`` that best match ``query`` (most shared content words; others
+    sharing at least half as many, while they fit), in their own order and cut to about
+    ``limit`` characters: what a search result shows instead of the chunk's first lines.
+    The chunk's start when no sentence shares a word with the query."""
+    asked = word_stems(query)
+    sentences = [" ".join(s.split()) for s in SENTENCE_BREAK.split(text) if s and s.strip()]
+    overlap = [len(asked & word_stems(s)) for s in sentences]
+    best = max(overlap, default=0)
+    chosen: list[int] = []
+    if best:
+        size = 0
+        for i in sorted(range(len(sentences)), key=lambda i: -overlap[i]):
+            if chosen and (2 * overlap[i] < best or size + len(sentences[i]) > limit):
+                break
+            chosen.append(i)
+            size += len(sentences[i]) + 3
+    shown = " … ".join(sentences[i] for i in sorted(chosen or range(min(1, len(sentences)))))
+    return shown if len(shown) <= limit else shown[:limit - 1].rsplit(" ", 1)[0] + " …"

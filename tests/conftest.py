@@ -33,6 +33,8 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(key)
     # Keep test processes from fighting over the 2 cores.
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    # Answers are checked by the 1.5B judge by default; the tests of that check turn it on.
+    monkeypatch.setenv("KBLOOP_VERIFY_ANSWERS", "false")
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +99,7 @@ def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     """Environment for a kbloop subprocess: no inherited KBLOOP_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBLOOP_")}
     env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env["KBLOOP_VERIFY_ANSWERS"] = "false"
     if home is not None:
         env["KBLOOP_HOME"] = str(home)
     env.update(extra)

@@ -190,9 +190,28 @@ def test_an_answer_whose_numbers_no_source_holds_is_refused(sample_home, open_kb
         kb.ingest()
         gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
         print_sources(stream_answer(Assistant(kb, gen), "Which port does Harbor listen on by default?"))
+    # Not a terminal: only the checked answer is printed, never the value it replaced.
     shown = capsys.readouterr().out.splitlines()
-    assert shown == ["Harbor listens on TCP port 9000 by default.", NOT_IN_KB, "",
-                     "(the answer states 9000, which no source contains)"]
+    assert shown == [NOT_IN_KB, "", "(the answer states 9000, which no source contains)"]
+
+
+def test_on_a_terminal_the_provisional_reply_is_dimmed_then_erased(sample_home, open_kb, capsys, monkeypatch):
+    import click
+
+    from kbloop.cli.assistant import stream_answer
+
+    stdout = click.get_text_stream("stdout")
+    monkeypatch.setattr(type(stdout), "isatty", lambda self: True)
+    monkeypatch.setattr(click.utils, "should_strip_ansi", lambda stream=None, color=None: False)
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 9000 by default.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        stream_answer(Assistant(kb, gen), "Which port does Harbor listen on by default?")
+    out = capsys.readouterr().out
+    provisional, _, final = out.partition("\r\x1b[J")
+    assert "\x1b[2m" in provisional and "9000" in provisional  # shown dimmed while it was unchecked
+    assert final == NOT_IN_KB + "\n" and "9000" not in final  # then erased and replaced
 
 
 def test_ollama_down_is_one_clear_error():

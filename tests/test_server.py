@@ -55,7 +55,8 @@ def make_home(root: Path, embedder) -> Home:
 @contextmanager
 def serving(home: Home, embedder, generator, **settings):
     """A real server for ``home`` on a free loopback port; yields (base URL, service)."""
-    config = home.load_settings(environ={}).model_copy(update={"generator": generator.spec, **settings})
+    config = home.load_settings(environ={}).model_copy(
+        update={"generator": generator.spec, "verify_answers": False, **settings})
     service = Service(home, config, embedder=embedder, ingest_embedder=embedder, generator=generator)
     with running(create_app(service)) as url:
         yield url, service

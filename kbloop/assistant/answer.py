@@ -14,6 +14,7 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words, restates,
                                        unmentioned_terms)
+from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
                            is_refusal)
@@ -83,9 +84,12 @@ def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
 
 
 class Assistant:
-    def __init__(self, kb, generator=None):
+    def __init__(self, kb, generator=None, verifier: Verifier | None | bool = True):
+        """``verifier`` True takes the knowledge base's (None when KBLOOP_VERIFY_ANSWERS is off);
+        None or False answers unchecked."""
         self.kb = kb
         self._generator = generator
+        self.verifier = kb.verifier if verifier is True else verifier or None
 
     @property
     def generator(self):
@@ -116,9 +120,11 @@ class Assistant:
 
         stats: dict = {"prompt_tokens": 0, "completion_tokens": 0}
         first_token: list[float] = []
-        text = yield from self._reply(build_messages(question, hits, history), stats, first_token, question)
+        # History chose the sources (fold_query); the model sees this question alone, so that
+        # nothing of an earlier answer is carried into this one.
+        text = yield from self._reply(build_messages(question, hits), stats, first_token, question)
         if restates(text, question):  # held back, unshown
-            text = self._ask_again(question, hits, history, stats, first_token, timings)
+            text = self._ask_again(question, hits, stats, first_token, timings)
             yield text or NOT_IN_KB
         done = time.perf_counter()
         first = first_token[0] if first_token else None
@@ -137,16 +143,31 @@ class Assistant:
             yield answer(text, "the model found no answer in the sources", [])
         elif invented := invented_numbers(text, question, hits):
             yield answer(text, f"the answer states {', '.join(invented)}, which no source contains", [])
+        elif (verdict := self._verify(question, text, hits, timings)) is not None and not verdict.stands:
+            yield answer(text, verdict.reason, [])
         else:
-            yield answer(text, None, sorted(set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))))
+            cited = set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))
+            if verdict is not None and verdict.passage:
+                cited.add(verdict.passage)
+            yield answer(text, None, sorted(cited))
 
-    def _ask_again(self, question: str, hits: list[Hit], history: list[tuple[str, str]] | None, stats: dict,
-                   first_token: list[float], timings: dict) -> str | None:
+    def _verify(self, question: str, text: str, hits: list[Hit], timings: dict) -> Verdict | None:
+        if self.verifier is None:
+            return None
+        started = time.perf_counter()
+        verdict = self.verifier.check(question, text, hits)
+        timings["verify_s"] = round(time.perf_counter() - started, 4)
+        timings["verdict"] = verdict.verdict if verdict else None
+        timings["total_s"] = round(time.perf_counter() - started + timings["total_s"], 4)
+        return verdict
+
+    def _ask_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float],
+                   timings: dict) -> str | None:
         """The answer when the first reply only restated the question: the reply to asking once
         more, told not to; failing that, the sentence of the sources closest to the question;
         the refusal, or None, when no sentence is close."""
         timings["asked_again"] = True
-        again = finish(self._reply(build_messages(question, hits, history, again=True), stats, first_token,
+        again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
                                    question))
         if not restates(again, question) and not is_refusal(again):
             return again

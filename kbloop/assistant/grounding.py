@@ -19,7 +19,7 @@ import re
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import source_heading
-from kbloop.text import STOPWORDS, content_words, normalise, numbers, technical_terms
+from kbloop.text import STOPWORDS, normalise, numbers, technical_terms, word_stems
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
@@ -47,10 +47,8 @@ def restates(answer: str, question: str) -> bool:
 
 
 def stems(text: str) -> set[str]:
-    """The informative words of ``text``, a plural or third-person "s" dropped ("listens",
-    "listen"), so that the same words in another form still count as the same."""
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-            for w in content_words(text, UNINFORMATIVE)}
+    """The informative words of ``text`` in one form (``word_stems``)."""
+    return word_stems(text, UNINFORMATIVE)
 
 
 def closest_sentence(question: str, hits: list[Hit], longest: int = 500) -> tuple[int, str] | None:

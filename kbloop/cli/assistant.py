@@ -18,19 +18,35 @@ def print_sources(answer) -> None:
 
 
 def stream_answer(assistant, question: str, history=None):
-    """Print the answer as it is generated; return the final Answer."""
+    """Print the answer and return the final Answer.
+
+    Only a terminal sees the reply while it is generated, dimmed as provisional; when the
+    checks then replace it (a refusal), those lines are erased and the final answer printed in
+    their place. A pipe or a file gets the final answer alone, never text that is taken back.
+    """
     from kbloop.assistant.answer import Answer
 
+    live = click.get_text_stream("stdout").isatty()
     shown = ""
     for item in assistant.stream(question, history):
         if isinstance(item, Answer):
-            click.echo()
-            if item.retracts(shown):
-                click.echo(item.answer)
+            if live and shown:
+                erase_lines(shown)
+            click.echo(item.answer)
             return item
         shown += item
-        click.echo(item, nl=False)
+        if live:
+            click.echo(click.style(item, dim=True), nl=False)
     raise RuntimeError("no answer")
+
+
+def erase_lines(text: str) -> None:
+    """Move the cursor back to where ``text`` began on the terminal and clear from there on."""
+    import shutil
+
+    width = max(shutil.get_terminal_size().columns, 1)
+    rows = sum(max(1, -(-len(line) // width)) for line in text.split("\n"))
+    click.echo(f"\r\x1b[{rows - 1}A\x1b[J" if rows > 1 else "\r\x1b[J", nl=False)
 
 
 LOCAL = click.option("--local", is_flag=True,

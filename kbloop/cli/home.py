@@ -44,7 +44,7 @@ def quickstart(directory: str) -> None:
     with KnowledgeBase(home) as kb:
         print_counts(kb.ingest().as_dict())
         click.echo(f"\nsearch: {SAMPLE_QUESTION}")
-        print_hits(kb.search(SAMPLE_QUESTION, 3))
+        print_hits(kb.search(SAMPLE_QUESTION, 3), SAMPLE_QUESTION)
         click.echo(f"\nask ({kb.settings.generator}): {SAMPLE_QUESTION}")
         print_sources(stream_answer(Assistant(kb), SAMPLE_QUESTION))
     click.echo(f"\nnext: kbloop --home {Path(home.root)} ask \"How do I restore a backup?\"")

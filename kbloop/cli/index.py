@@ -6,6 +6,7 @@ import click
 
 from kbloop.cli.output import emit_json, human_bytes, print_counts, print_hits
 from kbloop.errors import NeedsRebuild
+from kbloop.text import passage
 
 
 @click.command()
@@ -47,10 +48,11 @@ def search(obj, query: str, k: int | None, as_json: bool, local: bool) -> None:
             hits = kb.search(query, k)
     if as_json:
         emit_json([{"rank": i, "score": round(h.score, 4), "path": h.path, "location": h.location,
-                    "page": h.metadata.get("page"), "section": h.metadata.get("section"), "text": h.text}
+                    "page": h.metadata.get("page"), "section": h.metadata.get("section"),
+                    "preview": passage(h.text, query), "text": h.text}
                    for i, h in enumerate(hits, start=1)])
     else:
-        print_hits(hits)
+        print_hits(hits, query)
 
 
 @click.command()

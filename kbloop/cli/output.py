@@ -31,11 +31,12 @@ def print_counts(counts: dict) -> None:
     click.echo(f"took {counts['seconds']:.2f}s")
 
 
-def print_hits(hits: list) -> None:
+def print_hits(hits: list, query: str) -> None:
+    """Each hit with the sentences that match the query best, not merely the chunk's start."""
+    from kbloop.text import passage
+
     if not hits:
         click.echo("no matches (is anything ingested? try `kbloop status`)")
     for rank, hit in enumerate(hits, start=1):
-        snippet = " ".join(hit.text.split())
-        snippet = snippet[:240] + ("…" if len(snippet) > 240 else "")
         click.echo(f"[{rank}] {hit.score:.3f}  {hit.location}")
-        click.echo(f"    {snippet}")
+        click.echo(f"    {passage(hit.text, query)}")

@@ -120,7 +120,9 @@ def _lora_config(adapter_dir: Path) -> dict:
         config = json.loads((adapter_dir / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
         raise AdapterConversionError(f"{adapter_dir.name}: unreadable adapter_config.json ({exc})") from None
-    unsupported = [option for option in ("use_dora", "use_rslora") if config.get(option)]
+    # One alpha and one rank for every layer: that is all a GGUF LoRA can say.
+    unsupported = [option for option in ("use_dora", "use_rslora", "alpha_pattern", "rank_pattern")
+                   if config.get(option)]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
         raise AdapterConversionError(
             f"{adapter_dir.name}: llama.cpp applies plain LoRA only, not {unsupported or config.get('peft_type')}")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from kbloop import __version__, models
 from kbloop.assistant.answer import Answer, Assistant
+from kbloop.assistant.verify import Verifier
 from kbloop.config import Home, Settings
 from kbloop.errors import Conflict, KbloopError, StoreError
 from kbloop.evaluate.feedback import FeedbackStore, Rating
@@ -29,6 +30,7 @@ from kbloop.evaluate.store import EvaluationStore
 from kbloop.ingest.manifest import Hit
 from kbloop.kb import KnowledgeBase
 from kbloop.server.reports import evals
+from kbloop.text import passage
 from kbloop.vector_store import StoreLocation, VectorStore, store_location
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,8 @@ class Service:
         self.readers = Readers(lambda: ReaderKB(home, self.settings, embedder=self.embedder("query"),
                                                 snapshots=self.snapshots))
         self.model = OneAtATime(lambda: generator or self._create_generator())
+        # One checking model for every request (it loads on first use).
+        self.verifier = Verifier(models.configured("judge", self.settings)) if self.settings.verify_answers else None
         self.ingests = IngestRunner(
             lambda: KnowledgeBase(home, self.settings, embedder=self.embedder("ingest")))
 
@@ -265,13 +269,14 @@ class Service:
         with self.readers.borrow() as kb:
             hits = kb.search(query, k)
         return [{"rank": i, "score": round(h.score, 4), "path": h.path, "location": h.location,
-                 "page": h.metadata.get("page"), "section": h.metadata.get("section"), "text": h.text}
+                 "page": h.metadata.get("page"), "section": h.metadata.get("section"),
+                 "preview": passage(h.text, query), "text": h.text}
                 for i, h in enumerate(hits, start=1)]
 
     def answer(self, question: str, history: list[tuple[str, str]]) -> Iterator[str | Answer]:
         with self.readers.borrow() as kb:
             kb.follow_adapter(self.model)
-            yield from Assistant(kb, self.model).stream(question, history)
+            yield from Assistant(kb, self.model, self.verifier).stream(question, history)
 
     def status(self) -> dict:
         with self.readers.borrow() as kb:

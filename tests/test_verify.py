@@ -1,0 +1,100 @@
+"""The verifier: a second model names the sentence that states the answer and says whether it
+is about what was asked; only an answer it confirms is shown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fake_ollama import FakeOllama
+from kbloop import models
+from kbloop.assistant.answer import Assistant
+from kbloop.assistant.verify import Verifier, numbered_sentences
+from kbloop.config import Settings
+from kbloop.ingest.manifest import Hit
+from kbloop.prompt import NOT_IN_KB
+
+GC = [
+    Hit(1, 0.7, "git-gc.html", "gc.auto\nWhen there are approximately more than this many loose objects in the "
+        "repository, git gc --auto will pack them. The default value is 6700. Setting this to 0 disables "
+        "automatic packing.", {}),
+    Hit(2, 0.6, "git-gc.html", "gc.autoPackLimit\nWhen there are more than this many packs that are not marked "
+        "with *.keep file in the repository, git gc --auto consolidates them into one larger pack. The default "
+        "value is 50. Setting this to 0 disables it.", {}),
+]
+
+
+class Scripted:
+    """A judge model that gives one fixed verdict and records what it was asked."""
+
+    spec = "scripted:judge"
+
+    def __init__(self, reply: dict):
+        self.reply, self.prompts = reply, []
+
+    def complete_json(self, prompt, schema, **kwargs):
+        self.prompts.append(prompt)
+        return self.reply
+
+
+def test_the_sentences_are_numbered_across_the_sources():
+    sentences = numbered_sentences(GC)
+    assert sentences[1] == (1, "The default value is 6700.") and sentences[4] == (2, "The default value is 50.")
+
+
+def test_a_confirmed_answer_stands_and_cites_the_source_of_its_sentence():
+    verdict = Verifier(Scripted({"sentence": 5, "verdict": "stated"})).check(
+        "What is the default of gc.autoPackLimit?", "The default is 50.", GC)
+    assert verdict.stands and verdict.passage == 2
+
+
+def test_a_sentence_without_the_answers_value_does_not_confirm_it():
+    # The model says "stated" but points at gc.auto's sentences, which do not hold 50.
+    verdict = Verifier(Scripted({"sentence": 2, "verdict": "stated"})).check(
+        "What is the default value of gc.auto?", "The default value is 50.", GC)
+    assert not verdict.stands and verdict.verdict == "not_stated"
+
+
+def test_an_answer_about_another_subject_is_refused_with_the_reason(sample_home, open_kb):
+    question = "Which port does Harbor listen on by default?"
+    with FakeOllama(models=("qwen3:4b", "judge:1b"),
+                    reply=lambda body: json.dumps({"sentence": 1, "verdict": "other_subject"})
+                    if body["model"] == "judge:1b" else "Harbor listens on TCP port 8735 by default.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        settings = Settings(ollama_url=server.url)
+        gen = models.create("generator", "ollama:qwen3:4b", settings)
+        judge = models.create("judge", "ollama:judge:1b", settings)
+        final = Assistant(kb, gen, Verifier(judge)).ask(question)
+        assert final.refused and final.answer == NOT_IN_KB
+        assert final.refusal_reason == "the check found the answer stated for something other than what was asked"
+        assert final.timings["verdict"] == "other_subject"
+        unchecked = Assistant(kb, gen, None).ask(question)
+    assert not unchecked.refused and "8735" in unchecked.answer
+
+
+def test_a_verifier_that_fails_leaves_the_answer_unchecked(sample_home, open_kb):
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 8735 by default.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        settings = Settings(ollama_url=server.url)
+        gen = models.create("generator", "ollama:qwen3:4b", settings)
+        missing = models.create("judge", "ollama:no-such-judge", settings.model_copy(
+            update={"ollama_url": "http://127.0.0.1:9"}))
+        final = Assistant(kb, gen, Verifier(missing)).ask("Which port does Harbor listen on by default?")
+    assert not final.refused and final.timings["verdict"] is None
+
+
+@pytest.fixture(scope="module")
+def packaged_judge(model_cache):
+    return Verifier(models.create("judge", "local:qwen2.5-1.5b", Settings(model_cache=str(model_cache))))
+
+
+@pytest.mark.slow
+def test_the_packaged_judge_rejects_a_neighbouring_settings_value(packaged_judge):
+    assert packaged_judge.check("What is the default value of gc.auto?",
+                                "The default value of gc.auto is 6700.", GC).stands
+    assert not packaged_judge.check("What is the default value of gc.autoDetach?",
+                                    "The default value is 6700.", GC).stands
+    assert not packaged_judge.check("What is the default value of gc.auto?", "The default value is 50.", GC).stands
