@@ -190,3 +190,18 @@ def test_the_closest_sentence_is_the_one_sharing_most_words_with_the_question():
     assert closest_sentence(SHELL, [POST_BUFFER, shell]) == (
         2, "If a no-interactive-login command exists, then it is run and the interactive shell is aborted.")
     assert closest_sentence("Which port does Harbor listen on?", [POST_BUFFER, shell]) is None
+
+
+def test_a_fact_appended_to_a_long_document_is_answerable_after_ingest(sample_home, open_kb, generator):
+    """Its chunk's embedding is about the rest of the document, so the cosine similarity stays
+    under KBLOOP_MIN_SCORE; that the chunk holds the question's words is evidence enough."""
+    guide = sample_home.root / "docs" / "getting-started.md"
+    guide.write_text(guide.read_text() + "\n\nThe zephyr relay of Harbor retries a failed upload 17 times.\n")
+    kb = open_kb(sample_home)
+    kb.ingest()
+    question = "How many times does the zephyr relay retry a failed upload?"
+    hits = Assistant(kb, generator).retrieve(question)
+    assert "zephyr relay" in hits[0].text and hits[0].score < kb.settings.min_score  # the embedding alone would refuse
+    answer = Assistant(kb, generator, None).ask(question)
+    assert "KBLOOP_MIN_SCORE" not in (answer.refusal_reason or "")
+    assert not answer.refused and "17" in answer.answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -221,3 +222,20 @@ def test_ollama_down_is_one_clear_error():
     gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=f"http://127.0.0.1:{port}"))
     with pytest.raises(BackendUnavailable, match="cannot reach Ollama"):
         gen.generate([{"role": "user", "content": "hi"}])
+
+
+def test_chat_history_shapes_retrieval_only(sample_home, open_kb):
+    """A follow-up is searched with the question before it, but the model sees only the current
+    question and its sources: no value of an earlier answer reaches a later one."""
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 8735 by default.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
+        history = [("How long are snapshots kept?", "Snapshots are kept for 900 seconds.")]
+        assistant = Assistant(kb, gen)
+        assistant.ask("and which port does it listen on?", history)
+    sent = server.requests[-1][1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert "900 seconds" not in json.dumps(sent) and sent[-1]["content"].endswith("and which port does it listen on?")
+    # the retrieval query did use the history: the snapshot question's words found its source
+    assert "snapshot" in " ".join(h.text for h in assistant.retrieve("and which port does it listen on?", history)).lower()

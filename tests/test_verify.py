@@ -98,3 +98,31 @@ def test_the_packaged_judge_rejects_a_neighbouring_settings_value(packaged_judge
     assert not packaged_judge.check("What is the default value of gc.autoDetach?",
                                     "The default value is 6700.", GC).stands
     assert not packaged_judge.check("What is the default value of gc.auto?", "The default value is 50.", GC).stands
+
+
+def test_the_stream_says_it_is_checking_and_the_page_can_show_it(tmp_path, embedder):
+    import httpx
+    from test_server import make_home, serving
+
+    def reply(body):
+        if body["model"] != "judge:1b":
+            return "Harbor listens on TCP port 8735 by default."
+        listed = body["messages"][-1]["content"].splitlines()
+        number = next(int(line.split(".")[0]) for line in listed if "8735" in line and line[:1].isdigit())
+        return json.dumps({"sentence": number, "verdict": "stated"})
+
+    home = make_home(tmp_path / "kb", embedder)
+    with FakeOllama(models=("qwen3:4b", "judge:1b"), reply=reply) as server:
+        generator = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        with serving(home, embedder, generator, verify_answers=True, judge="ollama:judge:1b",
+                     ollama_url=server.url) as (url, _):
+            request = {"model": "kbloop", "stream": True,
+                       "messages": [{"role": "user", "content": "Which port does Harbor listen on by default?"}]}
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=request, timeout=60) as response:
+                events = [json.loads(line[6:]) for line in response.iter_lines()
+                          if line.startswith("data: ") and line != "data: [DONE]"]
+    stages = [e["kbloop_progress"] for e in events if "kbloop_progress" in e]
+    final = events[-1]["kbloop"]
+    assert stages == ["checking"] and final["timings"]["verdict"] == "stated" and not final["refused"]
+    texts = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
+    assert "8735" in "".join(t for t in texts if t)

@@ -1,7 +1,7 @@
 """Ask a question: retrieve, build the grounded prompt, stream the answer, list the sources.
 
-``Assistant.stream`` is the one core: it yields answer text as it is generated and finally an
-``Answer`` with sources, refusal and timings. ``ask`` consumes it for callers that do not stream.
+``Assistant.stream`` is the one core: it yields answer text as it is generated, a ``Progress``
+while the answer is checked, and finally an ``Answer`` with sources, refusal and timings. ``ask`` consumes it for callers that do not stream.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterator
 
-from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, new_words, restates,
-                                       unmentioned_terms)
+from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, new_words,
+                                       restates, unmentioned_terms)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -43,6 +43,13 @@ class Source:
     score: float
     cited: bool
     text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the assistant is doing while no text comes: streams show it, and it keeps them alive."""
+
+    stage: str
 
 
 @dataclass
@@ -100,7 +107,8 @@ class Assistant:
     def retrieve(self, question: str, history: list[tuple[str, str]] | None = None) -> list[Hit]:
         return self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
 
-    def stream(self, question: str, history: list[tuple[str, str]] | None = None) -> Iterator[str | Answer]:
+    def stream(self, question: str, history: list[tuple[str, str]] | None = None
+               ) -> Iterator[str | Progress | Answer]:
         started = time.perf_counter()
         hits = self.retrieve(question, history)
         retrieved = time.perf_counter()
@@ -137,6 +145,8 @@ class Assistant:
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
             "total_s": round(done - started, 4),
         })
+        if self.verifier is not None and text:
+            yield Progress("checking")
         if text is None:
             yield answer("", "the model only restated the question", [])
         elif is_refusal(text):
@@ -209,6 +219,8 @@ class Assistant:
         """Why the knowledge base cannot answer, when that is clear without asking the model."""
         threshold = self.kb.settings.min_score
         best = max((h.score for h in hits), default=None)
+        if best is not None and best < threshold and any(keyword_evidence(question, h) for h in hits):
+            best = threshold  # the words say it is relevant where the embedding is unsure
         if best is None or best < threshold:
             shown = "none" if best is None else f"{best:.2f}"
             return f"no source is relevant enough (best score {shown} < KBLOOP_MIN_SCORE {threshold})"

@@ -34,6 +34,18 @@ def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     return [t for t in technical_terms(question) if t not in text]
 
 
+KEYWORD_COVERAGE = 2 / 3
+
+
+def keyword_evidence(question: str, hit: Hit) -> bool:
+    """The chunk holds most informative words of the question (two thirds, at least two
+    words): strong evidence of relevance, whatever the cosine similarity says. A fact
+    appended to a long document is found this way though its chunk's embedding is about
+    something else."""
+    asked = stems(question)
+    return len(asked) >= 2 and len(asked & stems(hit.text)) >= KEYWORD_COVERAGE * len(asked)
+
+
 def new_words(answer: str, question: str) -> list[str]:
     """The words of the answer that are neither in the question nor uninformative."""
     asked = set(normalise(question).split())

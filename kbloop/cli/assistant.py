@@ -24,11 +24,13 @@ def stream_answer(assistant, question: str, history=None):
     checks then replace it (a refusal), those lines are erased and the final answer printed in
     their place. A pipe or a file gets the final answer alone, never text that is taken back.
     """
-    from kbloop.assistant.answer import Answer
+    from kbloop.assistant.answer import Answer, Progress
 
     live = click.get_text_stream("stdout").isatty()
     shown = ""
     for item in assistant.stream(question, history):
+        if isinstance(item, Progress):
+            continue
         if isinstance(item, Answer):
             if live and shown:
                 erase_lines(shown)

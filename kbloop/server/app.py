@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from kbloop.assistant.answer import Answer
+from kbloop.assistant.answer import Answer, Progress
 from kbloop.server.reports import adapters, eval_file
 from kbloop.server.service import Service
 from kbloop.errors import KbloopError, NotFound
@@ -337,8 +337,11 @@ def create_app(service: Service) -> Any:
                 yield sse(chunk(request_id, created, {"role": "assistant", "content": ""}))
                 item, streamed = first, ""
                 while not isinstance(item, Answer):
-                    yield sse(chunk(request_id, created, {"content": item}))
-                    streamed += item
+                    if isinstance(item, Progress):
+                        yield sse(chunk(request_id, created, {}, kbloop_progress=item.stage))
+                    else:
+                        yield sse(chunk(request_id, created, {"content": item}))
+                        streamed += item
                     item = await anext(items)
                 if item.retracts(streamed):
                     # Marked, so a client that shows the final answer itself can skip it.

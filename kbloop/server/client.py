@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from kbloop.assistant.answer import Answer, Source
+from kbloop.assistant.answer import Answer, Progress, Source
 from kbloop.errors import KbloopError
 from kbloop.ingest.manifest import Hit
 
@@ -68,7 +68,8 @@ class RemoteSearch(RemoteClient):
 
 
 class RemoteAssistant(RemoteClient):
-    def stream(self, question: str, history: list[tuple[str, str]] | None = None) -> Iterator[str | Answer]:
+    def stream(self, question: str, history: list[tuple[str, str]] | None = None
+               ) -> Iterator[str | Progress | Answer]:
         messages = []
         for asked, answered in history or []:
             messages += [{"role": "user", "content": asked}, {"role": "assistant", "content": answered}]
@@ -90,7 +91,7 @@ class RemoteAssistant(RemoteClient):
         raise ServerError(f"the server at {self.url} ended the answer without its sources")
 
 
-def _events(lines: Iterator[str]) -> Iterator[str | Answer]:
+def _events(lines: Iterator[str]) -> Iterator[str | Progress | Answer]:
     """Server-sent chat chunks as text pieces, then the Answer the last chunk carries. A
     refusal that replaced streamed text arrives as one more piece; the Answer says so too."""
     for line in lines:
@@ -106,6 +107,9 @@ def _events(lines: Iterator[str]) -> Iterator[str | Answer]:
             yield answer_from_dict(event["kbloop"])
             continue
         if event.get("kbloop_retraction"):  # the Answer that follows says it, as in-process
+            continue
+        if "kbloop_progress" in event:
+            yield Progress(event["kbloop_progress"])
             continue
         for choice in event.get("choices", []):
             piece = choice.get("delta", {}).get("content")

@@ -79,14 +79,19 @@ async function ask(question) {
   }
   messages.push({ role: "user", content: question });
 
-  const finish = (stateName) => { answerNode.dataset.state = stateName; };
+  const finish = (stateName) => { answerNode.dataset.state = stateName; progress(turn, ""); };
+  progress(turn, "searching…");
   try {
     const response = await api("/v1/chat/completions", { method: "POST", json: { model: "kbloop", messages, stream: true } });
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const event of events(response)) {
       if (event.error) throw new Error(event.error.message);
       const delta = event.choices && event.choices[0] ? event.choices[0].delta : {};
-      if (delta && delta.content) answerNode.textContent += delta.content;
+      if (event.kbloop_progress) progress(turn, `${event.kbloop_progress}…`);
+      if (delta && delta.content && !event.kbloop_retraction) {
+        progress(turn, "answering…");
+        answerNode.textContent += delta.content;
+      }
       if (event.kbloop) {
         showAnswer(turn, event.kbloop);
         state.history.push([question, event.kbloop.answer]);
@@ -98,6 +103,13 @@ async function ask(question) {
     answerNode.classList.add("error");
     finish("error");
   }
+}
+
+// What the assistant is doing while the answer is not final: searching, answering, checking.
+function progress(turn, text) {
+  const node = $(".progress", turn);
+  node.textContent = text;
+  node.hidden = !text;
 }
 
 function showAnswer(turn, answer) {
