@@ -18,7 +18,9 @@ the check, hashing, parsing, embedding and the saves alike. After the kill it ru
 
 Run it from the repository root (OMP_WAIT_POLICY=PASSIVE is set for the child processes):
 
-    python bench/crash_trials.py [--trials 20] [--seed 0] [--workdir DIR] [--keep] [--json]
+    python bench/crash_trials.py [--trials 20] [--seed 0] [--max-minutes M] [--workdir DIR] [--keep] [--json]
+
+``--max-minutes`` starts no new trial after that long; the summary says how many ran.
 """
 
 from __future__ import annotations
@@ -231,6 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="kills in all (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times (default 0)")
+    parser.add_argument("--max-minutes", type=float, help="start no trial after this long (default: no limit)")
     parser.add_argument("--workdir", type=Path, help="an empty folder to work in (kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -240,6 +243,7 @@ def main() -> None:
     rng = random.Random(args.seed)
     say = (lambda *a: None) if args.json else print
 
+    deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes else None
     with bench_workdir(args.workdir, args.keep, "kbloop-crash-") as workdir:
         home = workdir / "kb"
         fresh_home(home)
@@ -255,6 +259,9 @@ def main() -> None:
             f"change to state B {change_s:.1f} s ({baseline['chunks_b']} chunks)")
         trials: list[Trial] = []
         for number in range(1, args.trials + 1):
+            if deadline is not None and time.monotonic() > deadline:
+                say(f"time is up after {number - 1} trials")
+                break
             start = "empty" if number % 2 else "changed"
             duration, expected = (full_s, ref_a) if start == "empty" else (change_s, ref_b)
             result = trial(number, home, start, duration, expected, rng)

@@ -12,6 +12,7 @@ from conftest import cli_env
 from kbloop.assistant.answer import NOT_IN_KB, Assistant, fold_query
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import build_messages, cited_numbers, is_refusal
+from kbloop.text import technical_terms
 
 
 @pytest.fixture
@@ -205,3 +206,14 @@ def test_a_fact_appended_to_a_long_document_is_answerable_after_ingest(sample_ho
     answer = Assistant(kb, generator, None).ask(question)
     assert "KBLOOP_MIN_SCORE" not in (answer.refusal_reason or "")
     assert not answer.refused and "17" in answer.answer
+
+
+def test_a_term_the_first_retrieval_missed_is_searched_for_alone(sample_home, open_kb, generator):
+    """A question that needs two facts from two documents: with room for one source, the
+    second term's source is retrieved by a search for that term."""
+    kb = open_kb(sample_home, retrieve_k=1)
+    kb.ingest()
+    question = "Which port does listen_port set by default, and what does max_parallel_transfers limit?"
+    hits = Assistant(kb, generator).retrieve(question)
+    assert len(hits) == 2
+    assert {"listen_port", "max_parallel_transfers"} <= {t for h in hits for t in technical_terms(h.text)}

@@ -127,12 +127,14 @@ def test_a_hostile_docs_folder_is_ingested_without_a_crash_or_a_leak(tmp_path):
     for link in LINKS:
         assert f"skipped {link}: link to" in out.stderr and "outside the docs folder" in out.stderr, out.stderr
 
-    for name, query in QUERIES.items():
-        assert search(query, env)[0]["path"] == name
+    # Each search loads the embedder in its own process: a few queries, not one per file.
+    for name in ("guide.md", "manual.pdf"):
+        assert search(QUERIES[name], env)[0]["path"] == name
     assert search(UTF16_QUERY, env)[0]["text"].endswith(UTF16_FACT)
     [hit, *_] = search(LATIN1_QUERY, env)
     assert hit["path"] == "latin1.txt" and LATIN1_FACT in hit["text"]
-    hits = search(SECRET_QUERY, env, k=50) + search("spare key boathouse oar", env, k=50)
+    # The index holds fewer than 50 chunks: this search returns all of them.
+    hits = search(f"{SECRET_QUERY}; the spare key for the boathouse", env, k=50)
+    assert len(hits) < 50 and {hit["path"] for hit in hits} == {*QUERIES, "utf16.md", "latin1.txt"}
     leaks = [hit for hit in hits if "periwinkle" in hit["text"] or "boathouse" in hit["text"]]
     assert leaks == []
-    assert {hit["path"] for hit in hits} <= {*QUERIES, "utf16.md", "latin1.txt"}

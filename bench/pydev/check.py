@@ -129,7 +129,7 @@ def norm(s):
 def squash(s):
     """Loose form used only for PDFs: no whitespace and no hyphens, because PDF
     text extractors differ in how they rejoin words hyphenated at a line end
-    ("git-credential-\\ncache" -> "git-credential- cache" or "git-credentialcache")."""
+    ("copy-\\nfile" -> "copy- file" or "copyfile")."""
     return re.sub(r"[\s\-\u00ad\u2010\u2011]+", "", unicodedata.normalize("NFKC", s))
 
 

@@ -105,7 +105,15 @@ class Assistant:
         return self._generator
 
     def retrieve(self, question: str, history: list[tuple[str, str]] | None = None) -> list[Hit]:
-        return self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
+        """The best chunks for the question; then, for each exact term the question names that
+        none of them mentions (a question that needs two facts from two places), the best chunk
+        that does, searched for that term alone."""
+        hits = self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
+        for term in unmentioned_terms(question, hits):
+            seen = {h.vector_id for h in hits}
+            found = [h for h in self.kb.search(term, 3) if h.vector_id not in seen and term in h.text.lower()]
+            hits += found[:1]
+        return hits
 
     def stream(self, question: str, history: list[tuple[str, str]] | None = None
                ) -> Iterator[str | Progress | Answer]:
