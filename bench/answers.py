@@ -179,7 +179,7 @@ class KbloopPipeline:
         timings = ans.timings
         return Reply(
             answer=ans.answer, refused=ans.refused,
-            sources=[{"path": s.path, "score": s.score} for s in ans.sources],
+            sources=[{"path": s.path, "score": s.score, "cited": s.cited} for s in ans.sources],
             first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
             prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
             refusal_reason=ans.refusal_reason, steps=[k for k in ("asked_again", "quoted") if timings.get(k)],
@@ -309,7 +309,10 @@ def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: 
         "question": item["question"], "expected": item["answer"], "accept": item.get("accept", []),
         "answer": reply.answer, "correct": grade(item, reply), "refused": reply.refused,
         "refusal_reason": reply.refusal_reason, "steps": reply.steps,
-        "gold_sources": gold,
+        "gold_sources": gold, "type": item.get("type"),
+        # kbloop cites some of its sources; the plain pipeline shows all it was given.
+        "cited_gold": bool(gold) and any(file_name(src["path"]) in gold for src in reply.sources
+                                         if src.get("cited", True)),
         "hit1": bool(gold) and any(f in gold for f in top_files[:1]),
         "hit5": bool(gold) and any(f in gold for f in top_files[:HIT_K]),
         "retrieved_top5": top_files, "top_sources": reply.sources,
@@ -368,6 +371,8 @@ def summarise(records: list[dict]) -> dict:
         "accuracy": rate(answerable_records, "correct"),
         "refusal": rate(unanswerable_records, "correct"),
         "false_refusal": rate(answerable_records, "refused"),
+        "cited_gold": rate(answerable_records, "cited_gold"),
+        "multi_hop_accuracy": rate([r for r in answerable_records if r.get("type") == "multi-hop"], "correct"),
         "median_first_token_s": median([r["first_token_s"] for r in records]),
         "median_tokens_per_s": median([r["tokens_per_s"] for r in records]),
         "seconds": sum(r["seconds"] for r in records),
@@ -386,12 +391,14 @@ def format_number(value: float | None, digits: int) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     header = ("model", "pipeline", "hit@1", "hit@5", "accuracy", "refusal (unanswerable)",
-              "false refusal", "median TTFT s", "median decode tok/s", "answer time s")
+              "false refusal", "cited gold source", "multi-hop accuracy", "median TTFT s", "median decode tok/s",
+              "answer time s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         s = row["summary"]
         cells = (row["model"], row["pipeline"], format_rate(s["hit1"]), format_rate(s["hit5"]),
                  format_rate(s["accuracy"]), format_rate(s["refusal"]), format_rate(s["false_refusal"]),
+                 format_rate(s["cited_gold"]), format_rate(s["multi_hop_accuracy"]),
                  format_number(s["median_first_token_s"], 2), format_number(s["median_tokens_per_s"], 1),
                  format_number(s["seconds"], 0))
         lines.append("| " + " | ".join(cells) + " |")

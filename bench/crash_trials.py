@@ -74,6 +74,7 @@ class Trial:
     expected_chunks: int
     files_ok: bool
     phrases_found: int
+    repairs: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -160,14 +161,15 @@ def verify(home: Path, expected: dict[str, int]) -> tuple[dict, bool, int, list[
         problems.append(f"{status['chunks']} chunks, expected {sum(expected.values())}")
     files = manifest_files(home)
     on_disk = docs_paths(home / "docs")
+    file_problems: list[str] = []
     if set(files) != on_disk:
-        problems.append(f"manifest files differ from docs: missing {sorted(on_disk - set(files))}, "
-                        f"extra {sorted(set(files) - on_disk)}")
+        file_problems.append(f"manifest files differ from docs: missing {sorted(on_disk - set(files))}, "
+                             f"extra {sorted(set(files) - on_disk)}")
     for path, (state, n_chunks, rows, ordinals) in sorted(files.items()):
         if state != "indexed" or n_chunks != rows or rows != ordinals or n_chunks != expected.get(path):
-            problems.append(f"{path}: {state}, n_chunks {n_chunks}, {rows} rows, {ordinals} ordinals, "
-                            f"expected {expected.get(path)}")
-    files_ok = not any(p.startswith(("manifest", "git", "moved")) for p in problems)
+            file_problems.append(f"{path}: {state}, n_chunks {n_chunks}, {rows} rows, {ordinals} ordinals, "
+                                 f"expected {expected.get(path)}")
+    problems += file_problems
     found = 0
     for phrase, source in PHRASES:
         out = run(home, "search", phrase, "-k", "5", "--json")
@@ -176,7 +178,7 @@ def verify(home: Path, expected: dict[str, int]) -> tuple[dict, bool, int, list[
             found += 1
         else:
             problems.append(f"search {phrase!r} did not find {source}")
-    return status, files_ok, found, problems
+    return status, not file_problems, found, problems
 
 
 def trial(number: int, home: Path, start: str, duration: float, expected: dict[str, int],
@@ -201,9 +203,10 @@ def trial(number: int, home: Path, start: str, duration: float, expected: dict[s
         proc.wait(60)
     checked = run(home, "check", "--json")
     try:
-        outcome = json.loads(checked.stdout)["outcome"]
+        report = json.loads(checked.stdout)
+        outcome, repairs = report["outcome"], report["repaired"]
     except (json.JSONDecodeError, KeyError):
-        outcome = f"no JSON: {checked.stderr.strip()[-300:]}"
+        outcome, repairs = f"no JSON: {checked.stderr.strip()[-300:]}", []
     ingested = run(home, "ingest")
     status, files_ok, found, problems = verify(home, expected)
     if checked.returncode not in (0, 5):
@@ -214,7 +217,7 @@ def trial(number: int, home: Path, start: str, duration: float, expected: dict[s
         if "Traceback" in stream:
             problems.append("a traceback on stderr")
     return Trial(number, start, kill_after, exited, outcome, checked.returncode, ingested.returncode,
-                 status["chunks"], status["vectors"], sum(expected.values()), files_ok, found, problems)
+                 status["chunks"], status["vectors"], sum(expected.values()), files_ok, found, repairs, problems)
 
 
 def summarize(trials: list[Trial], baseline: dict) -> dict:

@@ -23,15 +23,17 @@ log = logging.getLogger(__name__)
 
 PROMPT_VERSION = "judge-v1"
 SCORE = {"type": "integer", "minimum": 1, "maximum": 5}
+# Bounded, so that a grammar-constrained reply always closes within the token limit.
+REASON = {"type": "string", "maxLength": 240}
 SCORES_SCHEMA = {
     "type": "object",
     "properties": {"correctness": SCORE, "groundedness": SCORE, "completeness": SCORE,
-                   "reason": {"type": "string"}},
+                   "reason": REASON},
     "required": ["correctness", "groundedness", "completeness", "reason"],
 }
 PAIR_SCHEMA = {
     "type": "object",
-    "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": {"type": "string"}},
+    "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]}, "reason": REASON},
     "required": ["winner", "reason"],
 }
 SYSTEM = "You are a strict grader of answers about documentation. You reply only with JSON."

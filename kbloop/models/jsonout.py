@@ -91,7 +91,7 @@ _TYPES = {
 
 def validate(value: Any, schema: dict, where: str = "$") -> None:
     """The subset of JSON Schema that kbloop's prompts use: type, properties, required,
-    enum, minimum, maximum, items, minLength."""
+    enum, minimum, maximum, items, minLength, maxLength."""
     expected = schema.get("type")
     if expected:
         types = expected if isinstance(expected, list) else [expected]
@@ -108,6 +108,8 @@ def validate(value: Any, schema: dict, where: str = "$") -> None:
             raise JsonOutputError(f"{where} should be <= {schema['maximum']}, got {value}")
     if isinstance(value, str) and len(value) < schema.get("minLength", 0):
         raise JsonOutputError(f"{where} should have at least {schema['minLength']} characters")
+    if isinstance(value, str) and len(value) > schema.get("maxLength", len(value)):
+        raise JsonOutputError(f"{where} should have at most {schema['maxLength']} characters")
     if isinstance(value, dict):
         for key in schema.get("required", []):
             if key not in value:

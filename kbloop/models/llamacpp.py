@@ -126,6 +126,10 @@ class LlamaCppGenerator(Generator):
         self._grammars: dict[str, Any] = {}
         self._lock = threading.RLock()
 
+    def model_file(self) -> Path:
+        """The GGUF file llama.cpp runs."""
+        return self._gguf()
+
     def base_model_dir(self) -> Path | None:
         return self._base_model_dir() if self._base_model_dir else None
 
@@ -140,7 +144,7 @@ class LlamaCppGenerator(Generator):
                 llama_cpp = _import()
                 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-                path = self._gguf()
+                path = self.model_file()
                 try:
                     llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=self.threads,
                                           n_threads_batch=self.threads, verbose=False)
