@@ -33,7 +33,7 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(key)
     # Keep test processes from fighting over the 2 cores.
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    # Answers are checked by the 1.5B judge by default; the tests of that check turn it on.
+    # The answer check loads the 1.5B judge; its own tests turn it on, whatever the default.
     monkeypatch.setenv("KBLOOP_VERIFY_ANSWERS", "false")
 
 
