@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from kbloop.fsutil import atomic_write_bytes
+from kbloop.fsutil import atomic_write_bytes, process_alive
 
 FOLDER = "servers"
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @contextmanager
@@ -53,19 +53,10 @@ def running_server(data_dir: Path) -> str | None:
             pid, url = int(info["pid"]), str(info["url"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if not _alive(pid):
+        if not process_alive(pid):
             path.unlink(missing_ok=True)
             continue
-        if urlsplit(url).hostname in LOOPBACK_HOSTS:
+        if urlsplit(url).hostname in LOOPBACK:
             return url
     return None
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True

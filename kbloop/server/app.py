@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kbloop.assistant.answer import Answer, Progress
+from kbloop.server.address import LOOPBACK
 from kbloop.server.reports import adapters, eval_file
 from kbloop.server.service import Service
 from kbloop.errors import KbloopError, NotFound
@@ -49,7 +50,6 @@ BODY_TIMEOUT = 30.0  # seconds for a body to arrive once its head has; the head'
 MAX_HEAD = 16 * 1024  # bytes of request line and headers
 KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
 MAX_CONCURRENCY = 100  # open connections (or requests in flight) before new requests get 503
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "timeout", 409: "conflict", 413: "too_large", 422: "invalid_request",
                500: "internal_error", 503: "unavailable"}
