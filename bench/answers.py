@@ -26,6 +26,11 @@ For every model in ``--models`` and every pipeline in ``--pipelines`` it reports
   decode tokens/s ((completion tokens - 1) / time from first to last token), over the items
   that reached the model.
 
+On a full run (no ``--limit``) the kbloop pipeline also holds the benchmark's chat scenario
+(``bench/chat/<benchmark folder>.jsonl``, see its README): conversations whose follow-ups name
+their subject only through earlier turns, and topic switches. It reports accuracy per kind of
+turn and "carried over": wrong answers that state an earlier turn's expected answer.
+
 Each model is loaded and warmed up before anything is timed. Per-item results (question,
 expected and given answer, correct, refused, top sources, timings) go to
 ``bench/out/answers-<time>.jsonl``.
@@ -63,6 +68,7 @@ from workdir import bench_workdir
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
 OUT_DIR = REPO / "bench" / "out"
+CHAT_DIR = REPO / "bench" / "chat"
 EMBEDDER = "local:all-minilm-l6-v2"
 DEFAULT_MODELS = "local:qwen2.5-0.5b,local:smollm2-135m"
 PIPELINES = ("kbloop", "plain")
@@ -89,6 +95,27 @@ def load_items(bench: Path, limit: int | None) -> list[dict]:
         for item in read_jsonl(bench / f"{name}.jsonl", limit):
             items.append({**item, "set": name})
     return items
+
+
+def load_chats(bench: Path, items: list[dict]) -> list[dict]:
+    """The chat scenario of this benchmark (``bench/chat/<folder name>.jsonl``; none when
+    absent): each turn carries its item's expected answer and its own wording."""
+    path = CHAT_DIR / f"{bench.name}.jsonl"
+    if not path.is_file():
+        return []
+    by_id = {item["id"]: item for item in read_jsonl(bench / "qa_initial.jsonl", None)}
+    chats = []
+    for chat in read_jsonl(path, None):
+        turns = [{**by_id[turn["item"]], "set": "chat", "chat": chat["id"], "kind": turn["kind"],
+                  "question": turn.get("question", by_id[turn["item"]]["question"])} for turn in chat["turns"]]
+        chats.append({"id": chat["id"], "turns": turns})
+    return chats
+
+
+def carried_over(record: dict, earlier: list[dict]) -> bool:
+    """A wrong answer that states an earlier turn's expected answer: the conversation leaked into it."""
+    return not record["correct"] and not record["refused"] and any(
+        matches(record["answer"], reference_forms(turn)) for turn in earlier)
 
 
 def gold_sources(item: dict) -> set[str]:
@@ -174,8 +201,8 @@ class KbloopPipeline:
         self.kb = KnowledgeBase(home, settings, embedder=embedder, generator=generator)
         self.assistant = Assistant(self.kb)
 
-    def answer(self, question: str) -> Reply:
-        ans = self.assistant.ask(question)
+    def answer(self, question: str, history: list[tuple[str, str]] | None = None) -> Reply:
+        ans = self.assistant.ask(question, history)
         timings = ans.timings
         return Reply(
             answer=ans.answer, refused=ans.refused,
@@ -339,6 +366,45 @@ def run_pipeline(pipeline: Any, model: str, ctx: Context, out: Any) -> list[dict
     return records
 
 
+def run_chats(pipeline: Any, model: str, chats: list[dict], out: Any) -> list[dict]:
+    """Each conversation turn by turn, the earlier turns (questions and the pipeline's own
+    answers) as history."""
+    records = []
+    for chat in chats:
+        history: list[tuple[str, str]] = []
+        earlier: list[dict] = []
+        for turn in chat["turns"]:
+            started = time.perf_counter()
+            reply = pipeline.answer(turn["question"], history)
+            record = item_record(turn, pipeline.name, model, reply, [], time.perf_counter() - started)
+            record.update({"chat": chat["id"], "kind": turn["kind"], "carried_over": carried_over(record, earlier)})
+            records.append(record)
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            print(f"  chat {chat['id']} {turn['kind']:9} {turn['id']} correct={record['correct']!s:5} "
+                  f"carried={record['carried_over']!s:5} answer={one_line(reply.answer, 60)!r}", flush=True)
+            history.append((turn["question"], reply.answer))
+            earlier.append(turn)
+    return records
+
+
+def summarise_chats(records: list[dict]) -> dict:
+    return {"turns": rate(records, "correct"),
+            **{kind: rate([r for r in records if r["kind"] == kind], "correct")
+               for kind in ("first", "follow-up", "switch")},
+            "carried_over": rate(records, "carried_over")}
+
+
+def chat_table(rows: list[dict]) -> str:
+    header = ("model", "pipeline", "all turns", "first", "follow-up", "switch", "carried over")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        s = row["chat"]
+        lines.append("| " + " | ".join((row["model"], row["pipeline"], *(format_rate(s[k]) for k in (
+            "turns", "first", "follow-up", "switch", "carried_over")))) + " |")
+    return "\n".join(lines)
+
+
 def one_line(text: str, limit: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -427,6 +493,7 @@ def prepare(ctx: Context, pipelines: list[str], corpus: Path) -> dict:
 
 def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
     items = load_items(args.bench, args.limit)
+    chats = [] if args.limit else load_chats(args.bench, items)
     corpus = args.bench / "corpus" / "initial"
     print(f"benchmark: {args.bench} ({sum(answerable(i) for i in items)} answerable, "
           f"{sum(not answerable(i) for i in items)} unanswerable items)")
@@ -451,13 +518,18 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
                 pipeline = open_pipeline(name, ctx, generator, model)
                 try:
                     records = run_pipeline(pipeline, model, ctx, out)
+                    chat = run_chats(pipeline, model, chats, out) if name == "kbloop" and chats else None
                 finally:
                     pipeline.close()
-                rows.append({"model": model, "pipeline": name, "summary": summarise(records)})
+                rows.append({"model": model, "pipeline": name, "summary": summarise(records),
+                             **({"chat": summarise_chats(chat)} if chat else {})})
             del generator
 
     print("\n## Summary\n")
     print(summary_table(rows))
+    if any("chat" in row for row in rows):
+        print(f"\n## Chat ({len(chats)} conversations, history shapes retrieval)\n")
+        print(chat_table([row for row in rows if "chat" in row]))
     print(f"\nper-item results: {out_path}")
     return {"bench": str(args.bench), "embedder": EMBEDDER, "engine": settings.engine, "limit": args.limit,
             "indexes": indexes, "results": rows, "items_file": str(out_path)}

@@ -128,7 +128,8 @@ class Assistant:
                           refusal_reason, self._sources(hits, cited), model, Path(adapter).name if adapter else None,
                           timings)
 
-        reason = self._refuse_before_generating(question, hits)
+        common = self.kb.manifest.common_words()
+        reason = self._refuse_before_generating(question, hits, common)
         if reason:
             yield NOT_IN_KB
             yield answer(NOT_IN_KB, reason, [])
@@ -138,9 +139,9 @@ class Assistant:
         first_token: list[float] = []
         # History chose the sources (fold_query); the model sees this question alone, so that
         # nothing of an earlier answer is carried into this one.
-        text = yield from self._reply(build_messages(question, hits), stats, first_token, question)
-        if restates(text, question):  # held back, unshown
-            text = self._ask_again(question, hits, stats, first_token, timings)
+        text = yield from self._reply(build_messages(question, hits), stats, first_token, question, common)
+        if restates(text, question, common):  # held back, unshown
+            text = self._ask_again(question, hits, stats, first_token, timings, common)
             yield text or NOT_IN_KB
         done = time.perf_counter()
         first = first_token[0] if first_token else None
@@ -164,7 +165,7 @@ class Assistant:
         elif (verdict := self._verify(question, text, hits, timings)) is not None and not verdict.stands:
             yield answer(text, verdict.reason, [])
         else:
-            cited = set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits))
+            cited = set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits, common))
             if verdict is not None and verdict.passage:
                 cited.add(verdict.passage)
             yield answer(text, None, sorted(cited))
@@ -180,22 +181,22 @@ class Assistant:
         return verdict
 
     def _ask_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float],
-                   timings: dict) -> str | None:
+                   timings: dict, common: frozenset[str]) -> str | None:
         """The answer when the first reply only restated the question: the reply to asking once
         more, told not to; failing that, the sentence of the sources closest to the question;
         the refusal, or None, when no sentence is close."""
         timings["asked_again"] = True
         again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
-                                   question))
-        if not restates(again, question) and not is_refusal(again):
+                                   question, common))
+        if not restates(again, question, common) and not is_refusal(again):
             return again
-        if closest := closest_sentence(question, hits):
+        if closest := closest_sentence(question, hits, common=common):
             timings["quoted"] = True
             return QUOTE.format(n=closest[0], sentence=closest[1])
         return again if is_refusal(again) else None
 
     def _reply(self, messages: list[dict], stats: dict, first_token: list[float],
-               question: str | None = None) -> Generator[str, None, str]:
+               question: str | None = None, common: frozenset[str] = frozenset()) -> Generator[str, None, str]:
         """Stream the model's reply and return it cleaned. Given the question, text that so far
         adds nothing to it is held back, and a reply that only restates it is not shown."""
         call: dict = {}
@@ -209,7 +210,7 @@ class Assistant:
             if holding:
                 held += text
                 # the last word may still be growing ("99" of "998"): judge the finished ones
-                text, held = (held, "") if new_words(re.sub(r"\S+$", "", held), question) else ("", held)
+                text, held = (held, "") if new_words(re.sub(r"\S+$", "", held), question, common) else ("", held)
                 holding = not text
             if text:
                 yield text
@@ -219,15 +220,15 @@ class Assistant:
         stats["prompt_tokens"] += call.get("prompt_tokens") or 0
         stats["completion_tokens"] += call.get("completion_tokens") or 0
         reply = clean_answer(shown.text)
-        if held and not (holding and restates(reply, question)):
+        if held and not (holding and restates(reply, question, common)):
             yield held
         return reply
 
-    def _refuse_before_generating(self, question: str, hits: list[Hit]) -> str | None:
+    def _refuse_before_generating(self, question: str, hits: list[Hit], common: frozenset[str]) -> str | None:
         """Why the knowledge base cannot answer, when that is clear without asking the model."""
         threshold = self.kb.settings.min_score
         best = max((h.score for h in hits), default=None)
-        if best is not None and best < threshold and any(keyword_evidence(question, h) for h in hits):
+        if best is not None and best < threshold and any(keyword_evidence(question, h, common) for h in hits):
             best = threshold  # the words say it is relevant where the embedding is unsure
         if best is None or best < threshold:
             shown = "none" if best is None else f"{best:.2f}"

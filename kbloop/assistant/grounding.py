@@ -23,9 +23,9 @@ from kbloop.text import STOPWORDS, normalise, numbers, technical_terms, word_ste
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
-# stop words: nearly every source says them ("default" of every option, "git" throughout
-# ../shared/kbdev, where these checks were measured).
-UNINFORMATIVE = STOPWORDS | {"default", "git"}
+# stop words: "default", which a manual says of every setting. Each knowledge base adds its own
+# common words (``Manifest.common_words``: "git" in git's manual), passed as ``common``.
+UNINFORMATIVE = STOPWORDS | {"default"}
 
 
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
@@ -37,41 +37,43 @@ def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
 KEYWORD_COVERAGE = 2 / 3
 
 
-def keyword_evidence(question: str, hit: Hit) -> bool:
+def keyword_evidence(question: str, hit: Hit, common: frozenset[str] = frozenset()) -> bool:
     """The chunk holds most informative words of the question (two thirds, at least two
     words): strong evidence of relevance, whatever the cosine similarity says. A fact
     appended to a long document is found this way though its chunk's embedding is about
     something else."""
-    asked = stems(question)
-    return len(asked) >= 2 and len(asked & stems(hit.text)) >= KEYWORD_COVERAGE * len(asked)
+    asked = stems(question, common)
+    return len(asked) >= 2 and len(asked & stems(hit.text, common)) >= KEYWORD_COVERAGE * len(asked)
 
 
-def new_words(answer: str, question: str) -> list[str]:
+def new_words(answer: str, question: str, common: frozenset[str] = frozenset()) -> list[str]:
     """The words of the answer that are neither in the question nor uninformative."""
     asked = set(normalise(question).split())
-    return [w for w in normalise(answer).split() if w not in asked and w not in UNINFORMATIVE]
+    return [w for w in normalise(answer).split() if w not in asked and w not in UNINFORMATIVE and w not in common]
 
 
-def restates(answer: str, question: str) -> bool:
+def restates(answer: str, question: str, common: frozenset[str] = frozenset()) -> bool:
     """The answer only repeats the question: it adds no word to it and leaves none of its words
     out. An answer that picks one of the things the question names leaves the others out."""
-    return not answer.strip() or (not new_words(answer, question) and stems(question) <= stems(answer))
+    return not answer.strip() or (not new_words(answer, question, common)
+                                  and stems(question, common) <= stems(answer, common))
 
 
-def stems(text: str) -> set[str]:
+def stems(text: str, common: frozenset[str] = frozenset()) -> set[str]:
     """The informative words of ``text`` in one form (``word_stems``)."""
-    return word_stems(text, UNINFORMATIVE)
+    return word_stems(text, UNINFORMATIVE | common)
 
 
-def closest_sentence(question: str, hits: list[Hit], longest: int = 500) -> tuple[int, str] | None:
+def closest_sentence(question: str, hits: list[Hit], longest: int = 500,
+                     common: frozenset[str] = frozenset()) -> tuple[int, str] | None:
     """The sentence of the sources that shares most words with the question, and its source's
     number (the better-ranked source on a tie); None when none shares half of them."""
-    asked = stems(question)
+    asked = stems(question, common)
     best: tuple[int, int, str] | None = None
     for n, hit in enumerate(hits, start=1):
         for sentence in SENTENCE_END.split(hit.text):
             sentence = " ".join(sentence.split())
-            shared = len(asked & stems(sentence))
+            shared = len(asked & stems(sentence, common))
             if len(sentence.split()) >= 4 and (best is None or shared > best[0]):
                 best = (shared, n, sentence)
     if best is None or 2 * best[0] < len(asked):
@@ -89,9 +91,9 @@ def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     return [] if stated & grounded else sorted(stated)
 
 
-def attribute(answer: str, question: str, hits: list[Hit]) -> list[int]:
+def attribute(answer: str, question: str, hits: list[Hit], common: frozenset[str] = frozenset()) -> list[int]:
     """Numbers (1-based) of the sources that contain what the answer adds to the question."""
-    content = new_words(answer, question)
+    content = new_words(answer, question, common)
     if not content:
         return [1] if hits else []
     overlaps = [sum(1 for w in content if w in set(normalise(h.text).split())) for h in hits]

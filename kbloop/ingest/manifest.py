@@ -9,6 +9,7 @@ The knowledge base opens it with every store's migrations (``kbloop.schema``).
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -20,6 +21,8 @@ from typing import Iterator
 
 from kbloop.db import Migration, connect, snapshot, transaction
 from kbloop.fsutil import exclusive, try_lock
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS: list[Migration] = [
     (
@@ -89,6 +92,9 @@ MIGRATIONS: list[Migration] = [
 ]
 
 # Why a run stopped that recorded no end of its own.
+# A word in half the chunks or more is as common as a stop word there (see Manifest.common_words).
+COMMON_SHARE = 0.5
+COMMON_LEAST = 20
 INTERRUPTED = "its process ended before it finished (killed, or the machine stopped)"
 
 
@@ -146,6 +152,7 @@ class Manifest:
         store's own tables; the knowledge base passes the whole schema."""
         self.path = Path(path)
         self.db = connect(self.path, migrations)
+        self._common: tuple[tuple, frozenset[str]] | None = None  # common_words, and what it was read from
 
     def close(self) -> None:
         self.db.close()
@@ -275,6 +282,28 @@ class Manifest:
             (match, limit),
         )
         return [row[0] for row in rows]
+
+    def common_words(self, share: float = COMMON_SHARE, least: int = COMMON_LEAST) -> frozenset[str]:
+        """The words that at least ``share`` of the chunks contain ("git" in git's manual):
+        they tell no chunk from another, so the grounding checks do not count them. None in a
+        knowledge base of fewer than ``least`` chunks, where a share says little; numbers never.
+        Kept until the chunks change, since it reads the whole keyword index."""
+        key = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM chunks").fetchone()
+        key = (key[0], key[1], share, least)
+        if self._common is None or self._common[0] != key:
+            words: frozenset[str] = frozenset()
+            if key[0] >= least:
+                try:
+                    self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab "
+                                    "USING fts5vocab(main, chunks_fts, 'row')")
+                    rows = self.db.execute("SELECT term FROM temp.chunks_vocab WHERE doc >= ?",
+                                           (share * key[0],)).fetchall()
+                except sqlite3.Error as exc:  # answers go on, checking with stop words only
+                    log.warning("cannot read the keyword index's word counts: %s", exc)
+                    rows = []
+                words = frozenset(row[0] for row in rows if not row[0].isdigit())
+            self._common = (key, words)
+        return self._common[1]
 
     def hits(self, scored: list[tuple[int, float]]) -> list[Hit]:
         """Search results for (vector id, score) pairs, in the same order; unknown ids are dropped."""
