@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterator
 
-from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, new_words,
-                                       restates, unmentioned_terms)
+from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, mentioned,
+                                       new_words, restates, unmentioned_terms)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -111,7 +111,7 @@ class Assistant:
         hits = self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
         for term in unmentioned_terms(question, hits):
             seen = {h.vector_id for h in hits}
-            found = [h for h in self.kb.search(term, 3) if h.vector_id not in seen and term in h.text.lower()]
+            found = [h for h in self.kb.search(term, 3) if h.vector_id not in seen and mentioned(term, h.text.lower())]
             hits += found[:1]
         return hits
 

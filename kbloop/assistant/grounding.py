@@ -31,7 +31,14 @@ UNINFORMATIVE = STOPWORDS | {"default"}
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     """Technical terms of the question that no retrieved source contains."""
     text = " ".join(h.text for h in hits).lower()
-    return [t for t in technical_terms(question) if t not in text]
+    return [t for t in technical_terms(question) if not mentioned(t, text)]
+
+
+def mentioned(term: str, text: str) -> bool:
+    """``term`` is in ``text``, or, for a qualified name of three parts or more
+    ("pathlib.path.home"), the name without its first part ("path.home"): reference manuals
+    document a method under its module without repeating the module's name."""
+    return term in text or (term.count(".") >= 2 and term.split(".", 1)[1] in text)
 
 
 KEYWORD_COVERAGE = 2 / 3

@@ -1,5 +1,6 @@
-"""A knowledge base's own common words (its product's name on every page) count as stop words
-in the grounding checks, read from the keyword index rather than written down for one manual."""
+"""Word tests of the grounding checks: a knowledge base's own common words (its product's name
+on every page) count as stop words, read from the keyword index rather than written down for one
+manual; a qualified name counts as mentioned where the manual drops its module's name."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def test_keyword_evidence_does_not_count_a_word_every_chunk_has():
     chunk = Hit(0, 0.2, "a.txt", "Harbor keeps logs in harbor's own folder.", {})
     assert keyword_evidence(question, chunk)
     assert not keyword_evidence(question, chunk, frozenset({"harbor"}))
+
+
+def test_a_method_documented_under_its_module_counts_as_mentioned():
+    from kbloop.assistant.grounding import unmentioned_terms
+
+    chunk = Hit(0, 0.7, "csv.md", "The Sniffer class deduces formats. Sniffer.has_header(sample) analyses the sample.", {})
+    assert unmentioned_terms("How many rows does csv.Sniffer.has_header() sample?", [chunk]) == []
+    # two-part names stay exact: a near-miss setting is not its neighbour
+    assert unmentioned_terms("What is the default of csv.field_size_limit?", [chunk]) == ["csv.field_size_limit"]
+    assert unmentioned_terms("What does csv.Sniffer.sniff_rows do?", [chunk]) == ["csv.sniffer.sniff_rows"]
