@@ -492,7 +492,7 @@ def prepare(ctx: Context, pipelines: list[str], corpus: Path) -> dict:
 
 
 def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
-    items = load_items(args.bench, args.limit)
+    items = [] if args.chat_only else load_items(args.bench, args.limit)
     chats = [] if args.limit else load_chats(args.bench, items)
     corpus = args.bench / "corpus" / "initial"
     print(f"benchmark: {args.bench} ({sum(answerable(i) for i in items)} answerable, "
@@ -555,6 +555,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="empty or new folder for the indexes (default: a new temporary folder, "
                              "deleted at the end unless --keep; a folder given here is kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
+    parser.add_argument("--chat-only", action="store_true",
+                        help="run only the chat scenario (kbloop pipeline), not the question sets")
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
     args = parser.parse_args(argv)
     unknown = [p for p in args.pipelines if p not in PIPELINES]

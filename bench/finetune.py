@@ -31,7 +31,8 @@ Measured in one run, every training in its own fresh child process (``python ben
 
 Part 1's home is built first, part 3 runs next, then part 1's trainings model by model; a
 child that dies (say, out of memory) is reported and the rest still run. All runs use
-KBLOOP_FINETUNE_EPOCHS=``--epochs`` (default 1) and KBLOOP_DATASET_TEACHER_PAIRS=0, the other
+KBLOOP_FINETUNE_EPOCHS=``--epochs`` (default 1), KBLOOP_DATASET_TEACHER_PAIRS=0 and
+KBLOOP_FINETUNE_PATIENCE=0 (no early stopping, so every run trains all its records), the other
 KBLOOP_FINETUNE_* settings at their defaults (or as set in the environment). The
 corpus subset is the ``--corpus-files`` smallest documents, to bound time. Nothing is
 downloaded: the packaged models must already be converted under KBLOOP_MODEL_CACHE.
@@ -299,7 +300,8 @@ def ratio(a: float, b: float) -> float:
 
 
 def measure_throughput(model: str, records: int, home, workdir: Path) -> dict:
-    overrides = {"KBLOOP_GENERATOR": model, "KBLOOP_FINETUNE_MAX_RECORDS": str(records)}
+    overrides = {"KBLOOP_GENERATOR": model, "KBLOOP_FINETUNE_MAX_RECORDS": str(records),
+                 "KBLOOP_FINETUNE_PATIENCE": "0"}
     record_ids, config = planned_records(home, overrides)
     tag = model.split(":", 1)[-1]
     print(f"\n== {model}: {len(record_ids)} records; batch {config['batch_size']} x accum {config['grad_accum']}, "
@@ -360,7 +362,8 @@ def measure_incremental(files: list[Path], share: float, per_file: dict[str, int
     later = held_back(files, share, per_file)
     first = [f for f in files if f not in later]
     settings = {"KBLOOP_GENERATOR": INCREMENTAL_MODEL, "KBLOOP_EMBEDDER": EMBEDDER,
-                "KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_EPOCHS": str(epochs)}
+                "KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_EPOCHS": str(epochs),
+                "KBLOOP_FINETUNE_PATIENCE": "0"}
     home = make_home(workdir / "incremental", first, settings)
     expected = sum(per_file.get(f.name, 0) for f in later) / max(sum(per_file.values()), 1)
     print(f"\n== incremental ({INCREMENTAL_MODEL}): {len(first)} documents first, then "

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
                 teacher = models.create("teacher", settings.teacher, settings) if args.teacher else None
                 counts = build(kb, teacher)
                 print(f"dataset: {json.dumps(counts.as_dict())}", flush=True)
-                trained = finetune(kb, fresh=True, progress=True)
+                trained = finetune(kb, fresh=True, progress="bar")
                 print(f"finetune: {json.dumps(trained.as_dict())}", flush=True)
             version = trained.version
         adapter = home.adapters_dir / version

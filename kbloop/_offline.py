@@ -11,6 +11,8 @@ OFFLINE_ENVIRONMENT = {
     # unstructured pings a telemetry host on import unless told not to.
     "DO_NOT_TRACK": "1",
     "UNSTRUCTURED_DISABLE_NOTICE": "1",
+    # Ray (KBLOOP_INGEST_ENGINE=ray) reports usage to its makers unless told not to.
+    "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kbloop.errors import ConfigError, HomeNotFound
+from kbloop.fsutil import fsync_folder
 
 ENV_PREFIX = "KBLOOP_"
 HOME_ENV = "KBLOOP_HOME"
@@ -68,10 +70,10 @@ class Settings(BaseModel):
     )
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put in front of the model for each question.")
     min_score: float = Field(
-        0.45, ge=-1.0, le=1.0,
+        0.42, ge=-1.0, le=1.0,
         description=(
             "Refuse without asking the model when the best chunk's cosine similarity is below this "
-            "(calibrated for local:all-minilm-l6-v2; see README)."
+            "(calibrated for local:all-minilm-l6-v2 on both development corpora; see docs/answers.md)."
         ),
     )
     verify_answers: bool = Field(
@@ -103,7 +105,78 @@ class Settings(BaseModel):
     embed_batch_size: int = Field(
         32, ge=1, le=4096, description="Texts per embedding call."
     )
+    ingest_engine: Literal["local", "ray"] = Field(
+        "local",
+        description=(
+            "`kbloop ingest`: where files are parsed, split and embedded: local (this process) or ray (a Ray "
+            "cluster; docs/scaling.md). Either way this process alone writes the manifest and the vector store, "
+            "and the index comes out the same."
+        ),
+    )
+    ray_address: str = Field(
+        "",
+        description=(
+            "With KBLOOP_INGEST_ENGINE=ray: the cluster to run on, as host:port of its head node (the port of "
+            "`ray start --head`) or auto (the cluster started on this machine); empty starts a private Ray for "
+            "each ingest with KBLOOP_RAY_WORKERS + 1 CPUs."
+        ),
+    )
+    ray_workers: int = Field(
+        2, ge=1, le=256,
+        description=(
+            "With KBLOOP_INGEST_ENGINE=ray: embedding actors, each taking one CPU and loading the embedding "
+            "model once (fewer run while the cluster lacks free CPUs)."
+        ),
+    )
     search_k: int = Field(5, ge=1, le=200, description="Chunks returned by `kbloop search` by default.")
+    vector_store: Literal["faiss", "qdrant"] = Field(
+        "faiss",
+        description=(
+            "Engine that holds the vectors: faiss (files in the home's vector_store/ folder) or qdrant "
+            "(embedded in KBLOOP_QDRANT_PATH, or the server at KBLOOP_QDRANT_URL; docs/scaling.md). Switch "
+            "with `kbloop migrate-store --to qdrant|faiss`, which copies the vectors and then sets this."
+        ),
+    )
+    qdrant_url: str = Field(
+        "",
+        description=(
+            "With KBLOOP_VECTOR_STORE=qdrant: base URL of a Qdrant server or cluster, such as "
+            "http://127.0.0.1:6333; empty runs Qdrant embedded in KBLOOP_QDRANT_PATH instead."
+        ),
+    )
+    qdrant_api_key: str = Field(
+        "", description="The API key sent to the Qdrant server at KBLOOP_QDRANT_URL; empty sends none."
+    )
+    qdrant_path: str = Field(
+        "",
+        description=(
+            "With KBLOOP_VECTOR_STORE=qdrant and no KBLOOP_QDRANT_URL: the folder of embedded Qdrant, which one "
+            "process at a time can open; empty means vector_store/qdrant in the home, relative paths are "
+            "relative to the home."
+        ),
+    )
+    qdrant_collection: str = Field(
+        "kbloop",
+        description=(
+            "Name of the home's Qdrant collections (name-1, name-2, ...) and of the alias of the one in use; "
+            "homes that share a Qdrant server need names of their own."
+        ),
+    )
+    qdrant_shards: int = Field(
+        0, ge=0, le=1024,
+        description="Shards of each new Qdrant collection on a cluster; 0 takes the server's default.",
+    )
+    qdrant_replication_factor: int = Field(
+        0, ge=0, le=100,
+        description="Copies of each shard of a new Qdrant collection on a cluster; 0 takes the server's default (1).",
+    )
+    qdrant_write_consistency: int = Field(
+        0, ge=0, le=100,
+        description=(
+            "Replicas that must confirm each write to a new Qdrant collection before it counts; 0 takes the "
+            "server's default (1). At most KBLOOP_QDRANT_REPLICATION_FACTOR."
+        ),
+    )
     ollama_url: str = Field(
         "http://127.0.0.1:11434",
         description="Base URL of an Ollama server, used only by ollama:<model> backends.",
@@ -130,8 +203,15 @@ class Settings(BaseModel):
     dataset_teacher_pairs: int = Field(
         2, ge=0, le=10,
         description=(
-            "`kbloop dataset build`: question/answer pairs the teacher model writes per new chunk, besides "
-            "the extractive ones that need no model; 0 builds from extractive pairs only (fast, offline)."
+            "`kbloop dataset build`: facts the teacher model asks about per new chunk, besides the extractive "
+            "ones that need no model; 0 builds from extractive pairs only (fast, offline)."
+        ),
+    )
+    dataset_teacher_phrasings: int = Field(
+        2, ge=1, le=5,
+        description=(
+            "`kbloop dataset build`: ways the teacher asks each of its facts; each phrasing becomes a record "
+            "with its own teacher-written, checked answer (one teacher answer and one judge check each)."
         ),
     )
     dataset_distractors: int = Field(
@@ -192,6 +272,28 @@ class Settings(BaseModel):
         False, description="`kbloop finetune`: trade compute for memory (about 30% slower, much less RAM)."
     )
     finetune_seed: int = Field(0, ge=0, description="`kbloop finetune`: seed for record order, replay sampling and LoRA init.")
+    finetune_patience: int = Field(
+        3, ge=0, le=1000,
+        description=(
+            "`kbloop finetune`: stop once this many probe-loss measurements in a row bring no new best (the loss "
+            "rose or stalled), and keep the adapter of the best one; 0 turns early stopping off (no records are "
+            "held out)."
+        ),
+    )
+    finetune_probe_fraction: float = Field(
+        0.1, gt=0.0, le=0.2,
+        description=(
+            "`kbloop finetune`: share of a run's records held out of training as the probe that early stopping "
+            "watches (4 to 16 records; none in a run of fewer than 20 records). Held-out records are trained "
+            "on by the next run."
+        ),
+    )
+    finetune_eval_steps: int = Field(
+        10, ge=1, le=100000,
+        description=(
+            "`kbloop finetune`: optimizer steps between two measurements of the probe loss (and one at the end)."
+        ),
+    )
     eval_max_items: int = Field(
         60, ge=1, le=100000, description="`kbloop evaluate`: most eval questions asked per run (user sets included)."
     )
@@ -284,12 +386,47 @@ class Settings(BaseModel):
             raise ValueError("expected a 24-hour time HH:MM, such as 03:00")
         return value
 
+    @field_validator("ray_address")
+    @classmethod
+    def _ray_address(cls, value: str) -> str:
+        if value and not re.match(r"^(auto|[\w.-]+:\d{1,5})$", value):
+            raise ValueError("expected host:port of the Ray head node, such as 127.0.0.1:6379, or auto")
+        return value
+
     @field_validator("ollama_url")
     @classmethod
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("expected an http(s) URL such as http://127.0.0.1:11434")
         return value.rstrip("/")
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _optional_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("expected an http(s) URL such as http://127.0.0.1:6333, or empty for embedded Qdrant")
+        return value.rstrip("/")
+
+    @field_validator("qdrant_collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}", value):
+            raise ValueError("expected up to 64 letters, digits, _ and -, such as kbloop")
+        return value
+
+    @model_validator(mode="after")
+    def _one_qdrant(self) -> "Settings":
+        if self.qdrant_url and self.qdrant_path:
+            raise ValueError(
+                "KBLOOP_QDRANT_URL and KBLOOP_QDRANT_PATH are both set: keep the URL for a Qdrant server, "
+                "or the path for embedded Qdrant"
+            )
+        if self.qdrant_replication_factor and self.qdrant_write_consistency > self.qdrant_replication_factor:
+            raise ValueError(
+                f"KBLOOP_QDRANT_WRITE_CONSISTENCY ({self.qdrant_write_consistency}) must not exceed "
+                f"KBLOOP_QDRANT_REPLICATION_FACTOR ({self.qdrant_replication_factor})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> "Settings":
@@ -417,6 +554,10 @@ class Home:
     def docs_dir(self, settings: Settings) -> Path:
         return self._within(settings.docs_dir)
 
+    def qdrant_dir(self, settings: Settings) -> Path:
+        """Embedded Qdrant's folder: KBLOOP_QDRANT_PATH, else vector_store/qdrant in the home."""
+        return self._within(settings.qdrant_path) if settings.qdrant_path else self.vector_store_dir / "qdrant"
+
     def eval_questions(self, settings: Settings) -> Path | None:
         """The user's own eval questions, when the file exists."""
         path = self._within(settings.eval_questions) if settings.eval_questions else None
@@ -475,3 +616,29 @@ def init_home(root: str | os.PathLike) -> Home:
         with os.fdopen(created, "w", encoding="utf-8") as fh:
             fh.write(render_env_template())
     return home
+
+
+def set_setting(home: Home, field: str, value: str) -> None:
+    """Write ``KBLOOP_<FIELD>=value`` into the home's .env and keep every other line: the line
+    that sets it is replaced (later ones, which would win over it, go), else one is added at the
+    end. The value, a plain word, is validated first; the file is replaced atomically and keeps
+    its permissions (a new one is owner-only, as `kbloop init` makes it)."""
+    name = Settings.env_name(field)
+    Settings.from_mapping({name: value}, origin="value")
+    try:
+        lines = home.env_file.read_text(encoding="utf-8").splitlines()
+        mode = stat.S_IMODE(home.env_file.stat().st_mode)
+    except FileNotFoundError:
+        lines, mode = [], 0o600
+    sets_it = re.compile(rf"^\s*(export\s+)?{name}\s*=")
+    out = [line for line in lines if not sets_it.match(line)]
+    first = next((i for i, line in enumerate(lines) if sets_it.match(line)), len(out))
+    out.insert(first, f"{name}={value}")
+    tmp = home.env_file.with_name(f".{home.env_file.name}.{os.getpid()}.tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), mode)
+        fh.write("\n".join(out) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, home.env_file)
+    fsync_folder(home.root)

@@ -23,6 +23,7 @@ from kbloop.vector_store import VectorStore
 
 if TYPE_CHECKING:
     from kbloop.assistant.verify import Verifier
+    from kbloop.evaluate.feedback import FeedbackStore
     from kbloop.models.generators import Generator
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,13 @@ class KnowledgeBase:
     @cached_property
     def indexer(self) -> Indexer:
         return Indexer(self.home, self.settings, self.manifest, lambda: self.embedder, progress=self.progress)
+
+    @cached_property
+    def feedback(self) -> FeedbackStore:
+        """Users' ratings of answers, with their corrections, which a dataset build learns."""
+        from kbloop.evaluate.feedback import FeedbackStore
+
+        return FeedbackStore(self.manifest.db)
 
     def close(self) -> None:
         if "manifest" in self.__dict__:

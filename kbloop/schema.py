@@ -13,9 +13,10 @@ from kbloop.evaluate import feedback
 from kbloop.evaluate import store as evaluations
 from kbloop.ingest import manifest
 
-MIGRATIONS: list[Migration] = [
+# Sorted by their numbers: a store's later migration (006) runs after the others' earlier ones.
+MIGRATIONS: list[Migration] = sorted([
     *manifest.MIGRATIONS,     # 001 files, chunks, runs, meta; 002 the keyword index
     *datasets.MIGRATIONS,     # 003 dataset versions and records
-    *feedback.MIGRATIONS,     # 004 ratings of answers
+    *feedback.MIGRATIONS,     # 004 ratings of answers; 006 users' corrections
     *evaluations.MIGRATIONS,  # 005 judge verdicts and evaluation runs
-]
+])

@@ -36,6 +36,7 @@ MIGRATIONS = [
     ("003_datasets", "8dcea6598bd5a35c"),
     ("004_feedback", "308a73aaa238fcab"),
     ("005_evaluations", "876e808cdb28a1b8"),
+    ("006_feedback_corrections", "de9fa0adb1ddf0aa"),
 ]
 
 

@@ -15,12 +15,14 @@ import pytest
 from kbloop.errors import StoreError
 from kbloop.vector_store import StoreInfo, StoreLocation, VectorStore, store_location
 from kbloop.vector_store.faiss_store import FaissLocation
+from kbloop.vector_store.qdrant_store import Endpoint, QdrantLocation
 
 DIM = 8
 EMBEDDER = "test:emb"
 
 ENGINES: dict[str, Callable[[Path], StoreLocation]] = {
     "faiss": lambda folder: FaissLocation(folder),
+    "qdrant": lambda folder: QdrantLocation(folder, Endpoint(path=folder / "qdrant")),
 }
 
 
@@ -131,9 +133,12 @@ def test_a_store_set_aside_is_gone_and_a_new_one_starts_afresh(location):
     assert location.load().ids().tolist() == [9]
 
 
-def test_the_home_store_is_found_by_settings(home):
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_the_home_store_is_found_by_settings(home, engine, monkeypatch):
+    monkeypatch.setenv("KBLOOP_VECTOR_STORE", engine)
     location = store_location(home.load_settings(), home)
     assert isinstance(location, StoreLocation) and location.load() is None
+    assert type(location).__name__.lower().startswith(engine)
     store, _ = filled(location, [1])
     store.save()
     assert location.load().ids().tolist() == [1]

@@ -14,24 +14,40 @@ from kbloop.errors import NotFound
 
 @click.group()
 def dataset() -> None:
-    """Instruction-knowledge-answer records built from new or changed chunks."""
+    """Instruction-knowledge-answer records built from new or changed chunks.
+
+    Corrections users typed under a *Wrong* answer (web page or POST /api/feedback) become
+    training records too, at the next build: the question, what retrieval finds for it then,
+    and the correction as the answer.
+    """
 
 
 @dataset.command()
 @click.option("--teacher/--no-teacher", default=True,
-              help="Also ask the teacher model (KBLOOP_TEACHER) for pairs; --no-teacher uses extractive pairs only.")
+              help="Also have the teacher model (KBLOOP_TEACHER) ask and answer questions, its answers checked by "
+                   "KBLOOP_JUDGE; --no-teacher uses extractive pairs only.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Read at most this many new chunks now.")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.pass_obj
 def build(obj, teacher: bool, limit: int | None, as_json: bool) -> None:
-    """Build the next dataset version; an unchanged knowledge base builds nothing."""
+    """Build the next dataset version; an unchanged knowledge base builds nothing.
+
+    Each correction sent since the last build (a *Wrong* answer with the right one typed in)
+    becomes a training record whose knowledge is what retrieval finds for its question now.
+    """
+    from kbloop.dataset.answers import answer_checker
     from kbloop.dataset.build import build as run_build
+    from kbloop.progress import progress_mode
 
     with obj.open_kb() as kb:
-        model = None
+        model = checker = None
         if teacher and kb.settings.dataset_teacher_pairs:
             model = kb.model("teacher")
-        counts = run_build(kb, model, progress=not as_json and sys.stderr.isatty(), limit=limit).as_dict()
+            checker = answer_checker(kb, model)
+        # A bar on a terminal; in a log, a pipe or under --json, a line now and then.
+        mode = "lines" if as_json else progress_mode(True, sys.stderr)
+        counts = run_build(kb, model, progress=mode, limit=limit, verifier=checker,
+                           announce=lambda plan: click.echo(plan.describe(), err=True)).as_dict()
     if as_json:
         emit_json(counts)
         return
@@ -39,10 +55,18 @@ def build(obj, teacher: bool, limit: int | None, as_json: bool) -> None:
         click.echo(f"nothing new: {counts['chunks_unchanged']} chunks already have their records")
         return
     click.echo(f"dataset {counts['version']}: {counts['records_train']} train + {counts['records_eval']} eval "
-               f"records from {counts['chunks_new']} new chunks; {counts['records_retired']} records retired "
+               f"records from {counts['chunks_new']} new chunks and {counts['corrections']} corrections; "
+               f"{counts['records_retired']} records retired "
                f"({counts['chunks_retired']} chunks changed or gone)")
     click.echo(f"pairs: {counts['pairs_generated']} generated, {counts['pairs_unsupported']} unsupported, "
                f"{counts['pairs_bad_length']} bad length, {counts['pairs_duplicate']} duplicates")
+    if counts["answers_written"]:
+        dropped = counts["answers_rejected"] + counts["answers_unchecked"]
+        click.echo(f"teacher answers: {counts['answers_written']} written, {counts['answers_written'] - dropped} "
+                   f"kept, {counts['answers_rejected']} rejected, {counts['answers_unchecked']} not checked")
+    records = sum(counts["by_family"].values())
+    split = ", ".join(f"{family} {n} ({100 * n / records:.0f}%)" for family, n in counts["by_family"].items())
+    click.echo(f"yield: {counts['records_per_100_chunks']:g} records per 100 chunks read; {split or 'no records'}")
     for generator, n in sorted(counts["by_generator"].items()):
         click.echo(f"  {generator}: {n}")
     click.echo(f"took {counts['seconds']:.2f}s")

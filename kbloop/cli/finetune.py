@@ -5,10 +5,77 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from kbloop.cli.output import emit_json
+
+if TYPE_CHECKING:
+    from kbloop.config import Settings
+    from kbloop.finetune.train import RunOutline
+
+# Each option sets these settings for one run; --lr is the rate of a new and a continued adapter alike.
+RUN_OPTIONS = {
+    "model": ("generator",),
+    "max_records": ("finetune_max_records",),
+    "epochs": ("finetune_epochs",),
+    "lr": ("finetune_lr", "finetune_incremental_lr"),
+    "rank": ("finetune_lora_r",),
+    "patience": ("finetune_patience",),
+}
+
+
+def run_settings(settings: Settings, options: dict[str, str | None]) -> Settings:
+    """``settings`` with the options given in place, checked as the settings are; a bad value
+    stops the command with one line that names the option."""
+    from pydantic import ValidationError
+
+    from kbloop.errors import ConfigError
+
+    given = {name: value for name, value in options.items() if value is not None}
+    changed = {field: value for name, value in given.items() for field in RUN_OPTIONS[name]}
+    try:
+        return type(settings).model_validate(settings.model_dump() | changed)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = next(name for name, fields in RUN_OPTIONS.items() if error["loc"] and error["loc"][0] in fields)
+        message = error["msg"].removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        raise ConfigError(f"bad option --{name.replace('_', '-')}={given[name]}: {message}") from None
+
+
+def describe_outline(outline: RunOutline) -> list[str]:
+    """What a run is about to do, as the lines printed before its first step."""
+    from kbloop.progress import format_seconds
+
+    start = f"continuing {outline.parent}" if outline.parent else "a new adapter"
+    records = f"{outline.records_new} new + {outline.records_replay} replayed"
+    if outline.records_probe:
+        records += f", {outline.records_probe} held out as the probe"
+    if outline.records_skipped:
+        records += f", {outline.records_skipped} skipped as too long"
+    if outline.records_probe:
+        every = "step" if outline.eval_steps == 1 else f"{outline.eval_steps} steps"
+        stopping = (f"probe loss every {every}; stop after {outline.patience} in a row without a new best "
+                    "and keep the best adapter")
+    elif outline.patience:
+        stopping = "off (too few records to hold out a probe)"
+    else:
+        stopping = "off (patience 0)"
+    if outline.estimated_seconds is None:
+        estimate = "unknown (nothing timed yet)"
+    else:
+        basis = "the interrupted run's speed" if outline.resumed_from_step else "a timed pass over the probe"
+        estimate = f"about {format_seconds(outline.estimated_seconds)} (an estimate from {basis})"
+    steps = f"{outline.steps} steps of {outline.records_per_step} records"
+    if outline.resumed_from_step:
+        steps += f", resuming after step {outline.resumed_from_step}"
+    return [f"finetune {outline.version}: {start} for {outline.generator}",
+            f"  records: {records}",
+            f"  training: {outline.epochs} epochs, {steps}, lr {outline.lr:g}, LoRA rank {outline.lora_r}",
+            f"  early stopping: {stopping}",
+            f"  time: {estimate}"]
 
 
 @click.command()
@@ -16,21 +83,53 @@ from kbloop.cli.output import emit_json
               help="Continue this adapter version instead of the current one.")
 @click.option("--fresh", is_flag=True, help="Start a new adapter from the base model.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run from its latest checkpoint.")
+@click.option("--model", metavar="SPEC", default=None,
+              help="Base model to train for, e.g. local:qwen2.5-0.5b or local:smollm2-135m (default: "
+                   "KBLOOP_GENERATOR). The adapter answers only when KBLOOP_GENERATOR names this model.")
+@click.option("--max-records", metavar="N", default=None,
+              help="Train on at most N new records, newest first; 0 takes all (default: KBLOOP_FINETUNE_MAX_RECORDS).")
+@click.option("--epochs", metavar="N", default=None, help="Passes over the records (default: KBLOOP_FINETUNE_EPOCHS).")
+@click.option("--lr", metavar="RATE", default=None,
+              help="Peak learning rate of this run, new or continued adapter (default: KBLOOP_FINETUNE_LR, or "
+                   "KBLOOP_FINETUNE_INCREMENTAL_LR when continuing).")
+@click.option("--rank", metavar="N", default=None,
+              help="LoRA rank of a new adapter; a continued one keeps its parent's (default: KBLOOP_FINETUNE_LORA_R).")
+@click.option("--patience", metavar="N", default=None,
+              help="Stop after N probe-loss measurements in a row without a new best and keep the best adapter; "
+                   "0: no early stopping (default: KBLOOP_FINETUNE_PATIENCE).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def finetune(obj, parent: str | None, fresh: bool, resume: bool, as_json: bool) -> None:
+def finetune(obj, parent: str | None, fresh: bool, resume: bool, model: str | None, max_records: str | None,
+             epochs: str | None, lr: str | None, rank: str | None, patience: str | None, as_json: bool) -> None:
     """Train a LoRA adapter on the training records the current adapter has not seen.
 
+    The options set this run only; the home's settings stay as they are. Before the first step
+    it prints what it will do and an estimate of how long that takes, then shows progress.
     The new version is a candidate: `kbloop evaluate --promote` or `kbloop adapters promote`
     makes it the one that answers.
     """
     from kbloop.errors import KbloopError
     from kbloop.finetune.train import finetune as run
+    from kbloop.kb import KnowledgeBase
+    from kbloop.progress import progress_mode
 
+    options = {"model": model, "max_records": max_records, "epochs": epochs, "lr": lr, "rank": rank,
+               "patience": patience}
     if sum([bool(parent), fresh, resume]) > 1:
         raise KbloopError("choose one of --from, --fresh and --resume")
-    with obj.open_kb() as kb:
-        result = run(kb, parent=parent, fresh=fresh, resume=resume, progress=not as_json and sys.stderr.isatty())
+    if resume and any(value is not None for value in options.values()):
+        raise KbloopError("--resume continues the interrupted run as it was planned: leave out "
+                          + ", ".join(f"--{name.replace('_', '-')}" for name, v in options.items() if v is not None))
+    home = obj.home()
+    settings = run_settings(home.load_settings(), options)
+
+    def announce(outline: RunOutline) -> None:
+        if not as_json:
+            click.echo("\n".join(describe_outline(outline)), err=True)
+
+    with KnowledgeBase(home, settings) as kb:
+        result = run(kb, parent=parent, fresh=fresh, resume=resume, progress=progress_mode(not as_json, sys.stderr),
+                     announce=announce)
     if as_json:
         emit_json(result.as_dict())
         return
@@ -43,6 +142,7 @@ def finetune(obj, parent: str | None, fresh: bool, resume: bool, as_json: bool) 
                    f"{result.final_probe_loss:.4f} after")
     else:
         click.echo(f"probe loss after training: {result.final_probe_loss:.4f}")
+    click.echo(f"stopped: {result.stop_reason}")
     click.echo(f"it is a candidate: `kbloop evaluate --candidate {result.version} --promote` "
                f"or `kbloop adapters promote {result.version}`")
 

@@ -9,26 +9,32 @@ The algorithm, in ``build``:
    a pair is kept only if the chunk supports its answer, its lengths are sane and its
    question is not a near-duplicate;
 4. each kept pair becomes a record: its chunk plus retrieved distractors (RAFT), in the
-   eval split when the chunk's hash says so;
+   eval split when the chunk's hash says so; each correction users sent since the last build
+   becomes a training record too (``kbloop.dataset.corrections``);
 5. the version's files are written, then its rows, in one manifest transaction.
 
-An unchanged knowledge base yields no version at all.
+An unchanged knowledge base, with no new corrections, yields no version at all.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from kbloop.dataset.answers import TeacherAnswers
+from kbloop.dataset.corrections import correction_records
 from kbloop.dataset.extractive import Pair, extract_pairs
 from kbloop.dataset.filters import Deduplicator, length_problem, supported
-from kbloop.dataset.records import Knowledge, Record, assemble, in_eval_split, record_id
+from kbloop.dataset.plan import Plan, plan
+from kbloop.dataset.records import CORRECTION, Knowledge, Record, assemble, in_eval_split, record_id
 from kbloop.dataset.store import DatasetStore
 from kbloop.dataset.teacher import teacher_pairs
 from kbloop.fsutil import exclusive
 from kbloop.ingest.manifest import Manifest
-from kbloop.progress import progress_bar
+from kbloop.progress import ProgressMode, tracked
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +65,24 @@ class BuildCounts:
     records_train: int = 0
     records_eval: int = 0
     records_retired: int = 0
+    corrections: int = 0  # training records from users' corrections
+    answers_written: int = 0  # the teacher's answers to its questions (kbloop.dataset.answers)
+    answers_rejected: int = 0  # dropped: no answer, or the check found the source does not state it
+    answers_unchecked: int = 0  # dropped: the check gave no verdict
     by_generator: dict = field(default_factory=dict)
+    by_family: dict = field(default_factory=dict)  # records by generator family: extractive, teacher, correction
+    records_per_100_chunks: float = 0.0  # records from the chunks read (corrections aside), per 100 of them
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def tally(self, records: list[Record]) -> None:
+        """What the build got out of the text, and from which generators: the yield to compare
+        across corpora and settings."""
+        self.by_family = dict(sorted(Counter(r.generator.split(":")[0] for r in records).items()))
+        from_chunks = sum(n for family, n in self.by_family.items() if family != CORRECTION)
+        self.records_per_100_chunks = round(100 * from_chunks / self.chunks_new, 1) if self.chunks_new else 0.0
 
 
 def indexed_chunks(manifest: Manifest) -> dict[str, SourceChunk]:
@@ -74,17 +93,23 @@ def indexed_chunks(manifest: Manifest) -> dict[str, SourceChunk]:
     return out
 
 
-def build(kb, teacher=None, progress: bool = False, limit: int | None = None) -> BuildCounts:
+def build(kb, teacher=None, progress: ProgressMode = "off", limit: int | None = None,
+          verifier=None, announce: Callable[[Plan], None] | None = None) -> BuildCounts:
     """Build the next dataset version from what changed; ``limit`` caps the new chunks read
-    (the rest wait for the next build)."""
+    (the rest wait for the next build). With a ``verifier`` the teacher also answers its own
+    questions from retrieved context, and only checked answers are kept
+    (``kbloop.dataset.answers``); without one its questions keep its short answers.
+    ``announce`` receives the plan (what will be read, by which models, about how long it
+    takes) once the build holds its lock, before it reads anything."""
     with exclusive(kb.home.data_dir / "dataset.lock", "dataset build"):
         with kb.manifest.recording("dataset") as summary:
-            counts = _build(kb, teacher, progress, limit)
+            counts = _build(kb, teacher, progress, limit, verifier, announce)
             summary.update({k: v for k, v in counts.as_dict().items() if k != "by_generator"})
     return counts
 
 
-def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
+def _build(kb, teacher, progress: ProgressMode, limit: int | None, verifier,
+           announce: Callable[[Plan], None] | None) -> BuildCounts:
     started = time.perf_counter()
     settings = kb.settings
     store = DatasetStore(kb.home, kb.manifest)
@@ -103,38 +128,59 @@ def _build(kb, teacher, progress: bool, limit: int | None) -> BuildCounts:
     if limit is not None:
         new = new[:limit]
     counts.chunks_new, counts.chunks_retired = len(new), len(retire)
+    if announce is not None:
+        later = len(current) - counts.chunks_unchanged - len(new)
+        announce(plan(store, settings, teacher, verifier, len(new), later, counts.chunks_unchanged))
 
     version = store.next_version()
     by_vector = {c.vector_id: c for c in current.values()}
     dedupe = Deduplicator(store.active_questions())
     records: list[Record] = []
     done: dict[str, int] = {}
-    for chunk in progress_bar(new, show=progress, desc="dataset", unit="chunk"):
+    answering = (TeacherAnswers(kb, teacher, verifier, by_vector, counts)
+                 if teacher is not None and verifier is not None else None)
+    for chunk in tracked(new, progress, desc="dataset", unit="chunk"):
         pairs = extract_pairs(chunk.text, chunk.metadata, chunk.path)
         if teacher is not None and settings.dataset_teacher_pairs:
-            pairs += teacher_pairs(teacher, chunk.text, chunk.metadata, chunk.path, settings.dataset_teacher_pairs)
+            pairs += teacher_pairs(teacher, chunk.text, chunk.metadata, chunk.path, settings.dataset_teacher_pairs,
+                                   settings.dataset_teacher_phrasings)
         kept = _keep(pairs, chunk, dedupe, counts)
         split = "eval" if in_eval_split(chunk.text_hash, settings.dataset_eval_fraction) else "train"
         for pair in kept:
             rid = record_id(chunk.text_hash, pair.question)
-            distractors = _distractors(kb, pair, chunk, by_vector, settings.dataset_distractors)
             source = {"path": chunk.path, "text_hash": chunk.text_hash, "vector_id": chunk.vector_id,
                       "metadata": chunk.metadata}
-            records.append(assemble(rid, version, split, pair.generator, pair.question, pair.answer,
-                                    chunk.knowledge, distractors, settings.dataset_oracle_p, source,
-                                    pair.accept))
+            if answering is not None and answering.answers(pair):
+                record = answering.record(rid, version, split, pair, chunk, source)
+                if record is None:
+                    continue
+            else:
+                distractors = _distractors(kb, pair, chunk, by_vector, settings.dataset_distractors)
+                record = assemble(rid, version, split, pair.generator, pair.question, pair.answer,
+                                  chunk.knowledge, distractors, settings.dataset_oracle_p, source, pair.accept)
+            records.append(record)
             counts.by_generator[pair.generator] = counts.by_generator.get(pair.generator, 0) + 1
         done[chunk.text_hash] = len(kept)
+    corrected = correction_records(kb, version, store.status_of().keys())
+    records += corrected
+    counts.corrections = len(corrected)
+    for record in corrected:
+        counts.by_generator[record.generator] = counts.by_generator.get(record.generator, 0) + 1
 
     counts.records_train = sum(r.split == "train" for r in records)
     counts.records_eval = sum(r.split == "eval" for r in records)
+    counts.tally(records)
     counts.records_retired = store.count_active(retire.keys())
     if records or retire or done:
         info = {
-            "settings": {k: getattr(settings, k) for k in ("dataset_teacher_pairs", "dataset_distractors",
-                                                           "dataset_oracle_p", "dataset_eval_fraction",
-                                                           "chunk_size", "chunk_overlap", "embedder")},
+            "settings": {k: getattr(settings, k) for k in ("dataset_teacher_pairs", "dataset_teacher_phrasings",
+                                                           "dataset_distractors", "dataset_oracle_p",
+                                                           "dataset_eval_fraction", "chunk_size", "chunk_overlap",
+                                                           "embedder")},
             "teacher": teacher.spec if teacher is not None else None,
+            "checker": verifier.model.spec if answering is not None else None,
+            # what the next build's plan estimates its time from (kbloop.dataset.plan)
+            "seconds_per_chunk": round((time.perf_counter() - started) / len(new), 3) if new else None,
             "counts": {k: v for k, v in counts.as_dict().items() if k not in ("version", "seconds")},
         }
         store.commit(version, store.latest(), info, records, done, retire)

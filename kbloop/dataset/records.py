@@ -18,6 +18,7 @@ from kbloop.ingest.manifest import Hit
 from kbloop.prompt import DONT_KNOW, SYSTEM, build_messages
 
 Split = Literal["train", "eval"]
+CORRECTION = "correction"  # the generator of records whose answer a user wrote (``kbloop.dataset.corrections``)
 
 
 @dataclass
@@ -93,4 +94,16 @@ def assemble(rid: str, version: str, split: Split, generator: str, question: str
     knowledge = ([source] if oracle else []) + distractors
     rng.shuffle(knowledge)
     return Record(rid, version, split, generator, question, knowledge, answer if oracle else DONT_KNOW, answer,
+                  oracle, source_info, list(accept))
+
+
+def assemble_in_order(rid: str, version: str, split: Split, generator: str, question: str, answer: str,
+                      reference: str, context: list[Knowledge], oracle_p: float, source_info: dict,
+                      accept: tuple[str, ...] = ()) -> Record:
+    """A record whose answer was written from ``context`` as numbered (its [n] points into it),
+    so the knowledge keeps that order. The coin is ``assemble``'s: without the source
+    (probability 1 - p) the knowledge is the rest of the context and the answer the refusal."""
+    oracle = split == "eval" or random.Random(rid).random() < oracle_p
+    knowledge = context if oracle else [k for k in context if not k.oracle]
+    return Record(rid, version, split, generator, question, knowledge, answer if oracle else DONT_KNOW, reference,
                   oracle, source_info, list(accept))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kbloop import __version__
 from kbloop.config import Home
-from kbloop.dataset.records import Record, Split
+from kbloop.dataset.records import CORRECTION, Record, Split
 from kbloop.db import Migration, transaction
 from kbloop.errors import NotFound
 from kbloop.fsutil import atomic_write_bytes
@@ -95,9 +95,12 @@ class DatasetStore:
         return {r[0] for r in self.db.execute("SELECT question FROM dataset_records WHERE status = 'active'")}
 
     def active_sources(self) -> set[tuple[str, str]]:
-        """(text hash, path) of every chunk text that active records were built from."""
+        """(text hash, path) of every chunk text that active records were built from. Records of
+        users' corrections come from no chunk (their text hash names the rating), so no change
+        of the documents retires them."""
         return {(r[0], r[1]) for r in self.db.execute(
-            "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active'")}
+            "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active' AND generator != ?",
+            (CORRECTION,))}
 
     def count_active(self, text_hashes: Collection[str]) -> int:
         """How many active records were built from these chunk texts."""

@@ -1,6 +1,7 @@
 """The questions an evaluation asks: the dataset's held-out split, sliced into new and old
 knowledge, plus any eval JSONL the user adds ({question, answer, source?}) and the questions
-users marked wrong with a thumbs-down."""
+users marked wrong with a thumbs-down: with the right answer where they typed one (then asked
+as one of the home's own questions), else for the judge alone."""
 
 from __future__ import annotations
 
@@ -64,13 +65,19 @@ def user_items(path: Path) -> list[EvalItem]:
 
 
 def feedback_items(candidates: list[Feedback]) -> list[EvalItem]:
-    """Questions users marked wrong, each asked once. Nobody wrote down the right answer, so
-    they have no reference: the judge grades the new answers against their sources."""
+    """Questions users marked wrong, each asked once. One a user corrected is asked like the
+    home's own questions, its newest correction the reference. The others have no reference:
+    the judge grades the new answers against their sources."""
     items: dict[str, EvalItem] = {}
-    for fb in candidates:
+    for fb in sorted(candidates, key=lambda f: f.correction is None):  # stable: corrections first
         question = fb.question.strip()
         key = normalise(question)
-        if question and key not in items:
+        if not question or key in items:
+            continue
+        if fb.correction:
+            rid = hashlib.sha256(f"correction\n{key}\n{fb.correction}".encode()).hexdigest()[:20]
+            items[key] = EvalItem(rid, question, fb.correction, "user")
+        else:
             rid = hashlib.sha256(f"feedback\n{key}".encode()).hexdigest()[:20]
             items[key] = EvalItem(rid, question, "", "feedback")
     return list(items.values())
@@ -84,13 +91,16 @@ def _spread(items: list[EvalItem], n: int) -> list[EvalItem]:
 def build_evalset(kb, new_versions: set[str], user_files: list[Path], max_items: int,
                   old_share: float, with_feedback: bool = False) -> list[EvalItem]:
     """Held-out dataset items (new = from ``new_versions``, old = from earlier versions) plus
-    the user's items and, ``with_feedback`` (a run with a judge), the thumbs-down questions;
-    capped at ``max_items``, people's questions first, with at least ``old_share`` of the
-    rest old when old items exist."""
+    the user's items, the corrected questions and, ``with_feedback`` (a run with a judge), the
+    other thumbs-down questions; capped at ``max_items``, people's questions first, with at
+    least ``old_share`` of the rest old when old items exist."""
     user: list[EvalItem] = []
     for path in user_files:
         user += user_items(path)
-    marked = feedback_items(FeedbackStore(kb.manifest.db).eval_candidates()) if with_feedback else []
+    asked_by_user = {normalise(i.question) for i in user}
+    rated = feedback_items(FeedbackStore(kb.manifest.db).eval_candidates())
+    user += [i for i in rated if not i.judge_only and normalise(i.question) not in asked_by_user]
+    marked = [i for i in rated if i.judge_only] if with_feedback else []
     records = DatasetStore(kb.home, kb.manifest).active_records("eval")
     dataset = [EvalItem(r.id, r.instruction, r.reference, "new" if r.version in new_versions else "old",
                         r.source["text_hash"], r.source["path"], r.version, accept=tuple(r.accept))

@@ -2,7 +2,9 @@
 
 A thumbs-down marks a question the assistant got wrong, which is worth asking again:
 ``eval_candidates`` lists them, and ``kbloop evaluate`` asks them of both sides (see
-``kbloop.evaluate.evalset``). The ``feedback`` table is this store's.
+``kbloop.evaluate.evalset``). A thumbs-down may carry the user's correction, the right answer:
+``corrections`` lists those, which ``kbloop dataset build`` turns into training records and an
+evaluation asks with the correction as the expected answer. The ``feedback`` table is this store's.
 
 The sources come from whoever rates, so what is stored of them is bounded in nesting and size:
 JSON nested hundreds deep parses, but breaks whatever later walks it (listing, re-encoding)
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SOURCES_MAX_DEPTH = 6  # the page sends a list of flat objects: depth 2
 SOURCES_MAX_BYTES = 256 * 1024
+CORRECTION_MAX_CHARS = 2000  # an answer, not a document: a training record's answer is this or shorter
 
 MIGRATIONS: list[Migration] = [
     (
@@ -48,6 +51,13 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX feedback_rating ON feedback(rating, id);
         """,
     ),
+    (
+        "006_feedback_corrections",
+        # The right answer a user typed with a thumbs-down; NULL for ratings without one.
+        """
+        ALTER TABLE feedback ADD COLUMN correction TEXT;
+        """,
+    ),
 ]
 
 Rating = Literal["up", "down"]
@@ -67,6 +77,7 @@ class Feedback:
     model: str | None
     adapter: str | None
     refused: bool
+    correction: str | None = None  # the right answer, as the user wrote it (thumbs-down only)
 
 
 class FeedbackStore:
@@ -75,27 +86,50 @@ class FeedbackStore:
 
     def add(self, rating: Rating, question: str, answer: str, *, comment: str | None = None,
             sources: list[dict] | None = None, model: str | None = None, adapter: str | None = None,
-            refused: bool = False) -> int:
-        """Store one rating of an answer; returns its id."""
-        cur = self.db.execute(
-            """INSERT INTO feedback (created_at, rating, comment, question, answer, sources, model, adapter, refused)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (time.time(), rating, comment or None, question, answer, _stored_sources(sources or []),
-             model, adapter, int(refused)),
-        )
+            refused: bool = False, correction: str | None = None) -> int:
+        """Store one rating of an answer, with the user's correction when they gave one; returns its id."""
+        row = {"created_at": time.time(), "rating": rating, "comment": comment or None, "question": question,
+               "answer": answer, "sources": _stored_sources(sources or []), "model": model, "adapter": adapter,
+               "refused": int(refused)}
+        if correction is not None:  # the column only when given: other ratings are written as before 006
+            row["correction"] = _checked_correction(rating, question, correction)
+        cur = self.db.execute(f"INSERT INTO feedback ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                              list(row.values()))
         return int(cur.lastrowid)
 
     def ratings(self, rating: Rating | None = None, limit: int = 100) -> list[Feedback]:
         """Stored ratings, newest first; only one kind when ``rating`` is given."""
         where, args = ("WHERE rating = ?", [rating]) if rating else ("", [])
-        rows = self.db.execute(f"SELECT * FROM feedback {where} ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [Feedback(**dict(row) | {"sources": _read_sources(row["id"], row["sources"]),
-                                        "refused": bool(row["refused"])})
-                for row in rows]
+        return self._listed(f"SELECT * FROM feedback {where} ORDER BY id DESC LIMIT ?", [*args, limit])
 
     def eval_candidates(self, limit: int = 1000) -> list[Feedback]:
         """Answers users marked wrong, newest first: questions an evaluation asks again."""
         return self.ratings("down", limit)
+
+    def corrections(self) -> list[Feedback]:
+        """Answers users marked wrong and corrected, oldest first: what a dataset build learns."""
+        return self._listed("SELECT * FROM feedback WHERE rating = 'down' AND correction IS NOT NULL ORDER BY id")
+
+    def _listed(self, query: str, args: list | None = None) -> list[Feedback]:
+        return [Feedback(**dict(row) | {"sources": _read_sources(row["id"], row["sources"]),
+                                        "refused": bool(row["refused"])})
+                for row in self.db.execute(query, args or [])]
+
+
+def _checked_correction(rating: str, question: str, correction: str) -> str:
+    """The correction as stored (trimmed), or a KbloopError saying what to send instead. It
+    becomes a training record and an evaluation question, so it needs a question to answer."""
+    if rating != "down":
+        raise KbloopError("correction: only a thumbs-down takes a correction; send rating down with it")
+    if not question.strip():
+        raise KbloopError("correction: the question is blank; send the question the correction answers")
+    text = correction.strip()
+    if not text:
+        raise KbloopError("correction: it is empty; type the right answer, or leave correction out")
+    if len(text) > CORRECTION_MAX_CHARS:
+        raise KbloopError(f"correction: it is {len(text)} characters long; send the right answer in at most "
+                          f"{CORRECTION_MAX_CHARS}")
+    return text
 
 
 def json_depth(value: Any) -> int:

@@ -37,6 +37,13 @@ class TrainConfig:
     checkpoint_steps: int = _help("Optimizer steps between the checkpoints `kbloop finetune --resume` continues from.")
     gradient_checkpointing: bool = _help("Recompute activations in the backward pass: slower, much less memory.")
     seed: int = _help("Seed of record order, replay sampling and a new adapter's initial weights.")
+    # A plan written before early stopping existed has none of the fields below: such a run
+    # resumes as it was planned, without it.
+    patience: int = field(default=0, metadata={"help": (
+        "Probe-loss measurements in a row without a new best before training stops; 0: no early stopping.")})
+    probe_fraction: float = field(default=0.1, metadata={"help": (
+        "Share of the records held out as the probe early stopping watches (4 to 16 records).")})
+    eval_steps: int = field(default=10, metadata={"help": "Optimizer steps between two probe-loss measurements."})
 
     def __post_init__(self) -> None:
         rules = [
@@ -54,6 +61,9 @@ class TrainConfig:
             ("max_records", self.max_records >= 0, "at least 0"),
             ("checkpoint_steps", self.checkpoint_steps >= 1, "at least 1"),
             ("seed", self.seed >= 0, "at least 0"),
+            ("patience", self.patience >= 0, "at least 0"),
+            ("probe_fraction", 0.0 < self.probe_fraction <= 0.2, "in (0, 0.2]"),
+            ("eval_steps", self.eval_steps >= 1, "at least 1"),
         ]
         wrong = [f"KBLOOP_FINETUNE_{name.upper()} must be {rule}, not {getattr(self, name)!r}"
                  for name, ok, rule in rules if not ok]

@@ -7,11 +7,14 @@ The run, top to bottom (``finetune``):
    ones it has (``KBLOOP_FINETUNE_REPLAY_RATIO`` per new record), so it keeps what it knew;
 2. load the generator's base model and either the parent adapter, trainable, or a new one;
 3. measure the loss on a fixed probe of the parent's records before training: it equals the
-   parent's final probe loss, which shows the run starts from the parent's weights;
+   parent's final probe loss, which shows the run starts from the parent's weights; that pass
+   is timed, and its speed gives the run's time estimate, told before the first step;
 4. train: answer tokens only, batches of similar length, gradient accumulation, AdamW with a
-   short warm-up and cosine decay; a checkpoint every N steps for ``--resume``;
-5. measure the final probe loss, write the adapter folder and its lineage, and rename the
-   folder into the registry in one step. The new version is a candidate, not current.
+   short warm-up and cosine decay; a checkpoint every N steps for ``--resume``. Every few steps
+   the loss on this run's probe, records held out of training, is measured; once it stays above
+   its best for ``patience`` measurements the run stops early (``stopping.py``);
+5. keep the adapter with the lowest probe loss, write the adapter folder and its lineage, and
+   rename the folder into the registry in one step. The new version is a candidate, not current.
 
 All of a run's state lives in data/adapters/.runs/<version>/ until that last rename, so a
 crash damages no adapter, and ``--resume`` continues from the latest checkpoint.
@@ -28,6 +31,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from kbloop import __version__
 from kbloop.dataset.records import Record
@@ -36,13 +40,18 @@ from kbloop.errors import KbloopError, NotFound
 from kbloop.finetune.config import TrainConfig
 from kbloop.finetune.data import Example, answer_loss, collate, encode, length_batches
 from kbloop.finetune.registry import AdapterRegistry
+from kbloop.finetune.stopping import EarlyStopping, probe_size
 from kbloop.fsutil import atomic_write_bytes, exclusive
-from kbloop.progress import progress_bar
+from kbloop.progress import ProgressMode, step_progress
 
 log = logging.getLogger(__name__)
 
-PROBE_SIZE = 8
+PROBE_SIZE = 8  # records whose loss is measured before and after a run that holds none out
 WARMUP_FRACTION = 0.05
+# Forward passes' worth of work in one training token: the forward pass and a backward pass
+# of about the same work (the base weights are frozen, so it computes no gradients for them;
+# measured 2 to 2.5 on smollm2-135m); one more when gradient checkpointing recomputes the forward.
+TRAIN_COST = 2
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Plan:
     config: TrainConfig
     seen_ids: list[str] = field(default_factory=list)  # all records this adapter has learned from
     new_dataset_versions: list[str] = field(default_factory=list)  # where the new records came from
+    probe_held_out: bool = False     # the probe is kept out of training, and early stopping watches it
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,9 +94,38 @@ class TrainResult:
     initial_parent_probe_loss: float | None
     final_probe_loss: float
     resumed_from_step: int = 0
+    records_probe: int = 0           # held out of training for early stopping
+    probe_losses: list[list[float]] = field(default_factory=list)  # [step, loss] at each evaluation
+    best_step: int | None = None     # the step whose adapter was kept, with early stopping
+    stopped_early: bool = False
+    stop_reason: str = ""
+    probe_seconds: float = 0.0       # of ``seconds``, spent measuring the probe loss
+    estimated_seconds: float | None = None  # the estimate told before the first step
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class RunOutline:
+    """What a run is about to do, told before its first step."""
+
+    version: str
+    parent: str | None
+    generator: str
+    records_new: int
+    records_replay: int
+    records_probe: int               # held out of training; 0 when early stopping is off
+    records_skipped: int
+    epochs: int
+    steps: int
+    records_per_step: int
+    lr: float
+    lora_r: int
+    eval_steps: int
+    patience: int
+    resumed_from_step: int
+    estimated_seconds: float | None  # None when nothing was timed to estimate from
 
 
 def base_model_id(folder: Path) -> str:
@@ -107,11 +146,16 @@ def base_model_id(folder: Path) -> str:
 
 
 def pending_records(kb) -> int:
-    """Active training records the current adapter has not learned from."""
+    """Active training records the current adapter has not learned from. Its held-out probe
+    records do not count: they wait for a run that has new records, or every run would leave
+    a few behind that start another."""
     registry = AdapterRegistry(kb.home, kb.manifest)
     current = registry.current()
-    seen = set(registry.lineage(current).get("seen_ids", [])) if current else set()
-    return sum(1 for r in DatasetStore(kb.home, kb.manifest).active_records("train") if r.id not in seen)
+    lineage = registry.lineage(current) if current else {}
+    done = set(lineage.get("seen_ids", []))
+    if lineage.get("probe_held_out"):
+        done |= set(lineage["probe_ids"])
+    return sum(1 for r in DatasetStore(kb.home, kb.manifest).active_records("train") if r.id not in done)
 
 
 def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, base_id: str) -> Plan:
@@ -124,7 +168,7 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
     parent_lineage = registry.lineage(parent) if parent else {}
     if parent and parent_lineage.get("base_model") != base_id:
         raise KbloopError(
-            f"adapter {parent} was trained for another base model than KBLOOP_GENERATOR={settings.generator}; "
+            f"adapter {parent} was trained for another base model than {settings.generator}; "
             "use --fresh to start a new adapter"
         )
     active = DatasetStore(kb.home, kb.manifest).active_records("train")
@@ -144,7 +188,15 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
     rng = random.Random(config.seed)
     pool = [r.id for r in active if r.id in seen]
     replay = rng.sample(pool, min(len(pool), round(config.replay_ratio * len(new)))) if parent else []
-    probe = rng.sample(new + replay, min(PROBE_SIZE, len(new) + len(replay)))
+    held_out = probe_size(len(new) + len(replay), config.probe_fraction) if config.patience else 0
+    probe = rng.sample(new + replay, held_out or min(PROBE_SIZE, len(new) + len(replay)))
+    if held_out and not set(new) - set(probe):
+        held_out, probe = 0, probe[:PROBE_SIZE]  # a probe must leave something new to learn
+    if held_out:
+        # Held out of training; its new records stay unseen, so the next run learns them.
+        kept_out = set(probe)
+        new = [i for i in new if i not in kept_out]
+        replay = [i for i in replay if i not in kept_out]
     by_id = {r.id: r for r in active}
     return Plan(
         version=registry.next_version(), parent=parent, base_model=base_id,
@@ -155,6 +207,7 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
         config=config,
         seen_ids=sorted(seen | set(new)),
         new_dataset_versions=sorted({by_id[i].version for i in new}),
+        probe_held_out=bool(held_out),
     )
 
 
@@ -199,6 +252,37 @@ def estimate_loss(model, examples: list[Example], pad_id: int, batch_size: int) 
     return total / max(tokens, 1)
 
 
+def timed_loss(model, examples: list[Example], pad_id: int, batch_size: int) -> tuple[float | None, float]:
+    """``estimate_loss`` and the seconds it took: the probe's forward passes time the run."""
+    started = time.perf_counter()
+    loss = estimate_loss(model, examples, pad_id, batch_size)
+    return loss, time.perf_counter() - started
+
+
+def train_cost(cfg: TrainConfig) -> int:
+    """Forward passes' worth of work in one training token."""
+    return TRAIN_COST + (1 if cfg.gradient_checkpointing else 0)
+
+
+def estimate_seconds(forward_tokens: int, forward_rate: float | None) -> float | None:
+    """Seconds for ``forward_tokens`` of forward-pass work at ``forward_rate`` tokens/s; None
+    when nothing was timed."""
+    return forward_tokens / forward_rate if forward_rate else None
+
+
+def logged_rate(train_log: Path) -> float | None:
+    """The training tokens/s an interrupted run last logged, to estimate what is left of it."""
+    lines = train_log.read_text(encoding="utf-8").splitlines() if train_log.is_file() else []
+    return json.loads(lines[-1])["tokens_per_s"] if lines else None
+
+
+def adapter_copy(model) -> dict:
+    """A copy of the adapter's weights as they are now, which later steps leave as it is."""
+    from peft import get_peft_model_state_dict
+
+    return {name: tensor.detach().clone() for name, tensor in get_peft_model_state_dict(model).items()}
+
+
 def load_for_training(base_dir: Path, plan: Plan, registry: AdapterRegistry, threads: int):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -227,14 +311,15 @@ def load_for_training(base_dir: Path, plan: Plan, registry: AdapterRegistry, thr
 
 
 def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = False,
-             progress: bool = False) -> TrainResult:
-    """Train the next adapter version; see the module docstring for the steps."""
+             progress: ProgressMode = "off", announce: Callable[[RunOutline], None] | None = None) -> TrainResult:
+    """Train the next adapter version; see the module docstring for the steps. ``announce``
+    hears what the run will do before its first step."""
     registry = AdapterRegistry(kb.home, kb.manifest)
     runs = registry.dir / ".runs"
     with exclusive(registry.dir / ".train.lock", "fine-tuning run"):
         base_dir = kb.generator.base_model_dir()
         if base_dir is None:
-            raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} cannot be fine-tuned here: "
+            raise KbloopError(f"the model {kb.settings.generator} cannot be fine-tuned here: "
                               "use a local: or hf: model (an Ollama model can use an exported adapter)")
         base_id = base_model_id(base_dir)
         if resume:
@@ -250,13 +335,15 @@ def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = 
             run_dir.mkdir(parents=True)
             atomic_write_bytes(run_dir / "plan.json", json.dumps(plan.as_dict(), indent=1).encode())
         with kb.manifest.recording("finetune") as summary:
-            result = _train(kb, registry, plan, base_dir, run_dir, progress)
+            result = _train(kb, registry, plan, base_dir, run_dir, progress, announce)
             summary.update(result.as_dict())
     return result
 
 
-def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: Path, progress: bool) -> TrainResult:
+def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: Path, progress: ProgressMode,
+           announce: Callable[[RunOutline], None] | None) -> TrainResult:
     import torch
+    from peft import set_peft_model_state_dict
 
     cfg = plan.config
     model, tokenizer = load_for_training(base_dir, plan, registry, kb.settings.torch_threads)
@@ -273,6 +360,8 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
     if not train_set:
         raise KbloopError(f"every selected record is longer than KBLOOP_FINETUNE_MAX_SEQ_LEN={cfg.max_seq_len}")
     probe, parent_probe = examples(plan.probe_ids), examples(plan.parent_probe_ids)
+    # Early stopping watches the held-out probe; a run too small to hold one out trains to the end.
+    stopping = EarlyStopping(cfg.patience) if plan.probe_held_out and probe else None
 
     batches = [b for epoch in range(cfg.epochs)
                for b in length_batches(train_set, cfg.batch_size, cfg.seed + epoch)]
@@ -283,25 +372,36 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
 
     step, tokens_done = 0, 0
     checkpoint = run_dir / "checkpoint"
-    initial = None
+    best_adapter = None  # the adapter weights of the best probe loss so far, with early stopping
     if (checkpoint / "state.pt").is_file():
-        from peft import set_peft_model_state_dict
-
         state = load_checkpoint(checkpoint / "state.pt")
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         step, tokens_done, initial = state["step"], state["tokens"], state["initial_parent_probe_loss"]
+        if stopping is not None:
+            stopping, best_adapter = EarlyStopping(**state["stopping"]), state["best_adapter"]
         log.info("resuming %s at step %d of %d", plan.version, step, total_steps)
+        logged = logged_rate(run_dir / "train_log.jsonl")
+        forward_rate = logged * train_cost(cfg) if logged else None
     else:
         # Before any step: a continued adapter's loss on its parent's probe is the parent's final loss.
-        initial = estimate_loss(model, parent_probe or probe, pad_id, cfg.batch_size)
+        first = parent_probe or probe
+        initial, spent = timed_loss(model, first, pad_id, cfg.batch_size)
+        forward_rate = sum(e.n_tokens for e in first) / spent if first else None
     resumed_from = step
+    evaluations = sum(1 for s in range(step + 1, total_steps + 1) if s % cfg.eval_steps == 0 or s == total_steps)
+    estimate = estimate_seconds(sum(e.n_tokens for b in batches[step * accum:] for e in b) * train_cost(cfg)
+                                + (evaluations * sum(e.n_tokens for e in probe) if stopping else 0), forward_rate)
+    if announce is not None:
+        announce(RunOutline(plan.version, plan.parent, cfg.generator, len(plan.record_ids), len(plan.replay_ids),
+                            len(plan.probe_ids) if stopping else 0, skipped, cfg.epochs, total_steps,
+                            cfg.batch_size * accum, plan.lr, model.peft_config["default"].r, cfg.eval_steps,
+                            cfg.patience, resumed_from, estimate))
 
     model.train()
     train_log = open(run_dir / "train_log.jsonl", "a", encoding="utf-8")
-    bar = progress_bar(show=progress, total=total_steps, initial=step, desc=f"finetune {plan.version}",
-                       unit="step")
-    timed_tokens, timed_from = 0, time.perf_counter()
+    bar = step_progress(progress, total=total_steps, initial=step, desc=f"finetune {plan.version}", unit="step")
+    timed_tokens, timed_from, probe_seconds = 0, time.perf_counter(), 0.0
     try:
         while step < total_steps:
             lr = get_lr(step, total_steps, plan.lr)
@@ -324,30 +424,57 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            rate = timed_tokens / max(time.perf_counter() - timed_from, 1e-9)
+            rate = timed_tokens / max(time.perf_counter() - timed_from - probe_seconds, 1e-9)
             entry = {"step": step, "of": total_steps, "loss": round(loss_sum, 5), "lr": lr,
                      "tokens": tokens_done, "tokens_per_s": round(rate, 1), "time": time.time()}
+            postfix = {"loss": f"{loss_sum:.3f}", "tok_s": f"{rate:.0f}"}
+            if stopping is not None and (step % cfg.eval_steps == 0 or step == total_steps):
+                probe_loss, spent = timed_loss(model, probe, pad_id, cfg.batch_size)
+                probe_seconds += spent
+                if stopping.record(step, probe_loss):
+                    best_adapter = adapter_copy(model)
+                entry["probe_loss"] = round(probe_loss, 5)
+            if stopping is not None and stopping.losses:
+                postfix["probe"] = f"{stopping.losses[-1][1]:.3f}"
             train_log.write(json.dumps(entry) + "\n")
             train_log.flush()
             if bar is not None:
-                bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{rate:.0f}")
+                bar.set_postfix(**postfix)
                 bar.update(1)
+            if stopping is not None and stopping.should_stop:
+                break
             if step % cfg.checkpoint_steps == 0 and step < total_steps:
-                _save_checkpoint(model, optimizer, step, tokens_done, initial, checkpoint)
+                _save_checkpoint(model, optimizer, step, tokens_done, initial, checkpoint,
+                                 stopping=stopping.as_dict() if stopping else None, best_adapter=best_adapter)
     finally:
         train_log.close()
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - timed_from
-    final = estimate_loss(model, probe, pad_id, cfg.batch_size)
+    if stopping is not None:
+        if best_adapter is None:
+            raise KbloopError(f"training diverged: the probe loss was never a finite number ({stopping.losses}); "
+                              "run again with a lower learning rate (--lr)")
+        set_peft_model_state_dict(model, best_adapter)  # the best adapter, not the last
+        final, reason = stopping.best_loss, stopping.reason(step, total_steps)
+    else:
+        final = estimate_loss(model, probe, pad_id, cfg.batch_size)
+        why = "KBLOOP_FINETUNE_PATIENCE=0" if not cfg.patience else "too few records to hold out a probe"
+        reason = f"completed all {total_steps} steps; no early stopping ({why})"
+    outcome = {"records_probe": len(plan.probe_ids) if stopping else 0,
+               "probe_losses": stopping.losses if stopping else [],
+               "best_step": stopping.best_step if stopping else None,
+               "stopped_early": step < total_steps, "stop_reason": reason}
     _publish(model, registry, plan, run_dir, {
         "final_probe_loss": final, "initial_parent_probe_loss": initial if plan.parent else None,
-        "base_probe_loss": None if plan.parent else initial,
+        "base_probe_loss": None if plan.parent else initial, **outcome,
     }, tokens_done, skipped)
     _prepare_for_serving(kb, registry.path(plan.version))
     return TrainResult(plan.version, plan.parent, step, len(plan.record_ids), len(plan.replay_ids), skipped,
-                       tokens_done, round(seconds, 2), round(timed_tokens / max(seconds, 1e-9), 1),
-                       initial if plan.parent else None, final, resumed_from)
+                       tokens_done, round(seconds, 2), round(timed_tokens / max(seconds - probe_seconds, 1e-9), 1),
+                       initial if plan.parent else None, final, resumed_from, **outcome,
+                       probe_seconds=round(probe_seconds, 2),
+                       estimated_seconds=round(estimate, 1) if estimate is not None else None)
 
 
 def _prepare_for_serving(kb, adapter: Path) -> None:
@@ -376,8 +503,10 @@ def load_checkpoint(path: Path) -> dict:
                           f"delete {path.parent} to start this run again from its first step") from None
 
 
-def _save_checkpoint(model, optimizer, step: int, tokens: int, initial: float | None, folder: Path) -> None:
-    """Adapter weights, optimizer state and the step, replacing the previous checkpoint atomically."""
+def _save_checkpoint(model, optimizer, step: int, tokens: int, initial: float | None, folder: Path, *,
+                     stopping: dict | None = None, best_adapter: dict | None = None) -> None:
+    """Adapter weights, optimizer state and the step, and with early stopping its probe losses
+    and the best adapter so far, replacing the previous checkpoint atomically."""
     import torch
     from peft import get_peft_model_state_dict
 
@@ -385,7 +514,8 @@ def _save_checkpoint(model, optimizer, step: int, tokens: int, initial: float | 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "step": step,
-                "tokens": tokens, "initial_parent_probe_loss": initial}, tmp / "state.pt")
+                "tokens": tokens, "initial_parent_probe_loss": initial, "stopping": stopping,
+                "best_adapter": best_adapter}, tmp / "state.pt")
     old = folder.with_name(".checkpoint.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
@@ -406,7 +536,8 @@ def _publish(model, registry: AdapterRegistry, plan: Plan, run_dir: Path, losses
         "dataset_versions": plan.dataset_versions, "new_dataset_versions": plan.new_dataset_versions,
         "records": {"new": len(plan.record_ids), "replay": len(plan.replay_ids), "skipped_too_long": skipped,
                     "seen_total": len(plan.seen_ids)},
-        "tokens": tokens, "lr": plan.lr, "probe_ids": plan.probe_ids, "seen_ids": plan.seen_ids,
+        "tokens": tokens, "lr": plan.lr, "probe_ids": plan.probe_ids, "probe_held_out": plan.probe_held_out,
+        "seen_ids": plan.seen_ids,
         "record_ids": plan.record_ids, "replay_ids": plan.replay_ids, **losses,
     }
     (staging / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")

@@ -17,6 +17,10 @@ The algorithm, in ``Indexer.ingest``:
 A crash between the writes leaves vectors that no chunk refers to, which ``check`` removes on
 the next open; the manifest never refers to a vector the saved store lacks.
 
+Steps 5 and 6's parsing and embedding run in this process, or on a Ray cluster
+(``KBLOOP_INGEST_ENGINE=ray``, ``kbloop.ingest.ray_engine``); either way this process plans,
+assigns vector ids in file order and writes, so the index comes out the same.
+
 ``--rebuild`` (``Indexer._rebuild``) fills a new store generation beside the one in use and
 swaps it in at the end, so searches never see a half-built index.
 """
@@ -33,7 +37,7 @@ from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -46,6 +50,11 @@ from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
 from kbloop.ingest.scan import Scan, is_ignored_name, scan_folder, unreadable_reason
 from kbloop.progress import progress_bar
 from kbloop.vector_store import StoreLocation, VectorStore, store_location
+
+if TYPE_CHECKING:
+    from langchain_text_splitters import TextSplitter
+
+    from kbloop.ingest.ray_engine import RayEngine
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +125,37 @@ class Carried:
 
 
 @dataclass
+class Parsed:
+    """One file parsed and split, wherever that ran: its chunks, or why its content failed
+    (``error``, recorded in the manifest), or why it could not be read (``unreadable``, only
+    reported). ``vectors`` (text hash -> vector) holds what an engine embedded beside the parse."""
+
+    chunks: list[Chunk] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    unreadable: str | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def parse_file(docs: Path, rel: str, max_bytes: int, splitter: TextSplitter) -> Parsed:
+    """Parse and split ``docs/rel``; the same function runs in this process and on Ray workers."""
+    path = docs / rel
+    try:
+        if not supported(path):
+            raise LoaderError(f"unsupported file type {path.suffix or '(none)'}")
+        loaded = load(path, max_bytes)
+        return Parsed(chunk_document(loaded, splitter), loaded.notes)
+    except LoaderError as exc:
+        return Parsed(error=str(exc))
+    except OSError as exc:
+        # The file could not be read, which says nothing of its content: the caller skips it.
+        return Parsed(unreadable=unreadable_reason(exc))
+    except Exception as exc:  # one bad file must never stop the run
+        log.exception("unexpected error reading %s", rel)
+        return Parsed(error=f"unexpected error: {exc.__class__.__name__}: {exc}")
+
+
+@dataclass
 class FilePlan:
     """What one new or changed file needs: computed before anything is written."""
 
@@ -130,6 +170,7 @@ class FilePlan:
     add: list[Chunk] = field(default_factory=list)
     remove: list[ChunkRecord] = field(default_factory=list)
     new_ids: list[int] = field(default_factory=list)
+    ready: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Indexer:
@@ -146,6 +187,7 @@ class Indexer:
         self.store: VectorStore | None = None
         self._write_depth = 0
         self.splitter = make_splitter(settings.chunk_size, settings.chunk_overlap)
+        self._ray: RayEngine | None = None
 
     @property
     def embedder(self):
@@ -280,12 +322,18 @@ class Indexer:
         now = self.clock()
 
         plans: list[FilePlan] = []
-        for rel, st in progress_bar(sorted(scan.files.items()), show=self.progress, desc="parse", unit="file",
-                                    leave=False):
+        files = sorted(scan.files.items())
+        parsed_files = zip(files, self._parse_each([(rel, None) for rel, _ in files]), strict=True)
+        for (rel, st), result in progress_bar(parsed_files, show=self.progress, desc="parse", unit="file",
+                                              leave=False, total=len(files)):
             try:
-                plans.append(self._plan(rel, st, sha256_file(self.docs_dir / rel), known.get(rel)))
+                sha = sha256_file(self.docs_dir / rel)
             except OSError as exc:
-                self._skip_unreadable(rel, unreadable_reason(exc), counts)
+                result = Parsed(unreadable=unreadable_reason(exc))
+            if result.unreadable:
+                self._skip_unreadable(rel, result.unreadable, counts)
+                continue
+            plans.append(self._plan(rel, st, sha, known.get(rel), result))
         deleted = [rel for rel in known if scan.accounts_for(rel) and rel not in scan.files]
         parsed = {plan.path for plan in plans if not plan.error} | set(deleted)
         carried = [Carried(rec.id, chunks) for rel, rec in known.items()
@@ -307,7 +355,8 @@ class Indexer:
         staged = self.location.stage(self.embedder.dim, self.settings.embedder)
         texts = [(c.text_hash, c.embed_text) for plan in plans for c in plan.add]
         texts += [(c.text_hash, embed_text(c.text, c.metadata)) for kept in carried for c in kept.chunks]
-        new_ids = iter(self._fill(staged, texts, self._next_vector_id(), counts))
+        ready = {h: vector for plan in plans for h, vector in plan.ready.items()}
+        new_ids = iter(self._fill(staged, texts, self._next_vector_id(), counts, ready))
         for plan in plans:
             plan.new_ids = [next(new_ids) for _ in plan.add]
         for kept in carried:
@@ -331,16 +380,17 @@ class Indexer:
         return counts
 
     def _fill(self, store: VectorStore, texts: list[tuple[str, str]], first_id: int,
-              counts: IngestCounts) -> list[int]:
+              counts: IngestCounts, ready: dict[str, np.ndarray]) -> list[int]:
         """Add one vector per (text hash, text) to ``store``, under consecutive ids from
-        ``first_id``, a slice at a time; a text met before in the run is copied, not embedded."""
+        ``first_id``, a slice at a time; a text met before in the run is copied, not embedded.
+        ``ready`` holds the vectors an engine embedded beside the parse."""
         seen: dict[str, int] = {}
         ids = list(range(first_id, first_id + len(texts)))
         step = FLUSH_CHUNKS * 16
         for start in range(0, len(texts), step):
             batch, batch_ids = texts[start:start + step], ids[start:start + step]
             fresh = {h: text for h, text in batch if h not in seen}
-            vectors = dict(zip(fresh, self._embed(list(fresh.values()))))
+            vectors = self._vectors(fresh, ready)
             store.add(np.asarray(batch_ids), np.vstack([
                 vectors[h] if h in vectors else store.reconstruct(seen[h]) for h, _ in batch]))
             for (h, _), vector_id in zip(batch, batch_ids):
@@ -352,7 +402,7 @@ class Indexer:
     # -- the ingest -----------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[str | Path] | None = None, rebuild: bool = False) -> IngestCounts:
-        with self.writing(), self.manifest.recording("ingest") as summary:
+        with self.writing(), self.manifest.recording("ingest") as summary, self._engine():
             started = time.perf_counter()
             counts = self._rebuild(paths) if rebuild else self._ingest(paths, rebuild)
             counts.seconds = round(time.perf_counter() - started, 4)
@@ -395,13 +445,13 @@ class Indexer:
         self._apply_deletes(deleted, counts)
 
         pending: list[FilePlan] = []
-        for rel, st, sha, rec in progress_bar(todo, show=self.progress, desc="parse", unit="file", leave=False):
-            try:
-                plan = self._plan(rel, st, sha, rec)
-            except OSError as exc:
-                self._skip_unreadable(rel, unreadable_reason(exc), counts)
+        parsed_files = zip(todo, self._parse_each([(rel, rec) for rel, _, _, rec in todo]), strict=True)
+        for (rel, st, sha, rec), parsed in progress_bar(parsed_files, show=self.progress, desc="parse", unit="file",
+                                                        leave=False, total=len(todo)):
+            if parsed.unreadable:
+                self._skip_unreadable(rel, parsed.unreadable, counts)
                 continue
-            pending.append(plan)
+            pending.append(self._plan(rel, st, sha, rec, parsed))
             if sum(len(p.add) for p in pending) >= FLUSH_CHUNKS or len(pending) >= FLUSH_FILES:
                 self._flush(pending, counts, now)
                 pending = []
@@ -510,24 +560,38 @@ class Indexer:
         counts.files_deleted += len(deleted)
         counts.chunks_removed += len(removed)
 
-    def _plan(self, rel: str, st: os.stat_result, sha: str, rec: FileRecord | None) -> FilePlan:
-        plan = FilePlan(rel, st, sha, rec)
-        path = self.docs_dir / rel
+    @contextmanager
+    def _engine(self) -> Iterator[None]:
+        """Parse and embed on Ray during this run when KBLOOP_INGEST_ENGINE=ray (connected at the
+        first file to parse, let go at the end); otherwise in this process."""
+        if self.settings.ingest_engine != "ray":
+            yield
+            return
+        from kbloop.ingest.ray_engine import RayEngine  # imports Ray: only when it is chosen
+
+        self._ray = RayEngine(self.settings, self.docs_dir)
         try:
-            if not supported(path):
-                raise LoaderError(f"unsupported file type {path.suffix or '(none)'}")
-            loaded = load(path, int(self.settings.max_file_mb * 2**20))
-            chunks = chunk_document(loaded, self.splitter)
-        except LoaderError as exc:
-            plan.error = str(exc)
+            yield
+        finally:
+            self._ray.close()
+            self._ray = None
+
+    def _parse_each(self, files: list[tuple[str, FileRecord | None]]) -> Iterator[Parsed]:
+        """Each file parsed and split, in the order given, one at a time as it is asked for: in
+        this process, or on Ray, which also embeds the chunks whose text the file's record lacks."""
+        if self._ray is not None:
+            return self._ray.parse_and_embed(
+                [(rel, {c.text_hash for c in self.manifest.chunks_of(rec.id)} if rec else set())
+                 for rel, rec in files])
+        max_bytes = int(self.settings.max_file_mb * 2**20)
+        return (parse_file(self.docs_dir, rel, max_bytes, self.splitter) for rel, _ in files)
+
+    def _plan(self, rel: str, st: os.stat_result, sha: str, rec: FileRecord | None, parsed: Parsed) -> FilePlan:
+        plan = FilePlan(rel, st, sha, rec, error=parsed.error, ready=parsed.vectors)
+        if parsed.error:
             return plan
-        except OSError:
-            raise  # the file could not be read, which says nothing of its content: the caller skips it
-        except Exception as exc:  # one bad file must never stop the run
-            log.exception("unexpected error reading %s", rel)
-            plan.error = f"unexpected error: {exc.__class__.__name__}: {exc}"
-            return plan
-        plan.notes, plan.n_chunks = loaded.notes, len(chunks)
+        chunks = parsed.chunks
+        plan.notes, plan.n_chunks = parsed.notes, len(chunks)
         old_by_hash: dict[str, list[ChunkRecord]] = defaultdict(list)
         for old in (self.manifest.chunks_of(rec.id) if rec else []):
             old_by_hash[old.text_hash].append(old)
@@ -555,7 +619,7 @@ class Indexer:
                     vectors[h] = self.store.reconstruct(source)
                 else:
                     to_embed[h] = chunk.embed_text
-        vectors.update(zip(to_embed, self._embed(list(to_embed.values()))))
+        vectors.update(self._vectors(to_embed, {h: v for plan in plans for h, v in plan.ready.items()}))
         ids, rows = [], []
         next_id = self._next_vector_id()
         for plan in plans:
@@ -617,9 +681,17 @@ class Indexer:
             top = max(top, int(self.store.ids().max()))
         return top + 1
 
+    def _vectors(self, texts: dict[str, str], ready: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A vector for each text (text hash -> text): the one embedded beside the parse, else embedded now."""
+        rest = {h: text for h, text in texts.items() if h not in ready}
+        embedded = dict(zip(rest, self._embed(list(rest.values()))))
+        return {h: ready[h] if h in ready else embedded[h] for h in texts}
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        if self._ray is not None:
+            return self._ray.embed(texts)
         step = max(self.settings.embed_batch_size * 4, 64)
         parts = [self.embedder.embed(texts[i:i + step])
                  for i in progress_bar(range(0, len(texts), step), show=self.progress, desc="embed", unit="batch",

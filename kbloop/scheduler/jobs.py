@@ -56,13 +56,15 @@ def learn(kb: KnowledgeBase) -> dict:
     """The learning half of the loop: records from what changed, then, when there are records
     the current adapter has not seen, a continued adapter that answers only if the gate
     accepts it. Each step records its own run; this summary names what each did."""
+    from kbloop.dataset.answers import answer_checker
     from kbloop.dataset.build import build
     from kbloop.evaluate.run import evaluate
     from kbloop.finetune.train import finetune, pending_records
 
     settings = kb.settings
     teacher = kb.model("teacher") if settings.dataset_teacher_pairs else None
-    summary: dict = {"dataset": build(kb, teacher).as_dict()}
+    checker = answer_checker(kb, teacher) if teacher is not None else None
+    summary: dict = {"dataset": build(kb, teacher, verifier=checker).as_dict()}
     if not pending_records(kb):
         summary["finetune"] = "no new training records"
         return summary

@@ -144,6 +144,8 @@ class FeedbackRequest(BaseModel):
     model: str | None = None
     adapter: str | None = None
     refused: bool = False
+    # The right answer, with a thumbs-down; the feedback store bounds it (a one-line 400).
+    correction: str | None = None
 
 
 async def read_body(request: Request, model: type[M]) -> M:
@@ -393,7 +395,7 @@ def create_app(service: Service) -> Any:
             body = await read_body(request, FeedbackRequest)
             feedback_id = await run_in_threadpool(lambda: service.add_feedback(
                 body.rating, body.question, body.answer, comment=body.comment, sources=body.sources,
-                model=body.model, adapter=body.adapter, refused=body.refused))
+                model=body.model, adapter=body.adapter, refused=body.refused, correction=body.correction))
             return json_response({"id": feedback_id, "rating": body.rating,
                                   "eval_candidate": body.rating == "down"}, 201)
         rating = request.query_params.get("rating")

@@ -137,14 +137,16 @@ function showAnswer(turn, answer) {
 function setUpFeedback(turn, answer) {
   const box = $(".feedback", turn);
   box.hidden = false;
+  const rated = (rating) => ({
+    rating, question: answer.question, answer: answer.answer, refused: answer.refused,
+    comment: $(".comment", box).value.trim() || null, model: answer.model, adapter: answer.adapter,
+    sources: answer.sources.map(({ n, path, location, score, cited }) => ({ n, path, location, score, cited })),
+  });
   for (const button of box.querySelectorAll(".thumb")) {
     button.addEventListener("click", async () => {
       const rating = button.dataset.rating;
-      const body = {
-        rating, question: answer.question, answer: answer.answer, refused: answer.refused,
-        comment: $(".comment", box).value.trim() || null, model: answer.model, adapter: answer.adapter,
-        sources: answer.sources.map(({ n, path, location, score, cited }) => ({ n, path, location, score, cited })),
-      };
+      if (rating === "down") openCorrection(turn, button);
+      const body = rated(rating);
       const note = $(".feedback-state", box);
       const response = await api("/api/feedback", { method: "POST", json: body });
       if (!response.ok) {
@@ -155,6 +157,40 @@ function setUpFeedback(turn, answer) {
       note.textContent = rating === "down" ? "Thanks: kept as a candidate for the eval set." : "Thanks.";
     });
   }
+  setUpCorrection(turn, rated);
+}
+
+// Under a *Wrong* answer: a box for the right answer, which becomes a training record and an
+// evaluation question. Typing one is optional; the thumbs-down is kept either way.
+function openCorrection(turn, wrongButton) {
+  const form = $(".correction", turn);
+  if (!form.hidden) return;
+  form.hidden = false;
+  wrongButton.setAttribute("aria-expanded", "true");
+  $(".correction-text", form).focus();
+}
+
+function setUpCorrection(turn, rated) {
+  const form = $(".correction", turn);
+  const text = $(".correction-text", form);
+  const note = $(".correction-state", form);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const correction = text.value.trim();
+    if (!correction) {
+      note.textContent = "Type the right answer first.";
+      text.focus();
+      return;
+    }
+    const response = await api("/api/feedback", { method: "POST", json: { ...rated("down"), correction } });
+    if (!response.ok) {
+      note.textContent = await errorMessage(response);
+      return;
+    }
+    text.readOnly = true;
+    $("button", form).disabled = true;
+    note.textContent = "Thanks: the next dataset build learns it, and evaluations ask it.";
+  });
 }
 
 // -- the side panels ---------------------------------------------------------------------------

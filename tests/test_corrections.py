@@ -1,0 +1,271 @@
+"""Users' corrections: the API takes the right answer with a thumbs-down and keeps it; a dataset
+build turns each new one into a training record over the retrieval context of that moment; an
+evaluation asks it with the correction as the expected answer; the web page has a box for it."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import test_web as web
+from conftest import run_cli
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from test_server import PORT_QUESTION, assert_error, make_home, serving
+from test_web import browser  # noqa: F401 - the headless Chromium fixture of the page's tests
+
+from kbloop.assistant.answer import Assistant
+from kbloop.dataset.build import build
+from kbloop.dataset.corrections import correction_record_id
+from kbloop.dataset.records import CORRECTION
+from kbloop.dataset.store import DatasetStore
+from kbloop.evaluate.evalset import build_evalset
+from kbloop.evaluate.feedback import CORRECTION_MAX_CHARS, FeedbackStore
+from kbloop.evaluate.gate import decide
+from kbloop.evaluate.run import side_metrics
+from kbloop.ingest.manifest import Manifest
+from kbloop.kb import KnowledgeBase
+from kbloop.schema import MIGRATIONS
+
+DATA_QUESTION = "Where does Harbor keep its data folder?"
+CORRECTION_TEXT = "Harbor keeps its data in /srv/harbor/data."
+SOURCES = [{"n": 1, "path": "getting-started.md", "location": "getting-started.md", "score": 0.7, "cited": True}]
+
+
+def rating(correction: object = None, **fields: object) -> dict:
+    """A thumbs-down body as the web page sends it, with a correction when given."""
+    body = {"rating": "down", "question": DATA_QUESTION, "answer": "In /tmp.", "sources": SOURCES,
+            "model": "local:smollm2-135m"} | fields
+    return body | ({"correction": correction} if correction is not None else {})
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, embedder, generator):
+    home = make_home(tmp_path_factory.mktemp("corrections") / "kb", embedder)
+    with serving(home, embedder, generator) as (url, service), httpx.Client(base_url=url, timeout=120) as http:
+        yield http, service
+
+
+def corrections_of(home) -> list:
+    manifest = Manifest(home.manifest_path, MIGRATIONS)
+    try:
+        return FeedbackStore(manifest.db).corrections()
+    finally:
+        manifest.close()
+
+
+def ratings_of(home) -> list:
+    manifest = Manifest(home.manifest_path, MIGRATIONS)
+    try:
+        return FeedbackStore(manifest.db).ratings()
+    finally:
+        manifest.close()
+
+
+# -- the API ---------------------------------------------------------------------------------------
+
+def test_the_api_takes_a_correction_with_a_thumbs_down(api):
+    client, service = api
+    sent = client.post("/api/feedback", json=rating(f"  {CORRECTION_TEXT}\n"))
+    assert sent.status_code == 201, sent.text
+    assert sent.json() == {"id": sent.json()["id"], "rating": "down", "eval_candidate": True}
+    listed = {f["id"]: f for f in client.get("/api/feedback", params={"rating": "down"}).json()["feedback"]}
+    assert listed[sent.json()["id"]]["correction"] == CORRECTION_TEXT  # trimmed
+    assert [c.correction for c in corrections_of(service.home) if c.id == sent.json()["id"]] == [CORRECTION_TEXT]
+
+
+@pytest.mark.parametrize("body,says", [
+    (rating("   "), "correction: it is empty"),
+    (rating("x" * (CORRECTION_MAX_CHARS + 1)), f"at most {CORRECTION_MAX_CHARS}"),
+    (rating(CORRECTION_TEXT, rating="up"), "only a thumbs-down takes a correction"),
+    (rating(CORRECTION_TEXT, question="   "), "the question is blank"),
+])
+def test_a_bad_correction_is_one_line_400_and_nothing_is_stored(api, body, says):
+    client, service = api
+    before = len(client.get("/api/feedback").json()["feedback"])
+    message = assert_error(client.post("/api/feedback", json=body), 400)
+    assert says in message and "\n" not in message
+    assert len(client.get("/api/feedback").json()["feedback"]) == before
+
+
+def test_a_correction_that_is_not_text_is_refused_like_any_field(api):
+    client, _ = api
+    assert "correction" in assert_error(client.post("/api/feedback", json=rating(42)), 422)
+
+
+def test_a_correction_survives_a_restart_with_what_the_user_was_shown(tmp_path, embedder, generator):
+    home = make_home(tmp_path / "kb", embedder)
+    with serving(home, embedder, generator) as (url, _):
+        sent = httpx.post(f"{url}/api/feedback", json=rating(CORRECTION_TEXT), timeout=60)
+        assert sent.status_code == 201, sent.text
+    with serving(home, embedder, generator) as (url, _):
+        [kept] = httpx.get(f"{url}/api/feedback", timeout=60).json()["feedback"]
+    assert (kept["question"], kept["answer"], kept["correction"], kept["sources"]) == (
+        DATA_QUESTION, "In /tmp.", CORRECTION_TEXT, SOURCES)
+    assert kept["rating"] == "down" and kept["created_at"] > 0
+
+
+def test_ratings_stored_before_corrections_existed_stay_readable(tmp_path):
+    path = tmp_path / "kbloop.sqlite"
+    before = [m for m in MIGRATIONS if m[0] < "006"]
+    old = Manifest(path, before)
+    old_id = FeedbackStore(old.db).add("down", "Where is the walrus?", "In the sea.")
+    old.close()
+    manifest = Manifest(path, MIGRATIONS)
+    try:
+        store = FeedbackStore(manifest.db)
+        new_id = store.add("down", "Where is the walrus?", "In the sea.", correction="On the ice.")
+        assert [(f.id, f.correction) for f in store.eval_candidates()] == [(new_id, "On the ice."), (old_id, None)]
+        assert [f.id for f in store.corrections()] == [new_id]
+    finally:
+        manifest.close()
+
+
+# -- the dataset -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def sample_kb(tmp_path, embedder):
+    home = make_home(tmp_path / "kb", embedder)
+    with KnowledgeBase(home, home.load_settings(environ={}), embedder=embedder) as kb:
+        yield kb
+
+
+def test_a_build_turns_each_new_correction_into_one_record_over_the_retrieval_context(sample_kb):
+    kb = sample_kb
+    first = build(kb)  # the documents' own records
+    assert first.version == "0001" and first.corrections == 0
+    correction_id = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", sources=SOURCES, correction=CORRECTION_TEXT)
+    kb.feedback.add("down", PORT_QUESTION, "Port 80.")  # no correction: nothing to learn
+
+    counts = build(kb)
+    assert (counts.version, counts.chunks_new, counts.corrections, counts.records_train, counts.records_eval,
+            counts.records_retired, counts.by_generator) == ("0002", 0, 1, 1, 0, 0, {CORRECTION: 1})
+    store = DatasetStore(kb.home, kb.manifest)
+    [record] = store.records("0002")
+    context = Assistant(kb, verifier=None).retrieve(DATA_QUESTION)
+    assert context and [k.text for k in record.knowledge] == [h.text for h in context]
+    assert (record.id, record.split, record.generator, record.instruction, record.answer, record.reference) == (
+        correction_record_id(correction_id), "train", CORRECTION, DATA_QUESTION, CORRECTION_TEXT, CORRECTION_TEXT)
+    assert record.source["feedback_id"] == correction_id and record.source["answer_given"] == "In /tmp."
+    assert record.messages()[-1] == {"role": "assistant", "content": CORRECTION_TEXT}
+    assert store.stats()["active_by_generator"][CORRECTION] == 1
+
+    # Built once: the next build has nothing new, and keeps the record active.
+    again = build(kb)
+    assert (again.version, again.corrections, again.records_retired) == (None, 0, 0)
+    assert store.status_of()[record.id] == "active"
+    # A later correction is built on its own.
+    later_id = kb.feedback.add("down", PORT_QUESTION, "Port 80.", correction="Harbor listens on port 8735.")
+    latest = build(kb)
+    assert latest.corrections == 1
+    assert [r.id for r in store.records(latest.version)] == [correction_record_id(later_id)]
+    assert [r.id for r in store.active_records("train") if r.generator == CORRECTION] == [
+        correction_record_id(correction_id), correction_record_id(later_id)]
+
+
+def test_a_correction_record_outlives_changes_to_the_documents(sample_kb):
+    kb = sample_kb
+    correction_id = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    build(kb)
+    for doc in (kb.home.root / "docs").iterdir():
+        doc.unlink()
+    kb.ingest()
+    emptied = build(kb)
+    assert emptied.chunks_retired > 0 and emptied.corrections == 0
+    store = DatasetStore(kb.home, kb.manifest)
+    assert [r.id for r in store.active_records()] == [correction_record_id(correction_id)]
+
+
+# -- the evaluation --------------------------------------------------------------------------------
+
+@pytest.fixture
+def kb(home):
+    with KnowledgeBase(home) as opened:
+        yield opened
+
+
+def test_a_correction_is_one_of_the_homes_own_questions_with_the_expected_answer(kb):
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.")  # the page's thumbs-down first,
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)  # then the right answer
+    kb.feedback.add("down", "Which user does Harbor run as?", "As root.")  # no correction
+
+    # Without a judge only the corrected question is asked: it has a reference.
+    [item] = build_evalset(kb, set(), [], 10, 0.3, with_feedback=False)
+    assert (item.question, item.reference, item.slice, item.judge_only) == (
+        DATA_QUESTION, CORRECTION_TEXT, "user", False)
+    # With one, the thumbs-down without a correction is a judge-only item.
+    items = build_evalset(kb, set(), [], 10, 0.3, with_feedback=True)
+    by_question = {i.question: i for i in items}
+    assert len(items) == 2 and by_question[DATA_QUESTION] == item
+    judged = by_question["Which user does Harbor run as?"]
+    assert (judged.slice, judged.reference, judged.judge_only) == ("feedback", "", True)
+
+
+def test_the_gate_checks_that_a_candidate_states_the_correction(kb):
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    [item] = build_evalset(kb, set(), [], 10, 0.3)
+
+    def answered(correct: bool) -> dict:
+        return {item.id: {"correct": correct, "f1": float(correct), "refused": False}}
+
+    better = decide(side_metrics([item], answered(True), {}, 5), side_metrics([item], answered(False), {}, 5), 0.02)
+    worse = decide(side_metrics([item], answered(False), {}, 5), side_metrics([item], answered(True), {}, 5), 0.02)
+    assert better.decision == "accept" and worse.decision == "reject"
+    assert any(r.startswith("your questions: accuracy 0.000 is worse") for r in worse.reasons)
+
+
+def test_a_question_the_homes_file_asks_is_not_asked_twice(kb, tmp_path):
+    own = tmp_path / "questions.jsonl"
+    own.write_text('{"question": "where does harbor keep its data folder", "answer": "/var/lib/harbor"}\n')
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    [item] = build_evalset(kb, set(), [own], 10, 0.3)
+    assert item.reference == "/var/lib/harbor"
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("dataset", "--help"), ("dataset", "build", "--help")])
+def test_the_dataset_help_says_how_corrections_enter_the_data(args):
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "correction" in text.lower() and "training record" in text
+
+
+# -- the web page ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(web.MISSING is not None and not web.UNDER_CI, reason=str(web.MISSING))
+def test_pressing_wrong_opens_a_box_that_sends_the_right_answer(tmp_path, embedder, generator, browser):
+    home = make_home(tmp_path / "kb", embedder)
+    with serving(home, embedder, generator) as (url, _):
+        browser.get(url)
+        wait = WebDriverWait(browser, 90)
+        browser.find_element(By.ID, "question").send_keys(PORT_QUESTION)
+        browser.find_element(By.ID, "ask-button").click()
+        answer = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, ".turn .answer"))
+        wait.until(lambda d: answer.get_attribute("data-state") == "done")
+        box = browser.find_element(By.CSS_SELECTOR, ".turn .correction")
+        wrong = browser.find_element(By.CSS_SELECTOR, ".turn .thumb[data-rating='down']")
+        assert not box.is_displayed() and wrong.get_attribute("aria-expanded") == "false"
+
+        wrong.click()
+        wait.until(lambda d: box.is_displayed())
+        text = box.find_element(By.TAG_NAME, "textarea")
+        assert wrong.get_attribute("aria-expanded") == "true"
+        assert browser.switch_to.active_element == text
+        assert box.find_element(By.TAG_NAME, "label").text.startswith("The right answer")
+        send = box.find_element(By.CSS_SELECTOR, "button[type='submit']")
+        send.click()  # nothing typed: nothing sent
+        wait.until(lambda d: web.text_of(d, ".turn .correction-state"))
+        assert "Type the right answer" in web.text_of(browser, ".turn .correction-state")
+
+        text.send_keys("Harbor listens on port 8735 unless harbor.toml says otherwise.")
+        send.click()
+        wait.until(lambda d: "Thanks" in web.text_of(d, ".turn .correction-state"))
+        assert not send.is_enabled()
+        assert web.page_errors(browser) == []
+    [kept] = corrections_of(home)
+    assert (kept.question, kept.answer, kept.correction) == (
+        PORT_QUESTION, answer.text, "Harbor listens on port 8735 unless harbor.toml says otherwise.")
+    assert kept.sources and kept.sources[0]["path"] == "getting-started.md"
+    assert len(ratings_of(home)) == 2  # the thumbs-down, then the correction
