@@ -53,8 +53,10 @@ class Settings(BaseModel):
         description="Model that grades answers during evaluation (same choices as KBLOOP_GENERATOR).",
     )
     teacher: str = Field(
-        "local:qwen2.5-0.5b",
-        description="Model that writes question/answer pairs for training data (same choices).",
+        "local:qwen2.5-1.5b",
+        description=("Model that writes question/answer pairs for training data (same choices): the strongest "
+                     "one available, since the answering model learns its answers. The default is the judge's "
+                     "model, so one model is loaded for both."),
     )
     engine: Literal["llamacpp", "transformers"] = Field(
         "llamacpp",
