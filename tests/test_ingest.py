@@ -6,20 +6,20 @@ import pytest
 
 from docs_factory import FACTS, QUERIES, write_corpus
 from kbloop.errors import KbloopError
-from kbloop.ingest import indexer as indexer_module
+from kbloop.ingest import parse as parse_module
 
 
 @pytest.fixture
 def parsed(monkeypatch):
     """Records every file the indexer parses."""
     calls: list[str] = []
-    real_load = indexer_module.load
+    real_load = parse_module.load
 
     def spy(path, max_bytes=None):
         calls.append(path.name)
         return real_load(path, max_bytes)
 
-    monkeypatch.setattr(indexer_module, "load", spy)
+    monkeypatch.setattr(parse_module, "load", spy)
     return calls
 
 

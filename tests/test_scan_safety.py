@@ -18,7 +18,7 @@ from conftest import cli_error, run_cli
 from docs_factory import FACTS, QUERIES, make_docx, make_pdf, write_corpus
 from kbloop.errors import DocsUnreadable, KbloopError, LoaderError
 from kbloop.fsutil import sha256_file
-from kbloop.ingest import indexer as indexer_module
+from kbloop.ingest import parse as parse_module
 from kbloop.ingest.loaders import load
 
 
@@ -173,18 +173,18 @@ def test_read_errors_during_parsing_are_retried_not_remembered(open_kb, home, mo
     """The folder became unreadable after the files were hashed: nothing is recorded as failed,
     and the next ingest reads them."""
     write_corpus(home.root / "docs")
-    real_load = indexer_module.load
+    real_load = parse_module.load
 
     def failing_load(path, max_bytes=None):
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(indexer_module, "load", failing_load)
+    monkeypatch.setattr(parse_module, "load", failing_load)
     counts = open_kb().ingest()
     assert (counts.files_added, counts.files_failed) == (0, 5)
     assert {f["reason"] for f in counts.failures} == {"cannot read: Input/output error (tried again next ingest)"}
     kb = open_kb()
     assert kb.manifest.files() == {} and kb.status()["failures"] == []
-    monkeypatch.setattr(indexer_module, "load", real_load)
+    monkeypatch.setattr(parse_module, "load", real_load)
     counts = open_kb().ingest()
     assert (counts.files_added, counts.files_unchanged, counts.files_failed) == (5, 0, 0)
     assert top_path(open_kb(), QUERIES["manual.pdf"]) == "manual.pdf"

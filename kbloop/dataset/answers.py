@@ -25,12 +25,12 @@ from kbloop.assistant.grounding import invented_numbers, restates
 from kbloop.assistant.verify import Verifier
 from kbloop.dataset.extractive import Pair
 from kbloop.dataset.filters import length_problem, supported
-from kbloop.dataset.records import Knowledge, Record, Split, assemble_in_order
+from kbloop.dataset.records import Knowledge, Record, SourceChunk, Split, assemble_in_order
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import CITATION, STOP_STRINGS, build_messages, clean_answer, is_refusal
 
 if TYPE_CHECKING:
-    from kbloop.dataset.build import BuildCounts, SourceChunk
+    from kbloop.dataset.counts import BuildCounts
     from kbloop.models.generators import Generator
 
 log = logging.getLogger(__name__)

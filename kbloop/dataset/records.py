@@ -107,3 +107,16 @@ def assemble_in_order(rid: str, version: str, split: Split, generator: str, ques
     knowledge = context if oracle else [k for k in context if not k.oracle]
     return Record(rid, version, split, generator, question, knowledge, answer if oracle else DONT_KNOW, reference,
                   oracle, source_info, list(accept))
+
+
+@dataclass
+class SourceChunk:
+    text_hash: str
+    path: str
+    text: str
+    metadata: dict
+    vector_id: int
+
+    @property
+    def knowledge(self) -> Knowledge:
+        return Knowledge(self.path, self.text, self.metadata, oracle=True)

@@ -42,18 +42,17 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 import numpy as np
 
 from kbloop.config import Home, Settings
-from kbloop.errors import ConfigError, KbloopError, LoaderError, NeedsRebuild, StoreError
+from kbloop.errors import ConfigError, KbloopError, NeedsRebuild, StoreError
 from kbloop.fsutil import exclusive, sha256_file
-from kbloop.ingest.chunking import Chunk, chunk_document, embed_text, make_splitter
-from kbloop.ingest.loaders import load, supported
+from kbloop.ingest.chunking import Chunk, embed_text, make_splitter
+from kbloop.ingest.loaders import supported
 from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
+from kbloop.ingest.parse import Parsed, parse_file
 from kbloop.ingest.scan import Scan, is_ignored_name, scan_folder, unreadable_reason
 from kbloop.progress import progress_bar
 from kbloop.vector_store import StoreLocation, VectorStore, store_location
 
 if TYPE_CHECKING:
-    from langchain_text_splitters import TextSplitter
-
     from kbloop.ingest.ray_engine import RayEngine
 
 log = logging.getLogger(__name__)
@@ -122,37 +121,6 @@ class Carried:
     file_id: int
     chunks: list[ChunkRecord]
     new_ids: list[int] = field(default_factory=list)
-
-
-@dataclass
-class Parsed:
-    """One file parsed and split, wherever that ran: its chunks, or why its content failed
-    (``error``, recorded in the manifest), or why it could not be read (``unreadable``, only
-    reported). ``vectors`` (text hash -> vector) holds what an engine embedded beside the parse."""
-
-    chunks: list[Chunk] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None
-    unreadable: str | None = None
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def parse_file(docs: Path, rel: str, max_bytes: int, splitter: TextSplitter) -> Parsed:
-    """Parse and split ``docs/rel``; the same function runs in this process and on Ray workers."""
-    path = docs / rel
-    try:
-        if not supported(path):
-            raise LoaderError(f"unsupported file type {path.suffix or '(none)'}")
-        loaded = load(path, max_bytes)
-        return Parsed(chunk_document(loaded, splitter), loaded.notes)
-    except LoaderError as exc:
-        return Parsed(error=str(exc))
-    except OSError as exc:
-        # The file could not be read, which says nothing of its content: the caller skips it.
-        return Parsed(unreadable=unreadable_reason(exc))
-    except Exception as exc:  # one bad file must never stop the run
-        log.exception("unexpected error reading %s", rel)
-        return Parsed(error=f"unexpected error: {exc.__class__.__name__}: {exc}")
 
 
 @dataclass

@@ -39,7 +39,7 @@ from kbloop import models
 from kbloop.config import Settings
 from kbloop.errors import BackendUnavailable
 from kbloop.ingest.chunking import Chunk, make_splitter
-from kbloop.ingest.indexer import Parsed, parse_file
+from kbloop.ingest.parse import Parsed, parse_file
 
 # Files per Ray Data block, and so per parse task and per embedding call: small blocks bring
 # the first results back soon and leave little to redo when a worker is lost.

@@ -1,0 +1,41 @@
+"""What one ``kbloop dataset build`` did: its counts and the yield of each generator."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from kbloop.dataset.records import CORRECTION, Record
+
+
+@dataclass
+class BuildCounts:
+    version: str | None = None
+    chunks_new: int = 0
+    chunks_unchanged: int = 0
+    chunks_retired: int = 0
+    pairs_generated: int = 0
+    pairs_unsupported: int = 0
+    pairs_bad_length: int = 0
+    pairs_duplicate: int = 0
+    records_train: int = 0
+    records_eval: int = 0
+    records_retired: int = 0
+    corrections: int = 0  # training records from users' corrections
+    answers_written: int = 0  # the teacher's answers to its questions (kbloop.dataset.answers)
+    answers_rejected: int = 0  # dropped: no answer, or the check found the source does not state it
+    answers_unchecked: int = 0  # dropped: the check gave no verdict
+    by_generator: dict = field(default_factory=dict)
+    by_family: dict = field(default_factory=dict)  # records by generator family: extractive, teacher, correction
+    records_per_100_chunks: float = 0.0  # records from the chunks read (corrections aside), per 100 of them
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def tally(self, records: list[Record]) -> None:
+        """What the build got out of the text, and from which generators: the yield to compare
+        across corpora and settings."""
+        self.by_family = dict(sorted(Counter(r.generator.split(":")[0] for r in records).items()))
+        from_chunks = sum(n for family, n in self.by_family.items() if family != CORRECTION)
+        self.records_per_100_chunks = round(100 * from_chunks / self.chunks_new, 1) if self.chunks_new else 0.0
