@@ -46,17 +46,12 @@ def source_heading(n: int, hit: Hit) -> str:
 ANSWER_NOT_QUESTION = "Do not repeat the question. Reply with the answer from the sources."
 
 
-def build_messages(question: str, hits: list[Hit], *, again: bool = False, follows: str | None = None) -> list[dict]:
-    """The prompt for ``question`` over ``hits``. ``follows`` is the earlier question a follow-up
-    refers to ("which hook does *it* run?"): the model reads what "it" is from that question,
-    never from an earlier answer, so no value of one answer is carried into the next."""
+def build_messages(question: str, hits: list[Hit], *, again: bool = False) -> list[dict]:
     # Best source last, nearest the question: small models weigh what they read last most.
     numbered = list(enumerate(hits, start=1))[::-1]
     sources = "\n\n".join(f"{source_heading(n, hit)}\n{hit.text.strip()}" for n, hit in numbered)
     messages = [{"role": "system", "content": SYSTEM}]
-    earlier = f"Earlier question: {follows}\n" if follows else ""
-    ask = (f"Sources:\n\n{sources}\n\n{earlier}Question: {question}"
-           + (f"\n\n{ANSWER_NOT_QUESTION}" if again else ""))
+    ask = f"Sources:\n\n{sources}\n\nQuestion: {question}" + (f"\n\n{ANSWER_NOT_QUESTION}" if again else "")
     messages.append({"role": "user", "content": ask})
     return messages
 

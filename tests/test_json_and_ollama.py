@@ -225,8 +225,8 @@ def test_ollama_down_is_one_clear_error():
 
 
 def test_chat_history_shapes_retrieval_only(sample_home, open_kb):
-    """A follow-up is searched with the question before it, and the model sees that question to
-    know what "it" is, but no earlier answer: no value of one answer reaches a later one."""
+    """A follow-up is searched with the question before it, but the model sees only the current
+    question and its sources: no value of an earlier answer reaches a later one."""
     with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 8735 by default.") as server:
         kb = open_kb(sample_home)
         kb.ingest()
@@ -236,7 +236,6 @@ def test_chat_history_shapes_retrieval_only(sample_home, open_kb):
         assistant.ask("and which port does it listen on?", history)
     sent = server.requests[-1][1]["messages"]
     assert [m["role"] for m in sent] == ["system", "user"]
-    assert "900 seconds" not in json.dumps(sent) and sent[-1]["content"].endswith(
-        "Earlier question: How long are snapshots kept?\nQuestion: and which port does it listen on?")
+    assert "900 seconds" not in json.dumps(sent) and sent[-1]["content"].endswith("and which port does it listen on?")
     # the retrieval query did use the history: the snapshot question's words found its source
     assert "snapshot" in " ".join(h.text for h in assistant.retrieve("and which port does it listen on?", history)).lower()

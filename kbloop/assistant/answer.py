@@ -82,19 +82,12 @@ FOLLOW_UP = re.compile(
 )
 
 
-def followed(question: str, history: list[tuple[str, str]] | None) -> str | None:
-    """The earlier question that a follow-up ("and how do I change it?") refers to; None for a
-    question that stands on its own."""
-    if not history or not (FOLLOW_UP.search(question) or len(question.split()) <= 3):
-        return None
-    return history[-1][0]
-
-
 def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
-    """The retrieval query: a follow-up is read together with the question before it; a
-    question that stands on its own is searched alone."""
-    earlier = followed(question, history)
-    return f"{earlier} {question}" if earlier else question
+    """The retrieval query: a follow-up ("and how do I change it?") is read together with the
+    question before it; a question that stands on its own is searched alone."""
+    if not history or not (FOLLOW_UP.search(question) or len(question.split()) <= 3):
+        return question
+    return f"{history[-1][0]} {question}"
 
 
 class Assistant:
@@ -144,14 +137,11 @@ class Assistant:
 
         stats: dict = {"prompt_tokens": 0, "completion_tokens": 0}
         first_token: list[float] = []
-        # History chose the sources (fold_query); the model sees this question, and for a
-        # follow-up the question it follows, but no earlier answer: nothing of one answer is
-        # carried into the next.
-        follows = followed(question, history)
-        text = yield from self._reply(build_messages(question, hits, follows=follows), stats, first_token, question,
-                                      common)
+        # History chose the sources (fold_query); the model sees this question alone, so that
+        # nothing of an earlier answer is carried into this one.
+        text = yield from self._reply(build_messages(question, hits), stats, first_token, question, common)
         if restates(text, question, common):  # held back, unshown
-            text = self._ask_again(question, hits, stats, first_token, timings, common, follows)
+            text = self._ask_again(question, hits, stats, first_token, timings, common)
             yield text or NOT_IN_KB
         done = time.perf_counter()
         first = first_token[0] if first_token else None
@@ -191,12 +181,12 @@ class Assistant:
         return verdict
 
     def _ask_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float],
-                   timings: dict, common: frozenset[str], follows: str | None = None) -> str | None:
+                   timings: dict, common: frozenset[str]) -> str | None:
         """The answer when the first reply only restated the question: the reply to asking once
         more, told not to; failing that, the sentence of the sources closest to the question;
         the refusal, or None, when no sentence is close."""
         timings["asked_again"] = True
-        again = finish(self._reply(build_messages(question, hits, again=True, follows=follows), stats, first_token,
+        again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
                                    question, common))
         if not restates(again, question, common) and not is_refusal(again):
             return again
