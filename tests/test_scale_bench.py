@@ -4,6 +4,7 @@ kbloop reuses a vector whenever a chunk's text hash is already stored, so copies
 text would measure copying, not embedding. These tests make a few copies of small kbdev
 documents, one of each format, and split them with kbloop's own splitter (PDFs through kbloop's
 own loader; the other formats' text is taken out here, since unstructured takes seconds to load).
+The slow test runs the benchmark's ``--quick`` smoke run end to end.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import re
 import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -116,3 +119,24 @@ def test_growth_exponent_is_the_log_log_slope(scale):
     assert scale.growth_exponent([700, 7000, 70000], [2.0, 20.0, 200.0]) == pytest.approx(1.0)
     assert scale.growth_exponent([100, 10000], [3.0, 30.0]) == pytest.approx(0.5)
     assert scale.growth_exponent([700], [2.0]) is None
+
+
+@pytest.mark.slow
+def test_quick_run_measures_a_real_ingest(tmp_path):
+    """``bench/scale.py --quick`` end to end: one 1x home, every command in its own process."""
+    out = tmp_path / "scale.json"
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "scale.py"), "--quick", "--workdir",
+                          str(tmp_path / "work"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
+    (home,) = results["results"]
+    assert (home["scale"], home["engine"], home["store"]) == (1, "local", "faiss")
+    assert home["files"] == len(list(KBDEV.iterdir()))
+    assert home["full"]["counts"]["chunks_reused"] == 0
+    assert home["chunks"] == home["distinct_texts"] > 0
+    assert home["noop"]["counts"]["files_unchanged"] == home["files"]
+    assert home["edit"]["counts"]["files_changed"] == 1
+    assert home["search"]["n"] == 10 and home["search"]["p50_ms"] > 0
+    assert results["ann"]["vectors"] == 2 * home["chunks"]
+    assert [row["recall_at_10"] for row in results["ann"]["rows"]][0] == 1.0
