@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import run_cli
 from fake_ollama import FakeOllama
-from test_dataset import write_manuals
+from test_dataset import manual_kb, write_manuals  # noqa: F401 (manual_kb is a fixture)
 
 from kbloop import models
 from kbloop.dataset.answers import answer_checker, cite, retrieved_context, uncited, write_answer
@@ -201,14 +201,6 @@ def test_citations_are_placed_before_the_full_stop():
     assert cite("The default is 45 minutes.", 2) == "The default is 45 minutes [2]."
     assert cite("It is 45 minutes", 1) == "It is 45 minutes [1]"
     assert uncited("It is 45 minutes [3]. See [1], too [2].") == "It is 45 minutes. See, too."
-
-
-@pytest.fixture
-def manual_kb(home, open_kb):
-    write_manuals(home.root / "docs")
-    kb = open_kb(dataset_eval_fraction=0.0)
-    kb.ingest()
-    return kb
 
 
 @pytest.mark.slow
