@@ -204,16 +204,20 @@ def child_plain(spec: dict) -> dict:
             "call_seconds": time.perf_counter() - started}
 
 
-def child_main(spec_path: Path) -> None:
+def child_main(spec_path: Path, kinds: dict | None = None) -> None:
+    """A child process: run the training the spec names (``kinds`` maps its kind to a function)
+    and write its result, peak memory and load average beside the spec."""
     import warnings
 
+    import datasets
     from transformers.utils import logging as hf_logging
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
     spec = json.loads(spec_path.read_text())
     load_before = os.getloadavg()[0]
-    out = {"kbloop": child_kbloop, "plain": child_plain}[spec["kind"]](spec)
+    out = (kinds or {"kbloop": child_kbloop, "plain": child_plain})[spec["kind"]](spec)
     import torch
 
     out.update(peak_rss_kib=peak_rss_kib(), load_before=load_before, load_after=os.getloadavg()[0],
@@ -227,14 +231,14 @@ class ChildFailed(RuntimeError):
     """A training child process ended without a result."""
 
 
-def run_child(workdir: Path, name: str, spec: dict) -> dict:
-    """Run one training in a fresh Python process; its result dict."""
+def run_child(workdir: Path, name: str, spec: dict, script: Path = Path(__file__)) -> dict:
+    """Run one training in a fresh Python process (``script --child SPEC``); its result dict."""
     spec_path = workdir / f"child-{name}.json"
     result_path = workdir / f"child-{name}.result.json"
     spec_path.write_text(json.dumps({**spec, "result": str(result_path)}))
     print(f"   [{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
+    proc = subprocess.run([sys.executable, str(script.resolve()), "--child", str(spec_path)],
                           check=False, env={**os.environ, **CHILD_ENV}, cwd=REPO)
     if proc.returncode != 0 or not result_path.is_file():
         killed = "; killed, most likely for lack of memory" if proc.returncode == -9 else ""
@@ -243,7 +247,7 @@ def run_child(workdir: Path, name: str, spec: dict) -> dict:
     out["process_seconds"] = time.perf_counter() - started
     t = out["train"]
     print(f"   [{time.strftime('%H:%M:%S')}] {name}: {t['tokens']} tokens in {t['seconds']:.1f} s = "
-          f"{t['tokens_per_s']:.1f} tok/s; call {out['call_seconds']:.1f} s; "
+          f"{t['tokens_per_s']:.1f} tok/s, {t.get('steps', '?')} steps; call {out['call_seconds']:.1f} s; "
           f"peak RSS {out['peak_rss_kib'] / 1024:.0f} MiB; load {out['load_before']:.2f} -> {out['load_after']:.2f}",
           flush=True)
     return out
@@ -522,24 +526,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def bench_main(args: argparse.Namespace, run, child, name: str) -> None:
+    """What a training benchmark's ``main`` does: a child runs its training; the parent checks the
+    corpus, runs ``run(args, workdir)`` and keeps the results in ``bench/out/<name>-<time>.json``."""
     if args.child is not None:
-        child_main(args.child)
+        child(args.child)
         return
     args.corpus = args.corpus.resolve()
     if not args.corpus.is_dir():
         raise SystemExit(f"corpus folder {args.corpus} does not exist")
     for key, value in CHILD_ENV.items():
         os.environ.setdefault(key, value)
-    with bench_workdir(args.workdir, args.keep, prefix="kbloop-bench-finetune-") as workdir:
+    with bench_workdir(args.workdir, args.keep, prefix=f"kbloop-bench-{name}-") as workdir:
         results = run(args, workdir)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = OUT_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\ndetails: {out}")
     if args.json:
         print("\n" + json.dumps(results, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    bench_main(parse_args(argv), run, child_main, "finetune")
 
 
 if __name__ == "__main__":

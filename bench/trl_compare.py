@@ -41,9 +41,7 @@ Run it from the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,21 +50,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The fine-tuning benchmark's home, planner and kbloop child, shared rather than copied.
 from finetune import (
-    CHILD_ENV,
     DEFAULT_CORPUS,
     EMBEDDER,
-    OUT_DIR,
-    REPO,
+    ChildFailed,
+    bench_main,
     child_kbloop,
+    child_main,
     child_settings,
     corpus_subset,
     ingest_and_build,
     make_home,
-    peak_rss_kib,
     planned_records,
     ratio,
 )
-from workdir import bench_workdir
+from finetune import run_child as finetune_child
 
 DEFAULT_MODEL = "local:qwen2.5-0.5b"
 DEFAULT_RECORDS = 32
@@ -153,44 +150,18 @@ def child_trl(spec: dict) -> dict:
             "call_seconds": time.perf_counter() - started}
 
 
-def child_main(spec_path: Path) -> None:
-    import warnings
-
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    spec = json.loads(spec_path.read_text())
-    load_before = os.getloadavg()[0]
-    out = {"kbloop": child_kbloop, "trl": child_trl}[spec["kind"]](spec)
-    import torch
-
-    out.update(peak_rss_kib=peak_rss_kib(), load_before=load_before, load_after=os.getloadavg()[0],
-               torch_threads=torch.get_num_threads())
-    Path(spec["result"]).write_text(json.dumps(out))
+def child(spec_path: Path) -> None:
+    child_main(spec_path, {"kbloop": child_kbloop, "trl": child_trl})
 
 
 # -- the parent ------------------------------------------------------------------------------
 
 def run_child(workdir: Path, name: str, spec: dict) -> dict:
     """One training in a fresh Python process; its result dict."""
-    spec_path = workdir / f"child-{name}.json"
-    result_path = workdir / f"child-{name}.result.json"
-    spec_path.write_text(json.dumps({**spec, "result": str(result_path), "scratch": str(workdir / f"{name}-out")}))
-    print(f"   [{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-                          check=False, env={**os.environ, **CHILD_ENV}, cwd=REPO)
-    if proc.returncode != 0 or not result_path.is_file():
-        killed = "; killed, most likely for lack of memory" if proc.returncode == -9 else ""
-        raise SystemExit(f"child {name} failed (exit {proc.returncode}{killed})")
-    out = json.loads(result_path.read_text())
-    t = out["train"]
-    print(f"   [{time.strftime('%H:%M:%S')}] {name}: {t['tokens']} tokens in {t['seconds']:.1f} s = "
-          f"{t['tokens_per_s']:.1f} tok/s, {t['steps']} steps; peak RSS {out['peak_rss_kib'] / 1024:.0f} MiB; "
-          f"load {out['load_before']:.2f} -> {out['load_after']:.2f}", flush=True)
-    return out
+    try:
+        return finetune_child(workdir, name, {**spec, "scratch": str(workdir / f"{name}-out")}, Path(__file__))
+    except ChildFailed as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def summary_table(model: str, kbloop: dict, trl: dict) -> str:
@@ -268,23 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.child is not None:
-        child_main(args.child)
-        return
-    args.corpus = args.corpus.resolve()
-    if not args.corpus.is_dir():
-        raise SystemExit(f"corpus folder {args.corpus} does not exist")
-    for key, value in CHILD_ENV.items():
-        os.environ.setdefault(key, value)
-    with bench_workdir(args.workdir, args.keep, prefix="kbloop-bench-trl-") as workdir:
-        results = run(args, workdir)
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out = OUT_DIR / f"trl-compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\ndetails: {out}")
-    if args.json:
-        print("\n" + json.dumps(results, indent=2))
+    bench_main(parse_args(argv), run, child, "trl-compare")
 
 
 if __name__ == "__main__":
