@@ -308,14 +308,8 @@ class Indexer:
         carried = [Carried(rec.id, chunks) for rel, rec in known.items()
                    if rel not in parsed and (chunks := self.manifest.chunks_of(rec.id))]
         for plan in plans:
-            if plan.error:
-                counts.files_failed += 1
-                counts.failures.append({"path": plan.path, "reason": plan.error})
-                log.warning("skipped %s: %s", plan.path, plan.error)
+            if not self._count(plan, counts):
                 continue
-            counts.files_changed += plan.record is not None
-            counts.files_added += plan.record is None
-            counts.chunks_removed += len(plan.remove)
             # Every chunk gets a new vector, those whose text the file already had too.
             plan.remove = [old for old, _ in plan.keep] + plan.remove
             plan.add = sorted([chunk for _, chunk in plan.keep] + plan.add, key=lambda chunk: chunk.ordinal)
@@ -555,6 +549,19 @@ class Indexer:
         max_bytes = int(self.settings.max_file_mb * 2**20)
         return (parse_file(self.docs_dir, rel, max_bytes, self.splitter) for rel, _ in files)
 
+    @staticmethod
+    def _count(plan: FilePlan, counts: IngestCounts) -> bool:
+        """Count a planned file as added, changed or failed (logged); False when it failed."""
+        if plan.error:
+            counts.files_failed += 1
+            counts.failures.append({"path": plan.path, "reason": plan.error})
+            log.warning("skipped %s: %s", plan.path, plan.error)
+            return False
+        counts.files_changed += plan.record is not None
+        counts.files_added += plan.record is None
+        counts.chunks_removed += len(plan.remove)
+        return True
+
     def _plan(self, rel: str, st: os.stat_result, sha: str, rec: FileRecord | None, parsed: Parsed) -> FilePlan:
         plan = FilePlan(rel, st, sha, rec, error=parsed.error, ready=parsed.vectors)
         if parsed.error:
@@ -614,14 +621,8 @@ class Indexer:
             self.store.remove(replaced)
 
         for plan in plans:
-            if plan.error:
-                counts.files_failed += 1
-                counts.failures.append({"path": plan.path, "reason": plan.error})
-                log.warning("skipped %s: %s", plan.path, plan.error)
+            if not self._count(plan, counts):
                 continue
-            counts.files_changed += plan.record is not None
-            counts.files_added += plan.record is None
-            counts.chunks_removed += len(plan.remove)
             counts.chunks_reused += len(plan.keep)
         counts.chunks_embedded += len(to_embed)
         counts.chunks_reused += len(ids) - len(to_embed)
