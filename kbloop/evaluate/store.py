@@ -13,13 +13,24 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from kbloop.config import Home
 from kbloop.db import Migration
 
-if TYPE_CHECKING:
-    from kbloop.evaluate.report import EvalReport
+
+class Recorded(Protocol):
+    """What the store keeps of an evaluation report (``kbloop.evaluate.report.EvalReport``)."""
+
+    run: str
+    created_at: float
+    candidate: str
+    baseline: str
+    metrics: dict[str, Any]
+    pairwise: dict[str, int] | None
+
+    @property
+    def decision(self) -> Any: ...  # a Decision: .decision is "accept" or "reject"
 
 MIGRATIONS: list[Migration] = [
     (
@@ -80,7 +91,7 @@ class EvaluationStore:
     def folder(self, run: str) -> Path:
         return self.dir / run
 
-    def record(self, report: EvalReport) -> None:
+    def record(self, report: Recorded) -> None:
         summary = {"metrics": report.metrics, "pairwise": report.pairwise}
         self.db.execute("INSERT OR REPLACE INTO evaluations VALUES (?, ?, ?, ?, ?, ?)",
                         (report.run, report.created_at, report.candidate, report.baseline,
