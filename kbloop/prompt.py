@@ -36,8 +36,7 @@ CITATION = re.compile(r"\[(\d{1,2})\]")
 
 
 def source_heading(n: int, hit: Hit) -> str:
-    title, section = hit.metadata.get("title"), hit.metadata.get("section")
-    where = " > ".join(v for v in (title, section if section != title else None) if v)
+    where = " > ".join(v for v in (hit.metadata.get("title"), hit.metadata.get("section")) if v)
     page = f", page {hit.metadata['page']}" if hit.metadata.get("page") else ""
     return f"[{n}] {hit.path}{page}" + (f" ({where})" if where else "")
 

@@ -156,14 +156,6 @@ def test_a_page_number_in_the_source_heading_counts_as_grounded():
     assert invented_numbers("See page 7 of gitcredentials.pdf.", "Where is it?", [source]) == ["7"]
 
 
-def test_a_source_heading_names_the_title_and_a_different_section_once():
-    from kbloop.prompt import source_heading
-
-    assert source_heading(2, hit("x", "glob.html", title="glob", section="glob")) == "[2] glob.html (glob)"
-    assert (source_heading(1, hit("x", "gzip.pdf", title="gzip", section="Examples", page=3))
-            == "[1] gzip.pdf, page 3 (gzip > Examples)")
-
-
 LS_REMOTE = "With --exit-code, which exit status does `git ls-remote` use when no matching refs are found?"
 SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the interactive shell aborted) "
          "to refuse interactive logins?")
