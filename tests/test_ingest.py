@@ -242,23 +242,3 @@ def test_a_site_page_is_indexed_without_its_menus_and_titled_by_its_heading(open
     assert hit.metadata["title"] == "Glacier station"
     # Without a heading, the page's <title> names it.
     assert kb.search(QUERIES["notes.txt"], 1)[0].metadata["title"] == "Sourdough notes"
-
-
-@pytest.mark.parametrize("name, text, title", [
-    # A page's menu (lower headings) comes before its top heading, whose permalink mark goes.
-    ("page.md", "### Table of Contents\n\n- [Samples](#samples)\n\n# Glacier station¶\n\nIce cores.\n\n"
-                "## Samples\n\nKept cold.\n", "Glacier station"),
-    # reStructuredText: an overlined and underlined first heading, then "=" sections.
-    ("guide.txt", ".. index:: glacier\n\n****************\nGlacier station\n****************\n\nIce cores.\n\n"
-                  "Samples\n=======\n\nKept cold.\n", "Glacier station"),
-    ("notes.txt", "Content-type: text/plain\n\nGlacier station\n---------------\n\nIce cores are kept cold.\n",
-     "Glacier station"),
-])
-def test_the_title_is_the_documents_top_heading(tmp_path, name, text, title):
-    from kbloop.ingest.loaders import LOADERS
-
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    loaded = LOADERS[path.suffix](path)
-    assert loaded.title == title
-    assert not any("¶" in (e.section or "") for e in loaded.elements)

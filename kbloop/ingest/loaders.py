@@ -149,24 +149,17 @@ HEADING_MAX_CHARS = 100
 
 
 def _from_unstructured(elements: list, plain_text: bool) -> Loaded:
-    """Turn unstructured elements into kbloop elements, carrying the latest heading as section.
-    The title is the first of the top-level headings (a page's menus come before its <h1>, and
-    their headings are lower), or the first heading where levels are unknown (plain text)."""
+    """Turn unstructured elements into kbloop elements, carrying the latest heading as section."""
     out: list[Element] = []
     title: str | None = None
-    title_depth = float("inf")
     section: str | None = None
     for el in elements:
         text = (el.text or "").strip()
         if not text:
             continue
         if el.category == "Title" and _is_heading(text, plain_text):
-            text = text.rstrip("¶").rstrip() or text  # a heading's permalink mark is not its text
             section = text
-            depth = getattr(el.metadata, "category_depth", None)
-            depth = depth if isinstance(depth, int) else float("inf")
-            if title is None or depth < title_depth:
-                title, title_depth = text, depth
+            title = title or text
         page = getattr(el.metadata, "page_number", None)
         out.append(Element(text=text, section=section, page=page))
     return Loaded(out, title=title)
@@ -200,15 +193,11 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
-def _partition_text_file(path: Path, fn_name: str, module: str, plain_text: bool = False,
-                         prepare: Callable[[str], tuple[str, str | None]] | None = None) -> Loaded:
-    """Decode a text-based file ourselves (with the encoding note), then partition the text;
-    ``prepare`` may clean the text first and name the title, which the headings' guess yields to."""
+def _partition_text_file(path: Path, fn_name: str, module: str, plain_text: bool = False) -> Loaded:
+    """Decode a text-based file ourselves (with the encoding note), then partition the text."""
     text, notes = read_text(path)
-    text, title = prepare(text) if prepare else (text, None)
     loaded = _partition(fn_name, module, plain_text=plain_text, text=text)
     loaded.notes += notes
-    loaded.title = title or loaded.title
     return loaded
 
 
@@ -217,20 +206,9 @@ def load_markdown(path: Path) -> Loaded:
     return _partition_text_file(path, "partition_md", "unstructured.partition.md")
 
 
-# In plain text a heading is a line underlined (and maybe overlined) with one repeated mark
-# (reStructuredText, setext); the first one is the document's title, as reStructuredText reads it.
-UNDERLINED_TITLE = re.compile(r"^[ \t]*([^\s=*#~^+`-][^\n]*?)[ \t]*\n[ \t]*([=*#~^+`-])\2{2,}[ \t]*$", re.MULTILINE)
-
-
-def underlined_title(text: str) -> tuple[str, str | None]:
-    found = UNDERLINED_TITLE.search(text)
-    return text, found.group(1) if found and len(found.group(1)) <= HEADING_MAX_CHARS else None
-
-
 @loader(".txt")
 def load_text(path: Path) -> Loaded:
-    return _partition_text_file(path, "partition_text", "unstructured.partition.text", plain_text=True,
-                                prepare=underlined_title)
+    return _partition_text_file(path, "partition_text", "unstructured.partition.text", plain_text=True)
 
 
 # Page furniture: what a site puts around every page (menus, sidebars, search boxes, footers),
@@ -271,7 +249,12 @@ def strip_page_furniture(html: str) -> tuple[str, str | None]:
 
 @loader(".html", ".htm")
 def load_html(path: Path) -> Loaded:
-    return _partition_text_file(path, "partition_html", "unstructured.partition.html", prepare=strip_page_furniture)
+    text, notes = read_text(path)
+    text, title = strip_page_furniture(text)
+    loaded = _partition("partition_html", "unstructured.partition.html", text=text)
+    loaded.notes += notes
+    loaded.title = title or loaded.title
+    return loaded
 
 
 @loader(".docx")
