@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from docs_factory import FACTS, FILLER, QUERIES, write_corpus
+from docs_factory import FACTS, QUERIES, write_corpus
 from kbloop.errors import KbloopError
 from kbloop.ingest import parse as parse_module
 
@@ -212,33 +212,3 @@ def test_racy_edit_within_the_same_second_is_noticed(open_kb, home):
     assert counts.files_changed == 1
     # The file was hashed, so the new text is what is indexed.
     assert "BBBB" in open_kb().search("the value", 1)[0].text
-
-
-SITE_PAGE = """<html><head><title>Glacier station &#8212; Field Handbook 2.1</title></head><body>
-<nav role="navigation"><h3>Navigation</h3><a href="/">index</a> | <a href="/next">next</a></nav>
-<div class="sphinxsidebar" role="navigation"><h3>Table of Contents</h3><ul><li>Samples</li></ul>
-<form role="search"><input name="q"> Quick search</form></div>
-<h1>Glacier station<a class="headerlink" href="#glacier">¶</a></h1><p>{filler}</p>
-<h2>Samples<a href="#samples">¶</a></h2><p>{fact}</p>
-<footer>Last updated by the handbook team.</footer></body></html>"""
-
-
-def test_a_site_page_is_indexed_without_its_menus_and_titled_by_its_heading(open_kb, home):
-    """Menus, sidebars, search boxes and footers (HTML5 elements, ARIA landmark roles) are not
-    the page's text, and heading permalinks are not its headings."""
-    docs = home.root / "docs"
-    docs.mkdir(exist_ok=True)
-    (docs / "station.html").write_text(SITE_PAGE.format(filler=FILLER * 3, fact=FACTS["page.html"]), encoding="utf-8")
-    (docs / "bare.html").write_text(f"<html><head><title>Sourdough notes</title></head><body><p>{FACTS['notes.txt']}</p>"
-                                    "</body></html>", encoding="utf-8")
-    kb = open_kb()
-    kb.ingest()
-    texts = [row["text"] for row in kb.manifest.db.execute("SELECT text FROM chunks")]
-    joined = "\n".join(texts)
-    for furniture in ("Navigation", "Table of Contents", "Quick search", "handbook team", "¶"):
-        assert furniture not in joined, furniture
-    hit = kb.search(QUERIES["page.html"], 1)[0]
-    assert hit.path == "station.html" and FACTS["page.html"] in hit.text
-    assert hit.metadata["title"] == "Glacier station"
-    # Without a heading, the page's <title> names it.
-    assert kb.search(QUERIES["notes.txt"], 1)[0].metadata["title"] == "Sourdough notes"

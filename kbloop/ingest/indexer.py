@@ -60,9 +60,8 @@ log = logging.getLogger(__name__)
 # A file modified this close to when it was last hashed may change again within the same
 # mtime tick; such a file is hashed again rather than trusted on size and mtime.
 RACY_SECONDS = 2.0
-# Bump when parsing or chunking changes the chunk text for the same settings: every file is
-# parsed again, and only chunks whose text changed are embedded again.
-CHUNKER_VERSION = 2  # 2: HTML pages lose their menus and sidebars (loaders.strip_page_furniture)
+# Bump when chunking changes in a way that alters chunk text for the same settings.
+CHUNKER_VERSION = 1
 FLUSH_CHUNKS = 256
 FLUSH_FILES = 64
 

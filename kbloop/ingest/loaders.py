@@ -211,50 +211,9 @@ def load_text(path: Path) -> Loaded:
     return _partition_text_file(path, "partition_text", "unstructured.partition.text", plain_text=True)
 
 
-# Page furniture: what a site puts around every page (menus, sidebars, search boxes, footers),
-# marked by HTML5 elements and ARIA landmark roles. Its text would otherwise be indexed with
-# every page, and its first heading ("Navigation") taken for the document's title.
-FURNITURE = ("//nav | //footer | //*[@role='navigation' or @role='search' or @role='contentinfo']"
-             " | //script | //style | //noscript | //template")
-# A heading's permalink: a same-page link whose text is one symbol ("¶", "#", "🔗").
-PERMALINK = "//a[starts-with(@href, '#')]"
-
-
-def strip_page_furniture(html: str) -> tuple[str, str | None]:
-    """The page without its furniture and heading permalinks, and its title: the first <h1>,
-    else <title>. A page lxml cannot read is returned as it is."""
-    import lxml.etree
-    import lxml.html
-
-    try:
-        root = lxml.html.document_fromstring(html)
-    except (lxml.etree.ParserError, ValueError):
-        return html, None
-    for node in root.xpath(FURNITURE):
-        if node.getparent() is not None:
-            node.drop_tree()
-    for link in root.xpath(PERMALINK):
-        text = link.text_content().strip()
-        if len(text) <= 2 and not any(ch.isalnum() for ch in text) and link.getparent() is not None:
-            link.drop_tree()
-    title = None
-    for path in ("//h1", "//title"):
-        found = root.xpath(path)
-        text = " ".join(found[0].text_content().split()) if found else ""
-        if text:
-            title = text[:HEADING_MAX_CHARS]
-            break
-    return lxml.html.tostring(root, encoding="unicode"), title
-
-
 @loader(".html", ".htm")
 def load_html(path: Path) -> Loaded:
-    text, notes = read_text(path)
-    text, title = strip_page_furniture(text)
-    loaded = _partition("partition_html", "unstructured.partition.html", text=text)
-    loaded.notes += notes
-    loaded.title = title or loaded.title
-    return loaded
+    return _partition_text_file(path, "partition_html", "unstructured.partition.html")
 
 
 @loader(".docx")
