@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from kbloop.config import Home
 from kbloop.db import Migration
+from kbloop.evaluate.gate import Decision
 
 
 class Recorded(Protocol):
@@ -28,9 +29,8 @@ class Recorded(Protocol):
     baseline: str
     metrics: dict[str, Any]
     pairwise: dict[str, int] | None
+    decision: Decision
 
-    @property
-    def decision(self) -> Any: ...  # a Decision: .decision is "accept" or "reject"
 
 MIGRATIONS: list[Migration] = [
     (
