@@ -61,18 +61,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+# The ingest benchmark's one-line edit (made here in copy 0, kbdev's own text), and how long a
+# file must settle before an ingest trusts its size and mtime.
+from ingest import EDIT_NEW, EDIT_OLD, EDITED_FILE, EMBEDDER, SETTLE_SECONDS
 from workdir import bench_workdir
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_KBDEV = REPO.parent / "shared" / "kbdev"
-EMBEDDER = "local:all-minilm-l6-v2"
-
-# The one-line edit of bench/ingest.py, made in copy 0 (kbdev's own text).
-EDITED_FILE = "git-credential-cache.md"
-EDIT_OLD, EDIT_NEW = "(default: 900)", "(default: 2700)"
-# Files whose mtime is older than this when an ingest confirms them are later trusted on
-# size and mtime alone (the indexer's RACY_SECONDS is 2.0).
-SETTLE_SECONDS = 2.5
 NOOP_REPEATS = 3
 EDIT_REPEATS = 2
 RSS_SAMPLE_SECONDS = 0.2
