@@ -45,6 +45,52 @@ def test_common_words_follow_the_chunks(tmp_path):
     assert "harbor" not in manifest.common_words() and "note" in manifest.common_words()
 
 
+def keyword_search_of_every_word(manifest: Manifest, query: str, limit: int) -> list[int]:
+    """The keyword search as it was before it dropped common words: every word of the query."""
+    words = dict.fromkeys(w for w in query.lower().replace("?", " ").split() if len(w) > 1)
+    rows = manifest.db.execute("SELECT chunks.vector_id FROM chunks_fts JOIN chunks ON chunks.id = chunks_fts.rowid "
+                               "WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?",
+                               (" OR ".join(f'"{w}"' for w in words), limit))
+    return [row[0] for row in rows]
+
+
+def test_the_keyword_search_leaves_out_common_words_and_ranks_as_before(tmp_path):
+    texts = [f"The harbor keeps the log of ship {n} in the archive of the port." for n in range(30)]
+    texts += [f"The lighthouse keeper {n} and the lamp of the tower." for n in range(10)]
+    texts += ["The lighthouse keeper rotates the lamp of the harbor every night."]
+    manifest = manifest_with(tmp_path, texts)
+    assert {"the", "harbor", "of"} <= manifest.common_words()
+    for query in ("How does the keeper rotate the lamp of the harbor?", "the lamp of the lighthouse keeper 3"):
+        assert manifest.keyword_search(query, 8) == keyword_search_of_every_word(manifest, query, 8)
+    assert manifest.keyword_search("Which keeper rotates the lamp?", 1) == [40]
+    # A question of common words alone is searched with them: they are all it has.
+    assert len(manifest.keyword_search("harbor archive", 50)) == 31
+    # A chunk that shares only common words with the question is not a keyword match at all.
+    assert len(manifest.keyword_search("the keeper", 50)) == 11
+    assert len(keyword_search_of_every_word(manifest, "the keeper", 50)) == 41
+
+
+def test_common_words_are_recorded_for_other_processes_until_the_chunks_change(tmp_path, monkeypatch):
+    manifest = manifest_with(tmp_path, [f"Harbor note {n}" for n in range(25)])
+    manifest.record_common_words()
+    reads = []
+    read = Manifest._read_common_words
+    monkeypatch.setattr(Manifest, "_read_common_words", lambda self, *a: reads.append(a) or read(self, *a))
+    other = Manifest(tmp_path / "kbloop.sqlite", MIGRATIONS)  # as another process opens it
+    assert "harbor" in other.common_words() and reads == []
+    with manifest.transaction():
+        manifest.insert_chunk(1, 99, "h99", "Lighthouse note", {}, 99)
+    assert "harbor" in other.common_words() and len(reads) == 1  # read again, not the stale record
+    manifest.record_common_words()  # as the ingest that changed the chunks does
+    assert len(reads) == 2
+    assert Manifest(tmp_path / "kbloop.sqlite", MIGRATIONS).common_words() == other.common_words()
+    manifest.record_common_words()  # already recorded: nothing read
+    assert len(reads) == 2
+    manifest.set_meta("common_words", "{damaged")
+    assert Manifest(tmp_path / "kbloop.sqlite", MIGRATIONS).common_words() == other.common_words()
+    assert len(reads) == 3
+
+
 def test_a_common_word_in_the_reply_does_not_make_it_an_answer():
     question = "Which port does the proxy listen on?"
     reply = "Harbor: the proxy listen on port."

@@ -336,6 +336,7 @@ class Indexer:
                     self.manifest.insert_chunk(kept.file_id, c.ordinal, c.text_hash, c.text, c.metadata, vector_id)
             self.manifest.set_meta("chunking", self.chunking_signature)
             self.manifest.set_meta("last_ingest", str(now))
+            self.manifest.record_common_words()
         counts.files_deleted = len(deleted)
         self.location.promote()
         self.store = self.location.load()
@@ -422,6 +423,7 @@ class Indexer:
             self.store.save()
         self.manifest.set_meta("chunking", self.chunking_signature)
         self.manifest.set_meta("last_ingest", str(now))
+        self.manifest.record_common_words()
         return counts
 
     @staticmethod

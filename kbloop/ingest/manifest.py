@@ -91,10 +91,11 @@ MIGRATIONS: list[Migration] = [
     ),
 ]
 
-# Why a run stopped that recorded no end of its own.
 # A word in half the chunks or more is as common as a stop word there (see Manifest.common_words).
 COMMON_SHARE = 0.5
 COMMON_LEAST = 20
+COMMON_META = "common_words"  # meta key: the common words and the chunks they were read from
+# Why a run stopped that recorded no end of its own.
 INTERRUPTED = "its process ended before it finished (killed, or the machine stopped)"
 
 
@@ -272,38 +273,65 @@ class Manifest:
 
     def keyword_search(self, query: str, limit: int) -> list[int]:
         """Vector ids of the chunks that best match the query's words (BM25), best first."""
-        words = [w for w in re.findall(r"\w+", query.lower()) if len(w) > 1]
+        words = list(dict.fromkeys(w for w in re.findall(r"\w+", query.lower()) if len(w) > 1))
         if not words:
             return []
-        match = " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
-        rows = self.db.execute(
-            """SELECT chunks.vector_id FROM chunks_fts JOIN chunks ON chunks.id = chunks_fts.rowid
-               WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?""",
+        # FTS5's BM25 floors the weight of a word in half the rows or more at 1e-6, so the common
+        # words add nothing to the ranking of a chunk that holds another query word, yet each is
+        # a pass over a list of half the chunks. Asked alone, they are all there is to rank by.
+        common = self.common_words()
+        match = " OR ".join(f'"{w}"' for w in [w for w in words if w not in common] or words)
+        rows = self.db.execute(  # ranked inside FTS5 first: a join before the LIMIT looks up every match
+            """SELECT chunks.vector_id FROM (SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ?
+                                             ORDER BY rank LIMIT ?) AS best
+               JOIN chunks ON chunks.id = best.rowid ORDER BY best.rank""",
             (match, limit),
         )
         return [row[0] for row in rows]
 
     def common_words(self, share: float = COMMON_SHARE, least: int = COMMON_LEAST) -> frozenset[str]:
         """The words that at least ``share`` of the chunks contain ("git" in git's manual):
-        they tell no chunk from another, so the grounding checks do not count them. None in a
-        knowledge base of fewer than ``least`` chunks, where a share says little; numbers never.
-        Kept until the chunks change, since it reads the whole keyword index."""
-        key = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM chunks").fetchone()
-        key = (key[0], key[1], share, least)
+        they tell no chunk from another, so the grounding checks and the keyword search do not
+        count them. None in a knowledge base of fewer than ``least`` chunks, where a share says
+        little; numbers never. Kept until the chunks change, since it reads the whole keyword
+        index; the ingest that changed them records them for every other process."""
+        key = self._chunks_key(share, least)
         if self._common is None or self._common[0] != key:
-            words: frozenset[str] = frozenset()
-            if key[0] >= least:
-                try:
-                    self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab "
-                                    "USING fts5vocab(main, chunks_fts, 'row')")
-                    rows = self.db.execute("SELECT term FROM temp.chunks_vocab WHERE doc >= ?",
-                                           (share * key[0],)).fetchall()
-                except sqlite3.Error as exc:  # answers go on, checking with stop words only
-                    log.warning("cannot read the keyword index's word counts: %s", exc)
-                    rows = []
-                words = frozenset(row[0] for row in rows if not row[0].isdigit())
+            recorded = self._recorded_common()
+            words = recorded[1] if recorded and recorded[0] == key else self._read_common_words(share, least, key[0])
             self._common = (key, words)
         return self._common[1]
+
+    def record_common_words(self) -> None:
+        """Store the default common words with what they were read from, where they are not
+        already: the keyword index is read once per change, not once per process."""
+        key = self._chunks_key(COMMON_SHARE, COMMON_LEAST)
+        recorded = self._recorded_common()
+        if recorded is None or recorded[0] != key:
+            self.set_meta(COMMON_META, json.dumps({"key": list(key), "words": sorted(self.common_words())}))
+
+    def _chunks_key(self, share: float, least: int) -> tuple:
+        count, last = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM chunks").fetchone()
+        return (count, last, share, least)
+
+    def _recorded_common(self) -> tuple[tuple, frozenset[str]] | None:
+        try:
+            recorded = json.loads(self.get_meta(COMMON_META) or "null")
+            return (tuple(recorded["key"]), frozenset(recorded["words"])) if recorded else None
+        except (ValueError, TypeError, KeyError):  # damaged: read the index again
+            return None
+
+    def _read_common_words(self, share: float, least: int, count: int) -> frozenset[str]:
+        if count < least:
+            return frozenset()
+        try:
+            self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab "
+                            "USING fts5vocab(main, chunks_fts, 'row')")
+            rows = self.db.execute("SELECT term FROM temp.chunks_vocab WHERE doc >= ?", (share * count,)).fetchall()
+        except sqlite3.Error as exc:  # answers go on, checking with stop words only
+            log.warning("cannot read the keyword index's word counts: %s", exc)
+            rows = []
+        return frozenset(row[0] for row in rows if not row[0].isdigit())
 
     def hits(self, scored: list[tuple[int, float]]) -> list[Hit]:
         """Search results for (vector id, score) pairs, in the same order; unknown ids are dropped."""
