@@ -86,6 +86,15 @@ class Settings(BaseModel):
             "with the packaged judge it refused more right answers than wrong ones (docs/answers.md)."
         ),
     )
+    read_again: bool = Field(
+        True,
+        description=(
+            "When the model says the sources hold no answer although they passed the relevance checks, "
+            "ask it once more without the option to refuse; that answer is shown only when the judge model "
+            "(KBLOOP_JUDGE) finds it stated in a source for exactly what was asked and no other check "
+            "refuses it. Costs a second reply and a judge call, only for such refusals (docs/answers.md)."
+        ),
+    )
     max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer, in tokens.")
     chunk_size: int = Field(
         800, ge=100, le=20000, description="Characters per chunk (the splitter's target size)."

@@ -17,11 +17,14 @@ NOT_IN_KB = "The knowledge base does not contain the answer to this question."
 
 # Measured on ../shared/kbdev with qwen2.5-0.5b: asking small models to cite [n] themselves
 # made them answer with a bare "[1]"; kbloop attributes sources itself (grounding.attribute).
-SYSTEM = (
+ANSWER_RULES = (
     "Answer the question from the sources. Quote the exact values, names and commands from the "
-    "sources, in one or two sentences. "
-    f"If the sources do not contain the answer, reply exactly: {DONT_KNOW}"
+    "sources, in one or two sentences."
 )
+SYSTEM = f"{ANSWER_RULES} If the sources do not contain the answer, reply exactly: {DONT_KNOW}"
+# The second reading of a reply that refused although the sources passed the relevance checks:
+# the model may not refuse, and the judge decides whether its answer stands.
+READ_AGAIN_SYSTEM = f"{ANSWER_RULES} Answer with what the sources say."
 
 # What small models say when the sources do not hold the answer, in their many phrasings.
 REFUSAL = re.compile(
@@ -46,11 +49,11 @@ def source_heading(n: int, hit: Hit) -> str:
 ANSWER_NOT_QUESTION = "Do not repeat the question. Reply with the answer from the sources."
 
 
-def build_messages(question: str, hits: list[Hit], *, again: bool = False) -> list[dict]:
+def build_messages(question: str, hits: list[Hit], *, again: bool = False, may_refuse: bool = True) -> list[dict]:
     # Best source last, nearest the question: small models weigh what they read last most.
     numbered = list(enumerate(hits, start=1))[::-1]
     sources = "\n\n".join(f"{source_heading(n, hit)}\n{hit.text.strip()}" for n, hit in numbered)
-    messages = [{"role": "system", "content": SYSTEM}]
+    messages = [{"role": "system", "content": SYSTEM if may_refuse else READ_AGAIN_SYSTEM}]
     ask = f"Sources:\n\n{sources}\n\nQuestion: {question}" + (f"\n\n{ANSWER_NOT_QUESTION}" if again else "")
     messages.append({"role": "user", "content": ask})
     return messages

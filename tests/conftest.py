@@ -33,8 +33,10 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(key)
     # Keep test processes from fighting over the 2 cores.
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    # The answer check loads the 1.5B judge; its own tests turn it on, whatever the default.
+    # The answer check and the second reading of a refusal load the 1.5B judge; their own tests
+    # turn them on, whatever the defaults.
     monkeypatch.setenv("KBLOOP_VERIFY_ANSWERS", "false")
+    monkeypatch.setenv("KBLOOP_READ_AGAIN", "false")
 
 
 @pytest.fixture(scope="session")

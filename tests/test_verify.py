@@ -3,13 +3,14 @@ is about what was asked; only an answer it confirms is shown."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 
 from fake_ollama import FakeOllama
 from kbloop import models
-from kbloop.assistant.answer import Assistant
+from kbloop.assistant.answer import Assistant, Progress
 from kbloop.assistant.verify import Verifier, numbered_sentences
 from kbloop.config import Settings
 from kbloop.ingest.manifest import Hit
@@ -126,3 +127,85 @@ def test_the_stream_says_it_is_checking_and_the_page_can_show_it(tmp_path, embed
     assert stages == ["checking"] and final["timings"]["verdict"] == "stated" and not final["refused"]
     texts = [e["choices"][0]["delta"].get("content") for e in events if e.get("choices")]
     assert "8735" in "".join(t for t in texts if t)
+
+
+# -- the second reading of a refusal --------------------------------------------------------
+
+QUESTION = "Which port does Harbor listen on by default?"
+
+
+def judge_naming(value: str, verdict: str):
+    """A judge reply that names the sentence holding ``value`` with ``verdict``."""
+    def reply(body):
+        listed = body["messages"][-1]["content"].splitlines()
+        number = next(int(line.split(".")[0]) for line in listed if value in line and line[:1].isdigit())
+        return json.dumps({"sentence": number, "verdict": verdict})
+    return reply
+
+
+@pytest.mark.parametrize("second,verdict,stands,judged", [
+    ("Harbor listens on TCP port 8735 by default.", "stated", True, True),
+    ("Harbor listens on TCP port 8735 by default.", "other_subject", False, True),
+    ("Harbor listens on port 9999.", "stated", False, False),  # an invented number: no judge needed
+    ("I don't know.", "stated", False, False),
+])
+def test_a_refusal_is_read_again_and_the_answer_stands_only_when_the_judge_confirms_it(
+        sample_home, open_kb, second, verdict, stands, judged):
+    replies = iter(["I don't know.", second])
+    judge = judge_naming("8735", verdict)
+    with FakeOllama(models=("qwen3:4b", "judge:1b"),
+                    reply=lambda body: judge(body) if body["model"] == "judge:1b" else next(replies)) as server:
+        kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        *pieces, final = Assistant(kb, gen).stream(QUESTION)
+        chats = [body for path, body in server.requests if path == "/api/chat"]
+    asked = [body for body in chats if body["model"] == "qwen3:4b"]
+    assert len(asked) == 2 and len(chats) - len(asked) == int(judged)
+    # The second time the model is not offered the refusal.
+    assert "I don't know" in asked[0]["messages"][0]["content"]
+    assert "I don't know" not in asked[1]["messages"][0]["content"]
+    assert Progress("reading again") in pieces and final.timings["read_again"] is True
+    streamed = "".join(p for p in pieces if isinstance(p, str))
+    assert streamed == "I don't know." and final.retracts(streamed)
+    if stands:
+        assert not final.refused and final.answer == second and final.timings["verdict"] == "stated"
+        assert [s.path for s in final.sources if s.cited] == ["getting-started.md"]
+    else:
+        assert final.refused and final.answer == NOT_IN_KB
+        assert final.refusal_reason == "the model found no answer in the sources"
+
+
+def test_without_the_second_reading_a_refusal_is_final(sample_home, open_kb):
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "I don't know.") as server:
+        kb = open_kb(sample_home, read_again=False)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        final = Assistant(kb, gen).ask(QUESTION)
+        assert len([1 for path, _ in server.requests if path == "/api/chat"]) == 1
+    assert final.refused and "read_again" not in final.timings
+
+
+def test_a_streamed_refusal_that_the_second_reading_answers_is_replaced(tmp_path, embedder):
+    import httpx
+    from test_server import make_home, serving
+
+    replies = itertools.cycle(["I don't know.", "Harbor listens on TCP port 8735 by default."])
+    judge = judge_naming("8735", "stated")
+    home = make_home(tmp_path / "kb", embedder)
+    with FakeOllama(models=("qwen3:4b", "judge:1b"),
+                    reply=lambda body: judge(body) if body["model"] == "judge:1b" else next(replies)) as server:
+        generator = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        with serving(home, embedder, generator, read_again=True, judge="ollama:judge:1b",
+                     ollama_url=server.url) as (url, _):
+            request = {"model": "kbloop", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=request, timeout=60) as response:
+                events = [json.loads(line[6:]) for line in response.iter_lines()
+                          if line.startswith("data: ") and line != "data: [DONE]"]
+            whole = httpx.post(f"{url}/v1/chat/completions", json=request | {"stream": False}, timeout=60).json()
+    assert [e["kbloop_progress"] for e in events if "kbloop_progress" in e] == ["reading again"]
+    retraction = [e for e in events if e.get("kbloop_retraction")]
+    assert len(retraction) == 1 and "8735" in retraction[0]["choices"][0]["delta"]["content"]
+    assert not events[-1]["kbloop"]["refused"]
+    # Not streamed, only the final answer appears.
+    assert whole["choices"][0]["message"]["content"] == "Harbor listens on TCP port 8735 by default."

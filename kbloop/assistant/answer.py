@@ -64,9 +64,10 @@ class Answer:
     timings: dict = field(default_factory=dict)
 
     def retracts(self, streamed: str) -> bool:
-        """The text streamed before this answer was not taken: a refusal replaced it, and the
-        reader must be shown the refusal after it."""
-        return self.refused and streamed.strip() != self.answer
+        """The text streamed before this answer was not taken: a refusal replaced it, or a
+        second reading replaced the refusal streamed first, and the reader must be shown this
+        answer after it."""
+        return (self.refused or bool(self.timings.get("read_again"))) and streamed.strip() != self.answer
 
     def as_dict(self, with_text: bool = False) -> dict:
         data = asdict(self)
@@ -91,12 +92,22 @@ def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
 
 
 class Assistant:
-    def __init__(self, kb, generator=None, verifier: Verifier | None | bool = True):
+    def __init__(self, kb, generator=None, verifier: Verifier | None | bool = True,
+                 second_checker: Verifier | None = None):
         """``verifier`` True takes the knowledge base's (None when KBLOOP_VERIFY_ANSWERS is off);
-        None or False answers unchecked."""
+        None or False answers unchecked. A second reading (KBLOOP_READ_AGAIN) is checked by
+        ``second_checker`` (a server passes one for all its requests), else by the verifier, else
+        by a judge of this assistant's own, made on the first refusal that needs it."""
         self.kb = kb
         self._generator = generator
         self.verifier = kb.verifier if verifier is True else verifier or None
+        self._second_checker = second_checker or self.verifier
+
+    @property
+    def second_checker(self) -> Verifier:
+        if self._second_checker is None:
+            self._second_checker = Verifier(self.kb.model("judge"))
+        return self._second_checker
 
     @property
     def generator(self):
@@ -143,6 +154,11 @@ class Assistant:
         if restates(text, question, common):  # held back, unshown
             text = self._ask_again(question, hits, stats, first_token, timings, common)
             yield text or NOT_IN_KB
+        if text is not None and is_refusal(text) and self.kb.settings.read_again:
+            yield Progress("reading again")
+            text, verdict = self._read_again(question, hits, stats, first_token, timings, common) or (text, None)
+        else:
+            verdict = None
         done = time.perf_counter()
         first = first_token[0] if first_token else None
         tokens = stats["completion_tokens"]
@@ -154,7 +170,7 @@ class Assistant:
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
             "total_s": round(done - started, 4),
         })
-        if self.verifier is not None and text:
+        if self.verifier is not None and text and verdict is None:
             yield Progress("checking")
         if text is None:
             yield answer("", "the model only restated the question", [])
@@ -162,13 +178,37 @@ class Assistant:
             yield answer(text, "the model found no answer in the sources", [])
         elif invented := invented_numbers(text, question, hits):
             yield answer(text, f"the answer states {', '.join(invented)}, which no source contains", [])
-        elif (verdict := self._verify(question, text, hits, timings)) is not None and not verdict.stands:
+        elif (verdict := verdict or self._verify(question, text, hits, timings)) is not None and not verdict.stands:
             yield answer(text, verdict.reason, [])
         else:
             cited = set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits, common))
             if verdict is not None and verdict.passage:
                 cited.add(verdict.passage)
             yield answer(text, None, sorted(cited))
+
+    def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
+                    common: frozenset[str]) -> tuple[str, Verdict] | None:
+        """The answer of a second reading, after a reply that said the sources do not answer
+        although they passed the relevance checks: the model, not offered the refusal this time,
+        answers again, and the answer and the judge's verdict on it are returned only when it is
+        an answer (not a refusal, not the question restated, no invented number) that the judge
+        finds stated for exactly what was asked. None keeps the refusal."""
+        timings["read_again"] = True
+        started = time.perf_counter()
+        try:
+            return self._second_reading(question, hits, stats, first_token, timings, common)
+        finally:
+            timings["read_again_s"] = round(time.perf_counter() - started, 4)
+
+    def _second_reading(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
+                        common: frozenset[str]) -> tuple[str, Verdict] | None:
+        again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
+                                   question, common))
+        if not again or is_refusal(again) or restates(again, question, common) or invented_numbers(again, question, hits):
+            return None
+        verdict = self.second_checker.check(question, again, hits)
+        timings["verdict"] = verdict.verdict if verdict else None
+        return (again, verdict) if verdict is not None and verdict.stands else None
 
     def _verify(self, question: str, text: str, hits: list[Hit], timings: dict) -> Verdict | None:
         if self.verifier is None:

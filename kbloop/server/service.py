@@ -246,8 +246,10 @@ class Service:
         self.readers = Readers(lambda: ReaderKB(home, self.settings, embedder=self.embedder("query"),
                                                 snapshots=self.snapshots))
         self.model = OneAtATime(lambda: generator or self._create_generator())
-        # One checking model for every request (it loads on first use).
-        self.verifier = Verifier(models.configured("judge", self.settings)) if self.settings.verify_answers else None
+        # One checking model for every request (it loads on first use), also for second readings.
+        checker = Verifier(models.configured("judge", self.settings))
+        self.verifier = checker if self.settings.verify_answers else None
+        self.second_checker = checker if self.settings.read_again else None
         self.ingests = IngestRunner(
             lambda: KnowledgeBase(home, self.settings, embedder=self.embedder("ingest")))
 
@@ -276,7 +278,7 @@ class Service:
     def answer(self, question: str, history: list[tuple[str, str]]) -> Iterator[str | Answer]:
         with self.readers.borrow() as kb:
             kb.follow_adapter(self.model)
-            yield from Assistant(kb, self.model, self.verifier).stream(question, history)
+            yield from Assistant(kb, self.model, self.verifier, self.second_checker).stream(question, history)
 
     def status(self) -> dict:
         with self.readers.borrow() as kb:
