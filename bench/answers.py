@@ -144,7 +144,7 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     refusal_reason: str | None = None
-    steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted"
+    steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted", "read_again"
 
 
 def grade(item: dict, reply: Reply) -> bool:
@@ -209,7 +209,7 @@ class KbloopPipeline:
             sources=[{"path": s.path, "score": s.score, "cited": s.cited} for s in ans.sources],
             first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
             prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
-            refusal_reason=ans.refusal_reason, steps=[k for k in ("asked_again", "quoted") if timings.get(k)],
+            refusal_reason=ans.refusal_reason, steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
         )
 
     def close(self) -> None:
