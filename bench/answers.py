@@ -209,7 +209,8 @@ class KbloopPipeline:
             sources=[{"path": s.path, "score": s.score, "cited": s.cited} for s in ans.sources],
             first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
             prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
-            refusal_reason=ans.refusal_reason, steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
+            refusal_reason=ans.refusal_reason,
+            steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
         )
 
     def close(self) -> None:

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
           "| p50 ratio | reading the common words |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['corpus']} | {r['chunks']:,} | {r['same_top20']}/{r['questions']} / {r['same_top5']}/{r['questions']} "
+        n = r["questions"]
+        print(f"| {r['corpus']} | {r['chunks']:,} | {r['same_top20']}/{n} / {r['same_top5']}/{n} "
               f"| {r['every_word_p50']:.1f} / {r['every_word_p95']:.1f} ms "
               f"| {r['without_common_p50']:.1f} / {r['without_common_p95']:.1f} ms "
               f"| {r['every_word_p50'] / r['without_common_p50']:.2f}x | {r['common_read_ms']:.0f} ms |")

@@ -204,7 +204,8 @@ class Assistant:
                         common: frozenset[str]) -> tuple[str, Verdict] | None:
         again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
                                    question, common))
-        if not again or is_refusal(again) or restates(again, question, common) or invented_numbers(again, question, hits):
+        if (not again or is_refusal(again) or restates(again, question, common)
+                or invented_numbers(again, question, hits)):
             return None
         verdict = self.second_checker.check(question, again, hits)
         timings["verdict"] = verdict.verdict if verdict else None
