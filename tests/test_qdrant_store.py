@@ -219,12 +219,14 @@ def test_a_writer_killed_mid_save_leaves_the_previous_commit(tmp_path):
     released()
 
     writer = python(WRITER, str(tmp_path))
-    assert writer.stdout.readline() == "saving\n", writer.stderr.read()
-    # Killed at the last step before the commit: a fixed point, where a kill timed by polling
-    # the files could land after the commit on a fast machine.
-    assert writer.stdout.readline() == "committing\n", writer.stderr.read()
-    os.kill(writer.pid, signal.SIGKILL)
-    writer.wait()
+    try:
+        # Killed at the last step before the commit: a fixed point, where a kill timed by
+        # polling the files could land after the commit on a fast machine.
+        said = [writer.stdout.readline(), writer.stdout.readline()]
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+    assert said == ["saving\n", "committing\n"], writer.stderr.read()
     assert points_on_disk(tmp_path, "kbloop-1") > 50
 
     location = embedded(tmp_path)
