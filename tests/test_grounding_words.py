@@ -4,6 +4,8 @@ manual; a qualified name counts as mentioned where the manual drops its module's
 
 from __future__ import annotations
 
+import re
+
 from kbloop.assistant.grounding import keyword_evidence, restates
 from kbloop.ingest.manifest import Hit, Manifest
 from kbloop.kb import MIGRATIONS
@@ -47,7 +49,7 @@ def test_common_words_follow_the_chunks(tmp_path):
 
 def keyword_search_of_every_word(manifest: Manifest, query: str, limit: int) -> list[int]:
     """The keyword search as it was before it dropped common words: every word of the query."""
-    words = dict.fromkeys(w for w in query.lower().replace("?", " ").split() if len(w) > 1)
+    words = dict.fromkeys(w for w in re.findall(r"\w+", query.lower()) if len(w) > 1)
     rows = manifest.db.execute("SELECT chunks.vector_id FROM chunks_fts JOIN chunks ON chunks.id = chunks_fts.rowid "
                                "WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts) LIMIT ?",
                                (" OR ".join(f'"{w}"' for w in words), limit))

@@ -195,20 +195,14 @@ class Assistant:
         finds stated for exactly what was asked. None keeps the refusal."""
         timings["read_again"] = True
         started = time.perf_counter()
-        try:
-            return self._second_reading(question, hits, stats, first_token, timings, common)
-        finally:
-            timings["read_again_s"] = round(time.perf_counter() - started, 4)
-
-    def _second_reading(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
-                        common: frozenset[str]) -> tuple[str, Verdict] | None:
         again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
                                    question, common))
-        if (not again or is_refusal(again) or restates(again, question, common)
-                or invented_numbers(again, question, hits)):
-            return None
-        verdict = self.second_checker.check(question, again, hits)
-        timings["verdict"] = verdict.verdict if verdict else None
+        verdict = None
+        if again and not (is_refusal(again) or restates(again, question, common)
+                          or invented_numbers(again, question, hits)):
+            verdict = self.second_checker.check(question, again, hits)
+            timings["verdict"] = verdict.verdict if verdict else None
+        timings["read_again_s"] = round(time.perf_counter() - started, 4)
         return (again, verdict) if verdict is not None and verdict.stands else None
 
     def _verify(self, question: str, text: str, hits: list[Hit], timings: dict) -> Verdict | None:

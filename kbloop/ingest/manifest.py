@@ -305,10 +305,10 @@ class Manifest:
     def record_common_words(self) -> None:
         """Store the default common words with what they were read from, where they are not
         already: the keyword index is read once per change, not once per process."""
-        key = self._chunks_key(COMMON_SHARE, COMMON_LEAST)
-        recorded = self._recorded_common()
-        if recorded is None or recorded[0] != key:
-            self.set_meta(COMMON_META, json.dumps({"key": list(key), "words": sorted(self.common_words())}))
+        words = self.common_words()
+        key = self._common[0]
+        if self._recorded_common() != (key, words):
+            self.set_meta(COMMON_META, json.dumps({"key": list(key), "words": sorted(words)}))
 
     def _chunks_key(self, share: float, least: int) -> tuple:
         count, last = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM chunks").fetchone()
