@@ -94,19 +94,31 @@ def started_server(workdir: Path, extra_env: dict[str, str] | None = None) -> It
     counts = json.loads(done.stdout)
     info = {"corpus": str(corpus), "files": counts["files_added"], "chunks": counts["chunks_embedded"]
             + counts["chunks_reused"], "ingest_s": round(time.perf_counter() - started, 1)}
+    with serving(env) as url:
+        yield url, info
+
+
+@contextmanager
+def serving(env: dict[str, str]) -> Iterator[str]:
+    """``kbloop serve`` on a free loopback port, in its own process with ``env``: its URL."""
     proc = subprocess.Popen(kbloop("serve", "--port", "0"), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         url = proc.stdout.readline().strip()
         if not url.startswith("http"):
             raise SystemExit("kbloop serve did not start")
-        yield url, info
+        yield url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        interrupt(proc, 60)
+
+
+def interrupt(proc: subprocess.Popen, grace: float) -> None:
+    """Stop ``proc`` as Ctrl-C would; kill it if it is still there after ``grace`` seconds."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def run_load(url: str, queries: list[str], requests: int, clients: int, max_seconds: float) -> dict:

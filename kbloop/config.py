@@ -305,6 +305,14 @@ class Settings(BaseModel):
             "`kbloop finetune`: optimizer steps between two measurements of the probe loss (and one at the end)."
         ),
     )
+    finetune_correction_repeats: int = Field(
+        4, ge=1, le=50,
+        description=(
+            "`kbloop finetune`: times each user's correction is trained per epoch, its retrieved sources in "
+            "another order each time. A correction is one record where a fact from the documents comes with "
+            "several; a run always takes the corrections it has not learned, whatever KBLOOP_FINETUNE_MAX_RECORDS."
+        ),
+    )
     eval_max_items: int = Field(
         60, ge=1, le=100000, description="`kbloop evaluate`: most eval questions asked per run (user sets included)."
     )

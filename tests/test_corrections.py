@@ -4,6 +4,8 @@ evaluation asks it with the correction as the expected answer; the web page has 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 import test_web as web
@@ -18,10 +20,14 @@ from kbloop.dataset.build import build
 from kbloop.dataset.corrections import correction_record_id
 from kbloop.dataset.records import CORRECTION
 from kbloop.dataset.store import DatasetStore
-from kbloop.evaluate.evalset import build_evalset
+from kbloop.evaluate.evalset import build_evalset, correction_value
 from kbloop.evaluate.feedback import CORRECTION_MAX_CHARS, FeedbackStore
 from kbloop.evaluate.gate import decide
+from kbloop.evaluate.metrics import matches
 from kbloop.evaluate.run import side_metrics
+from kbloop.finetune.config import TrainConfig
+from kbloop.finetune.data import Example
+from kbloop.finetune.train import repeated_corrections
 from kbloop.ingest.manifest import Manifest
 from kbloop.kb import KnowledgeBase
 from kbloop.schema import MIGRATIONS
@@ -175,6 +181,30 @@ def test_a_correction_record_outlives_changes_to_the_documents(sample_kb):
     assert [r.id for r in store.active_records()] == [correction_record_id(correction_id)]
 
 
+# -- the training run ------------------------------------------------------------------------------
+
+def test_each_correction_is_trained_again_with_its_sources_in_another_order(sample_kb):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    build(kb)
+    records = {r.id: r for r in DatasetStore(kb.home, kb.manifest).active_records("train")}
+    [correction] = [r for r in records.values() if r.generator == CORRECTION]
+    assert len(correction.knowledge) >= 3
+    config = TrainConfig.from_settings(kb.settings.model_copy(update={"finetune_correction_repeats": 5}))
+
+    def orders(cfg: TrainConfig) -> list[tuple[str, ...]]:
+        """Each extra copy's sources, in order (the encoder stands in for the tokenizer)."""
+        return [tuple(e.record_id.split("|")) for e in repeated_corrections(
+            records, list(records), cfg, lambda r: Example("|".join(k.text for k in r.knowledge), [1], [1]))]
+
+    copies = orders(config)
+    texts = tuple(k.text for k in correction.knowledge)
+    assert len(copies) == 4 and all(sorted(c) == sorted(texts) for c in copies)  # only the correction, 4 more times
+    assert len(set(copies) | {texts}) > 1  # not one arrangement of the prompt
+    assert orders(config) == copies  # seeded: a resumed run trains the same copies
+    assert orders(replace(config, correction_repeats=1)) == []
+
+
 # -- the evaluation --------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -198,6 +228,17 @@ def test_a_correction_is_one_of_the_homes_own_questions_with_the_expected_answer
     assert len(items) == 2 and by_question[DATA_QUESTION] == item
     judged = by_question["Which user does Harbor run as?"]
     assert (judged.slice, judged.reference, judged.judge_only) == ("feedback", "", True)
+
+
+def test_a_short_answer_that_states_the_corrections_value_counts_as_right(kb):
+    kb.feedback.add("down", PORT_QUESTION, "Port 80.", correction="Harbor listens on port 8735 by default.")
+    [item] = build_evalset(kb, set(), [], 10, 0.3)
+    assert item.accept == ("8735",)
+    assert matches("8735", [item.reference, *item.accept]) and not matches("Port 80.", [item.reference, *item.accept])
+    # Only a single number the question does not already hold is a value; else the sentence alone.
+    assert correction_value("Is the timeout 300 seconds?", "No: 600 seconds, not 300.") == ("600",)
+    assert correction_value("Which exit codes mark a bad commit?", "Any from 1 to 127, except 125.") == ()
+    assert correction_value("Which user does Harbor run as?", "As the harbor user.") == ()
 
 
 def test_the_gate_checks_that_a_candidate_states_the_correction(kb):

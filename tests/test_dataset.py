@@ -147,6 +147,8 @@ def test_support_filter():
 def test_unchanged_knowledge_base_yields_no_new_records(manual_kb):
     first = build(manual_kb)
     assert first.version == "0001" and first.records_train > 10
+    assert first.documents_read == sorted(p.name for p in (manual_kb.home.root / "docs").iterdir())
+    assert first.changes(limit=1)["read"] == first.documents_read[:1]
     assert first.pairs_unsupported == 0  # extractive answers are the chunk's own words
     again = build(manual_kb)
     assert again.version is None
@@ -171,6 +173,9 @@ def test_editing_a_file_builds_only_its_changed_chunks_and_retires_the_old(manua
     assert added and all(r.source["path"] == "dock.md" and r.source["text_hash"] in dock_hashes for r in added)
     assert gone and all(r.source["path"] == "dock.md" for r in gone)
     assert counts.records_retired == len(gone)
+    assert (counts.documents_read, counts.documents_retired) == (["dock.md"], {"dock.md": "changed"})
+    assert counts.summary()["changed"] == {"read": ["dock.md"], "read_total": 1,
+                                           "retired": {"dock.md": "changed"}, "retired_total": 1}
     assert any("600 seconds" in r.reference for r in added)
     assert not any("300 seconds" in r.reference for r in now.values())
     rows = manual_kb.manifest.db.execute(
@@ -188,6 +193,7 @@ def test_deleting_a_file_retires_its_records(manual_kb, home):
     manual_kb.ingest()
     counts = build(manual_kb)
     assert counts.records_retired > 0 and counts.records_train == 0
+    assert counts.changes() == {"read": [], "read_total": 0, "retired": {"tide.md": "deleted"}, "retired_total": 1}
     assert not any(r.source["path"] == "tide.md" for r in active(manual_kb))
     reasons = {r[0] for r in manual_kb.manifest.db.execute(
         "SELECT retired_reason FROM dataset_records WHERE status = 'retired'")}

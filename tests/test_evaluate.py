@@ -206,10 +206,11 @@ def test_the_daemons_learn_job_runs_the_loop(adapters):
     with KnowledgeBase(kb.home, settings, embedder=kb.embedder) as run_kb:
         idle = learn(run_kb)
         assert idle["dataset"]["version"] is None and idle["finetune"] == "no new training records"
+        assert idle["dataset"]["changed"]["read"] == [] and "documents_read" not in idle["dataset"]
         (kb.home.root / "docs" / "pier.md").write_text(PIER)
         run_kb.ingest()
         summary = learn(run_kb)
-    assert summary["dataset"]["records_train"] > 0
+    assert summary["dataset"]["records_train"] > 0 and summary["dataset"]["changed"]["read"] == ["pier.md"]
     version = summary["finetune"]["version"]
     assert registry.lineage(version)["parent"] == "0001"
     # This home holds no eval questions, so the gate cannot judge: the candidate waits.

@@ -14,6 +14,7 @@ from test_dataset import write_manuals
 from kbloop.cli.finetune import describe_outline
 from kbloop.config import init_home
 from kbloop.dataset.build import build
+from kbloop.dataset.corrections import correction_record_id
 from kbloop.finetune.registry import AdapterRegistry
 from kbloop.finetune.stopping import EarlyStopping, probe_size
 from kbloop.finetune.train import RunOutline, finetune, pending_records, plan_run
@@ -159,6 +160,27 @@ def test_the_probe_is_held_out_of_training_and_waits_for_the_next_run(tmp_path, 
         off = KnowledgeBase(home, kb.settings.model_copy(update={"finetune_patience": 0}), embedder=embedder)
         plan = plan_run(off, registry, None, True, "base")
         assert not plan.probe_held_out and len(plan.record_ids) == 32 and set(plan.probe_ids) <= set(plan.record_ids)
+
+
+def test_a_run_takes_every_correction_whatever_the_cap_and_never_holds_one_out(tmp_path, model_cache, embedder):
+    home = records_home(tmp_path / "kb", model_cache, embedder, KBLOOP_GENERATOR=SMALL)
+    with KnowledgeBase(home, embedder=embedder) as kb:
+        ids = [correction_record_id(kb.feedback.add("down", q, "?", correction=a)) for q, a in (
+            ("How many turns does --tight wind?", "Three turns."), ("How many turns does --gently wind?", "Ten."))]
+        assert build(kb).corrections == 2
+
+        def planned(**settings: object):
+            opened = KnowledgeBase(home, kb.settings.model_copy(update=settings), embedder=embedder)
+            return plan_run(opened, AdapterRegistry(home, kb.manifest), None, True, "base")
+
+        capped = planned(finetune_max_records=3)
+        assert set(ids) <= set(capped.record_ids) and len(capped.record_ids) == 3
+        assert planned(finetune_max_records=1).record_ids == ids  # more corrections than the cap: all of them
+        for fraction in (0.1, 0.2):  # 34 records: a probe is held out
+            plan = planned(finetune_probe_fraction=fraction)
+            assert plan.probe_held_out and set(ids) <= set(plan.record_ids) and not set(ids) & set(plan.probe_ids)
+        unheld = planned(finetune_patience=0)  # a probe only measured: not a correction either
+        assert len(unheld.record_ids) == 34 and unheld.probe_ids and not set(ids) & set(unheld.probe_ids)
 
 
 @pytest.mark.slow

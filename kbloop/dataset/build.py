@@ -57,7 +57,7 @@ def build(kb, teacher=None, progress: ProgressMode = "off", limit: int | None = 
     with exclusive(kb.home.data_dir / "dataset.lock", "dataset build"):
         with kb.manifest.recording("dataset") as summary:
             counts = _build(kb, teacher, progress, limit, verifier, announce)
-            summary.update({k: v for k, v in counts.as_dict().items() if k != "by_generator"})
+            summary.update({k: v for k, v in counts.summary().items() if k != "by_generator"})
     return counts
 
 
@@ -75,12 +75,14 @@ def _build(kb, teacher, progress: ProgressMode, limit: int | None, verifier,
     for text_hash, path in store.active_sources():
         if text_hash not in current:
             retire[text_hash] = "changed" if path in live_paths else "deleted"
+            counts.documents_retired[path] = retire[text_hash]
     retire.update({h: "deleted" for h in processed - current.keys() if h not in retire})
     new = [c for h, c in current.items() if h not in processed]
     counts.chunks_unchanged = len(current) - len(new)
     if limit is not None:
         new = new[:limit]
     counts.chunks_new, counts.chunks_retired = len(new), len(retire)
+    counts.documents_read = sorted({c.path for c in new})
     if announce is not None:
         later = len(current) - counts.chunks_unchanged - len(new)
         announce(plan(store, settings, teacher, verifier, len(new), later, counts.chunks_unchanged))

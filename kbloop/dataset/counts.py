@@ -29,9 +29,23 @@ class BuildCounts:
     by_family: dict = field(default_factory=dict)  # records by generator family: extractive, teacher, correction
     records_per_100_chunks: float = 0.0  # records from the chunks read (corrections aside), per 100 of them
     seconds: float = 0.0
+    documents_read: list = field(default_factory=list)  # the documents whose new or changed text was read
+    documents_retired: dict = field(default_factory=dict)  # document -> why its old records retired: changed, deleted
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def summary(self) -> dict:
+        """The counts as a run's summary records them: the documents by name only in ``changed``."""
+        data = {k: v for k, v in self.as_dict().items() if k not in ("documents_read", "documents_retired")}
+        return data | {"changed": self.changes()}
+
+    def changes(self, limit: int = 20) -> dict:
+        """What changed in the documents, by name: what was read, what was retired and why;
+        at most ``limit`` names each, and how many there were in all."""
+        return {"read": self.documents_read[:limit], "read_total": len(self.documents_read),
+                "retired": dict(sorted(self.documents_retired.items())[:limit]),
+                "retired_total": len(self.documents_retired)}
 
     def tally(self, records: list[Record]) -> None:
         """What the build got out of the text, and from which generators: the yield to compare

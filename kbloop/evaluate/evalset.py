@@ -15,7 +15,7 @@ from kbloop.dataset.store import DatasetStore
 from kbloop.errors import KbloopError, NothingToEvaluate
 from kbloop.evaluate.feedback import Feedback, FeedbackStore
 from kbloop.evaluate.metrics import UNANSWERABLE
-from kbloop.text import normalise
+from kbloop.text import normalise, numbers
 
 Slice = Literal["new", "old", "user", "feedback"]
 
@@ -76,11 +76,22 @@ def feedback_items(candidates: list[Feedback]) -> list[EvalItem]:
             continue
         if fb.correction:
             rid = hashlib.sha256(f"correction\n{key}\n{fb.correction}".encode()).hexdigest()[:20]
-            items[key] = EvalItem(rid, question, fb.correction, "user")
+            accept = correction_value(question, fb.correction)
+            items[key] = EvalItem(rid, question, fb.correction, "user", accept=accept)
         else:
             rid = hashlib.sha256(f"feedback\n{key}".encode()).hexdigest()[:20]
             items[key] = EvalItem(rid, question, "", "feedback")
     return list(items.values())
+
+
+def correction_value(question: str, correction: str) -> tuple[str, ...]:
+    """The bare value a correction states, as another correct form: the one number in it that
+    the question does not hold. A user writes a sentence ("It exits with status 1 when ..."),
+    and an answer that states the value ("1") is right although it does not repeat the
+    sentence. With no such number, or several (which one answer would have to state all of),
+    only the sentence is the reference."""
+    new = numbers(correction) - numbers(question)
+    return tuple(new) if len(new) == 1 else ()
 
 
 def _spread(items: list[EvalItem], n: int) -> list[EvalItem]:

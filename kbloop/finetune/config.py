@@ -44,6 +44,9 @@ class TrainConfig:
     probe_fraction: float = field(default=0.1, metadata={"help": (
         "Share of the records held out as the probe early stopping watches (4 to 16 records).")})
     eval_steps: int = field(default=10, metadata={"help": "Optimizer steps between two probe-loss measurements."})
+    # A plan written before corrections were repeated trains each one once, as it was planned.
+    correction_repeats: int = field(default=1, metadata={"help": (
+        "Times each user's correction is trained per epoch, its sources in another order each time.")})
 
     def __post_init__(self) -> None:
         rules = [
@@ -64,6 +67,7 @@ class TrainConfig:
             ("patience", self.patience >= 0, "at least 0"),
             ("probe_fraction", 0.0 < self.probe_fraction <= 0.2, "in (0, 0.2]"),
             ("eval_steps", self.eval_steps >= 1, "at least 1"),
+            ("correction_repeats", self.correction_repeats >= 1, "at least 1"),
         ]
         wrong = [f"KBLOOP_FINETUNE_{name.upper()} must be {rule}, not {getattr(self, name)!r}"
                  for name, ok, rule in rules if not ok]

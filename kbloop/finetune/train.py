@@ -29,12 +29,12 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from kbloop import __version__
-from kbloop.dataset.records import Record
+from kbloop.dataset.records import CORRECTION, Record
 from kbloop.dataset.store import DatasetStore
 from kbloop.errors import KbloopError, NotFound
 from kbloop.finetune.config import TrainConfig
@@ -176,11 +176,14 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
         raise NotFound("no training records: run `kbloop dataset build` first")
     seen = set(parent_lineage.get("seen_ids", []))
     new = [r.id for r in active if r.id not in seen]
+    corrections = {r.id for r in active if r.generator == CORRECTION}
     if config.max_records and len(new) > config.max_records:
-        # The newest knowledge first; within a dataset version, a seeded sample.
+        # Users' corrections always; then the newest knowledge first; within a dataset
+        # version, a seeded sample.
         version_of = {r.id: r.version for r in active}
         shuffled = random.Random(config.seed).sample(new, len(new))
-        keep = set(sorted(shuffled, key=lambda i: version_of[i], reverse=True)[:config.max_records])
+        ranked = sorted(shuffled, key=lambda i: (i in corrections, version_of[i]), reverse=True)
+        keep = set(ranked[:max(config.max_records, len(corrections & set(new)))])
         new = [i for i in new if i in keep]
     if not new:
         raise KbloopError(f"nothing new to learn: adapter {parent} has seen every active training record "
@@ -189,7 +192,9 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
     pool = [r.id for r in active if r.id in seen]
     replay = rng.sample(pool, min(len(pool), round(config.replay_ratio * len(new)))) if parent else []
     held_out = probe_size(len(new) + len(replay), config.probe_fraction) if config.patience else 0
-    probe = rng.sample(new + replay, held_out or min(PROBE_SIZE, len(new) + len(replay)))
+    # A correction is never held out: the user expects the next adapter to have learned it.
+    probe_pool = [i for i in new + replay if i not in corrections]
+    probe = rng.sample(probe_pool, min(held_out or PROBE_SIZE, len(probe_pool)))
     if held_out and not set(new) - set(probe):
         held_out, probe = 0, probe[:PROBE_SIZE]  # a probe must leave something new to learn
     if held_out:
@@ -209,6 +214,25 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
         new_dataset_versions=sorted({by_id[i].version for i in new}),
         probe_held_out=bool(held_out),
     )
+
+
+def repeated_corrections(records: dict[str, Record], ids: list[str], cfg: TrainConfig,
+                         encode_one: Callable[[Record], Example | None]) -> list[Example]:
+    """The extra copies of the users' corrections among ``ids``: ``correction_repeats - 1``
+    each, every copy with its sources in another seeded order, so the answer is learned for
+    the question, not for one arrangement of the prompt."""
+    extra = []
+    for rid in ids:
+        record = records.get(rid)
+        if record is None or record.generator != CORRECTION:
+            continue
+        rng = random.Random(f"{cfg.seed}:{rid}")
+        for _ in range(cfg.correction_repeats - 1):
+            knowledge = rng.sample(record.knowledge, len(record.knowledge))
+            example = encode_one(replace(record, knowledge=knowledge))
+            if example is not None:
+                extra.append(example)
+    return extra
 
 
 def records_by_id(kb, ids: set[str]) -> dict[str, Record]:
@@ -357,6 +381,8 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
 
     train_set = examples(plan.record_ids + plan.replay_ids)
     skipped = len(plan.record_ids) + len(plan.replay_ids) - len(train_set)
+    train_set += repeated_corrections(records, plan.record_ids + plan.replay_ids, cfg,
+                                      lambda r: encode(r, tokenizer, cfg.max_seq_len))
     if not train_set:
         raise KbloopError(f"every selected record is longer than KBLOOP_FINETUNE_MAX_SEQ_LEN={cfg.max_seq_len}")
     probe, parent_probe = examples(plan.probe_ids), examples(plan.parent_probe_ids)

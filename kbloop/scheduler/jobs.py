@@ -55,7 +55,8 @@ def consistency_check(kb: KnowledgeBase) -> dict:
 def learn(kb: KnowledgeBase) -> dict:
     """The learning half of the loop: records from what changed, then, when there are records
     the current adapter has not seen, a continued adapter that answers only if the gate
-    accepts it. Each step records its own run; this summary names what each did."""
+    accepts it. Each step records its own run; this summary names what each did, and the
+    dataset's ``changed`` names the documents whose text was read or whose records retired."""
     from kbloop.dataset.answers import answer_checker
     from kbloop.dataset.build import build
     from kbloop.evaluate.run import evaluate
@@ -64,7 +65,7 @@ def learn(kb: KnowledgeBase) -> dict:
     settings = kb.settings
     teacher = kb.model("teacher") if settings.dataset_teacher_pairs else None
     checker = answer_checker(kb, teacher) if teacher is not None else None
-    summary: dict = {"dataset": build(kb, teacher, verifier=checker).as_dict()}
+    summary: dict = {"dataset": build(kb, teacher, verifier=checker).summary()}
     if not pending_records(kb):
         summary["finetune"] = "no new training records"
         return summary

@@ -1,0 +1,153 @@
+"""Does kbloop learn from its users? Three corrections through the API, one learn cycle, paraphrases.
+
+On ``../shared/kbdev``, one run:
+
+1. ingest ``corpus/initial`` into a new home and start ``kbloop serve`` (its own process);
+2. ask the three questions of ``bench/corrections/kbdev.jsonl`` through the OpenAI-compatible API,
+   and two paraphrases of each, with the base model;
+3. send each question a thumbs-down carrying the right answer, as a user would type it
+   (``POST /api/feedback`` with ``correction``), and stop the server;
+4. run the daemon's learn job once (``kbloop.scheduler.jobs.learn``: dataset build, fine-tune,
+   evaluate with the judge, promote when the gate accepts), timed;
+5. start the server again and ask the same questions and paraphrases: it answers with the
+   adapter the gate promoted, or with the base model when the gate rejected the candidate.
+
+    python bench/corrections.py [--kbdev DIR] [--max-records 24] [--eval-items 12] [--workdir DIR] [--keep]
+
+The learn job builds extractive pairs only (``KBLOOP_DATASET_TEACHER_PAIRS=0``: the teacher's plan
+assumes 130 s a chunk here) and trains at most ``--max-records`` of the documents' records
+besides the corrections, which a run always takes. The paraphrases are graded as in
+bench/answers.py; they were written for this benchmark and no training record is built from them.
+Per-item results go to bench/out/corrections-<time>.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from answers import Reply, grade, make_kbloop_home  # noqa: E402
+from load import kbloop, server_env, serving  # noqa: E402
+from workdir import bench_workdir  # noqa: E402
+
+from kbloop.kb import KnowledgeBase  # noqa: E402
+from kbloop.scheduler.jobs import learn  # noqa: E402
+
+KBDEV = Path(__file__).resolve().parent.parent.parent / "shared" / "kbdev"
+ITEMS = Path(__file__).parent / "corrections" / "kbdev.jsonl"
+
+
+@contextmanager
+def client_of(home: Path) -> Iterator[httpx.Client]:
+    """A client of ``kbloop serve`` of ``home``, in its own process on a free loopback port."""
+    with serving(server_env(home)) as url, httpx.Client(base_url=url, timeout=600) as client:
+        yield client
+
+
+def ask(client: httpx.Client, question: str) -> tuple[Reply, str | None]:
+    """One non-streamed answer through the API, and the adapter that gave it."""
+    response = client.post("/v1/chat/completions",
+                           json={"model": "kbloop", "messages": [{"role": "user", "content": question}]})
+    response.raise_for_status()
+    answer = response.json()["kbloop"]
+    return Reply(answer["answer"], answer["refused"], answer["sources"]), answer.get("adapter")
+
+
+def ask_all(client: httpx.Client, items: list[dict], side: str, out) -> list[dict]:
+    rows = []
+    for item in items:
+        for kind, question in [("asked", item["question"])] + [("paraphrase", p) for p in item["paraphrases"]]:
+            started = time.perf_counter()
+            reply, adapter = ask(client, question)
+            row = {"side": side, "id": item["id"], "kind": kind, "question": question, "answer": reply.answer,
+                   "refused": reply.refused, "correct": grade(item, reply), "adapter": adapter,
+                   "seconds": round(time.perf_counter() - started, 1)}
+            rows.append(row)
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            mark = "right" if row["correct"] else "WRONG"
+            print(f"  [{side} {item['id']} {kind}] {mark}: {reply.answer[:110]!r}", flush=True)
+    return rows
+
+
+def correct(client: httpx.Client, item: dict, reply: dict) -> int:
+    """A thumbs-down with the right answer, as the web page's *Wrong* box sends it."""
+    response = client.post("/api/feedback", json={
+        "rating": "down", "question": item["question"], "answer": reply["answer"],
+        "refused": reply["refused"], "correction": item["correction"]})
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kbdev", type=Path, default=KBDEV)
+    parser.add_argument("--items", type=Path, default=ITEMS)
+    parser.add_argument("--max-records", type=int, default=24,
+                        help="the documents' records one learn cycle trains, besides the corrections")
+    parser.add_argument("--eval-items", type=int, default=12, help="KBLOOP_EVAL_MAX_ITEMS of the learn job")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    items = [json.loads(line) for line in args.items.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    out_dir = Path(__file__).parent / "out"
+    out_dir.mkdir(exist_ok=True)
+    out_path = out_dir / f"corrections-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    with bench_workdir(args.workdir, args.keep, "kbloop-corrections-") as workdir, open(out_path, "w") as out:
+        home = make_kbloop_home(workdir / "kb", args.kbdev / "corpus" / "initial")
+        extra = {"KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records),
+                 "KBLOOP_EVAL_MAX_ITEMS": str(args.eval_items)}
+        if os.environ.get("KBLOOP_MODEL_CACHE"):
+            extra["KBLOOP_MODEL_CACHE"] = os.environ["KBLOOP_MODEL_CACHE"]
+        with open(home.env_file, "a") as fh:
+            fh.writelines(f"{k}={v}\n" for k, v in extra.items())
+        subprocess.run(kbloop("ingest", "--json"), env=server_env(home.root), check=True, stdout=subprocess.DEVNULL)
+
+        print("== the base model, through the API; then the corrections", flush=True)
+        with client_of(home.root) as client:
+            before = ask_all(client, items, "before", out)
+            for item in items:
+                [asked] = [r for r in before if r["id"] == item["id"] and r["kind"] == "asked"]
+                correct(client, item, asked)
+
+        print("== the learn job", flush=True)
+        started = time.perf_counter()
+        with KnowledgeBase(home) as kb:
+            summary = learn(kb)
+        learn_s = time.perf_counter() - started
+        print(json.dumps(summary), flush=True)
+        out.write(json.dumps({"learn": summary, "seconds": round(learn_s)}) + "\n")
+
+        print("== after the learn cycle, through the API", flush=True)
+        with client_of(home.root) as client:
+            after = ask_all(client, items, "after", out)
+
+    evaluation = summary.get("evaluate")
+    decision = evaluation.get("decision") if isinstance(evaluation, dict) else evaluation
+    print(f"\nlearn job: {learn_s / 60:.1f} min; dataset {json.dumps(summary['dataset'].get('by_generator'))}; "
+          f"finetune {json.dumps(summary.get('finetune'))}; gate: {decision}")
+    print("| answers | asked: right | paraphrases: right | adapter |")
+    print("| --- | --- | --- | --- |")
+    for side, rows in (("base, before the corrections", before), ("after the learn cycle", after)):
+        asked = [r for r in rows if r["kind"] == "asked"]
+        para = [r for r in rows if r["kind"] == "paraphrase"]
+        adapters = sorted({r["adapter"] or "none" for r in rows})
+        print(f"| {side} | {sum(r['correct'] for r in asked)}/{len(asked)} | "
+              f"{sum(r['correct'] for r in para)}/{len(para)} | {', '.join(adapters)} |")
+    print(f"\nper item: {out_path}")
+
+
+if __name__ == "__main__":
+    main()
