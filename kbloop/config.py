@@ -306,7 +306,7 @@ class Settings(BaseModel):
         ),
     )
     finetune_correction_repeats: int = Field(
-        4, ge=1, le=50,
+        8, ge=1, le=50,
         description=(
             "`kbloop finetune`: times each user's correction is trained per epoch, its retrieved sources in "
             "another order each time. A correction is one record where a fact from the documents comes with "
