@@ -19,19 +19,16 @@ import argparse
 import json
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from kbloop.config import Home  # noqa: E402
-from kbloop.dataset.store import DatasetStore  # noqa: E402
-from kbloop.evaluate.run import evaluate  # noqa: E402
-from kbloop.finetune.registry import AdapterRegistry  # noqa: E402
-from kbloop.finetune.train import finetune  # noqa: E402
-from kbloop.kb import KnowledgeBase  # noqa: E402
+from kbloop.config import Home
+from kbloop.dataset.store import DatasetStore
+from kbloop.evaluate.run import evaluate
+from kbloop.finetune.registry import AdapterRegistry
+from kbloop.finetune.train import finetune
+from kbloop.kb import KnowledgeBase
 
 
 def shuffled_answers(text: str, seed: int) -> str:

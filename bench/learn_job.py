@@ -83,30 +83,29 @@ def main(argv: list[str] | None = None) -> None:
         "KBLOOP_DATASET_TEACHER_PAIRS": "2" if args.teacher else "0",
         "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records),
     }
-    if (home.root / "docs" / "git-instaweb.html").exists() is False:
+    if not (home.root / "docs" / "git-instaweb.html").exists():
         raise SystemExit(f"{home.root} has had the change already: start from a home over corpus/initial")
 
     env["KBLOOP_LEARN_AT"] = learn_time(150)
-    log = open(home.root / "daemon-bench.log", "w")
-    daemon = subprocess.Popen(kbloop("daemon"), env=env, stdout=log, stderr=subprocess.STDOUT)
-    began = time.time()
-    try:
-        time.sleep(20)  # the start-up scan; then the change lands while the daemon watches
-        apply_change(args.kbdev, home.root / "docs")
-        print(f"daemon {daemon.pid} running; change applied; learn job at {env['KBLOOP_LEARN_AT']}", flush=True)
-        run = None
-        while run is None:
-            if daemon.poll() is not None:
-                raise SystemExit(f"the daemon exited with status {daemon.returncode}; see {log.name}")
-            if time.time() - began > args.timeout_min * 60:
-                raise SystemExit(f"no learn run finished within {args.timeout_min} min")
-            time.sleep(30)
-            runs = status(env)["last_runs"]
-            run = next((r for r in runs if r["kind"] == "learn" and r["started_at"] > began
-                        and r["status"] != "running"), None)
-    finally:
-        interrupt(daemon, 300)  # the daemon finishes the job it runs, then exits
-        log.close()
+    with open(home.root / "daemon-bench.log", "w") as log:
+        daemon = subprocess.Popen(kbloop("daemon"), env=env, stdout=log, stderr=subprocess.STDOUT)
+        began = time.time()
+        try:
+            time.sleep(20)  # the start-up scan; then the change lands while the daemon watches
+            apply_change(args.kbdev, home.root / "docs")
+            print(f"daemon {daemon.pid} running; change applied; learn job at {env['KBLOOP_LEARN_AT']}", flush=True)
+            run = None
+            while run is None:
+                if daemon.poll() is not None:
+                    raise SystemExit(f"the daemon exited with status {daemon.returncode}; see {log.name}")
+                if time.time() - began > args.timeout_min * 60:
+                    raise SystemExit(f"no learn run finished within {args.timeout_min} min")
+                time.sleep(30)
+                runs = status(env)["last_runs"]
+                run = next((r for r in runs if r["kind"] == "learn" and r["started_at"] > began
+                            and r["status"] != "running"), None)
+        finally:
+            interrupt(daemon, 300)  # the daemon finishes the job it runs, then exits
 
     seconds = run["finished_at"] - run["started_at"]
     summary = run["summary"] or {}
