@@ -187,7 +187,23 @@ def pytest_keyboard_interrupt(excinfo) -> None:
             child.kill()
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Hand Ctrl-C back to Python's own handler."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Hand Ctrl-C back to Python's own handler, and keep the run's exit status for the end."""
     if CTRL_C in session.stash:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End a run whose tests connected Ray in this process without running the interpreter's
+    teardown: Ray's native library can crash in its own destructors at exit, after every result
+    is reported, and turn a passing run into a segmentation fault (ray-project/ray#37596).
+    Every test's Ray was shut down by then, and the reports are flushed first."""
+    if "ray._raylet" in sys.modules and EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[EXIT_STATUS])

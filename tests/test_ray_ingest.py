@@ -97,8 +97,8 @@ def start_node(temp: Path, ip: str, *args: str) -> subprocess.Popen:
 
 
 def wait_for_nodes(address: str, count: int) -> None:
-    import ray
-
+    """Wait until the cluster at ``address`` has ``count`` live nodes. Each look is a process of
+    its own, so this one connects Ray only for the tests' own ingests."""
     deadline = time.monotonic() + NODE_STARTUP_SECONDS
     host, _, port = address.rpartition(":")
     while True:  # Ray keeps trying for minutes to reach a head node that is not listening yet
@@ -108,15 +108,12 @@ def wait_for_nodes(address: str, count: int) -> None:
         except OSError:
             assert time.monotonic() < deadline, f"the Ray head node at {address} did not start"
             time.sleep(0.5)
+    count_alive = ("import ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+                   "print(sum(node['Alive'] for node in ray.nodes())); ray.shutdown()" % address)
     while True:
-        try:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-            alive = sum(node["Alive"] for node in ray.nodes())
-            ray.shutdown()
-            if alive == count:
-                return
-        except (ConnectionError, RuntimeError):
-            pass
+        look = subprocess.run([sys.executable, "-c", count_alive], env=cli_env(), capture_output=True, text=True)
+        if look.returncode == 0 and look.stdout.split()[-1:] == [str(count)]:
+            return
         assert time.monotonic() < deadline, f"the Ray cluster at {address} did not start {count} nodes"
         time.sleep(1)
 
