@@ -1,9 +1,9 @@
 """Does kbloop learn from its users? Three corrections through the API, one learn cycle, paraphrases.
 
-On ``../shared/kbdev``, one run:
+On ``../shared/kbdev`` (or another benchmark folder, such as ``bench/pydev``), one run:
 
 1. ingest ``corpus/initial`` into a new home and start ``kbloop serve`` (its own process);
-2. ask the three questions of ``bench/corrections/kbdev.jsonl`` through the OpenAI-compatible API,
+2. ask the three questions of ``bench/corrections/<folder name>.jsonl`` through the OpenAI-compatible API,
    and two paraphrases of each, with the base model;
 3. send each question a thumbs-down carrying the right answer, as a user would type it
    (``POST /api/feedback`` with ``correction``), and stop the server;
@@ -12,7 +12,7 @@ On ``../shared/kbdev``, one run:
 5. start the server again and ask the same questions and paraphrases: it answers with the
    adapter the gate promoted, or with the base model when the gate rejected the candidate.
 
-    python bench/corrections.py [--kbdev DIR] [--max-records 24] [--eval-items 12] [--workdir DIR] [--keep]
+    python bench/corrections.py [--bench DIR] [--max-records 24] [--eval-items 12] [--workdir DIR] [--keep]
 
 The learn job builds extractive pairs only (``KBLOOP_DATASET_TEACHER_PAIRS=0``: the teacher's plan
 assumes 130 s a chunk here) and trains at most ``--max-records`` of the documents' records
@@ -41,11 +41,13 @@ from answers import Reply, grade, make_kbloop_home  # noqa: E402
 from load import kbloop, server_env, serving  # noqa: E402
 from workdir import bench_workdir  # noqa: E402
 
+from kbloop.dataset.records import CORRECTION  # noqa: E402
+from kbloop.dataset.store import DatasetStore  # noqa: E402
 from kbloop.kb import KnowledgeBase  # noqa: E402
 from kbloop.scheduler.jobs import learn  # noqa: E402
 
 KBDEV = Path(__file__).resolve().parent.parent.parent / "shared" / "kbdev"
-ITEMS = Path(__file__).parent / "corrections" / "kbdev.jsonl"
+ITEMS = Path(__file__).parent / "corrections"  # <benchmark folder name>.jsonl
 
 
 @contextmanager
@@ -92,21 +94,24 @@ def correct(client: httpx.Client, item: dict, reply: dict) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kbdev", type=Path, default=KBDEV)
-    parser.add_argument("--items", type=Path, default=ITEMS)
+    parser.add_argument("--bench", "--kbdev", dest="bench", type=Path, default=KBDEV,
+                        help="a benchmark folder: corpus/initial/ holds its documents")
+    parser.add_argument("--items", type=Path, default=None,
+                        help="the questions, corrections and paraphrases (default: bench/corrections/<folder>.jsonl)")
     parser.add_argument("--max-records", type=int, default=24,
                         help="the documents' records one learn cycle trains, besides the corrections")
     parser.add_argument("--eval-items", type=int, default=12, help="KBLOOP_EVAL_MAX_ITEMS of the learn job")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
-    items = [json.loads(line) for line in args.items.read_text(encoding="utf-8").splitlines() if line.strip()]
+    items_path = args.items or ITEMS / f"{args.bench.resolve().name}.jsonl"
+    items = [json.loads(line) for line in items_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     out_dir = Path(__file__).parent / "out"
     out_dir.mkdir(exist_ok=True)
-    out_path = out_dir / f"corrections-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    out_path = out_dir / f"corrections-{args.bench.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     with bench_workdir(args.workdir, args.keep, "kbloop-corrections-") as workdir, open(out_path, "w") as out:
-        home = make_kbloop_home(workdir / "kb", args.kbdev / "corpus" / "initial")
+        home = make_kbloop_home(workdir / "kb", args.bench / "corpus" / "initial")
         extra = {"KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records),
                  "KBLOOP_EVAL_MAX_ITEMS": str(args.eval_items)}
         if os.environ.get("KBLOOP_MODEL_CACHE"):
@@ -126,9 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         started = time.perf_counter()
         with KnowledgeBase(home) as kb:
             summary = learn(kb)
-        learn_s = time.perf_counter() - started
+            learn_s = time.perf_counter() - started
+            trained = [r.instruction for r in DatasetStore(kb.home, kb.manifest).active_records("train")
+                       if r.generator == CORRECTION]
         print(json.dumps(summary), flush=True)
-        out.write(json.dumps({"learn": summary, "seconds": round(learn_s)}) + "\n")
+        print("the corrected questions as trained:\n" + "\n".join(f"  {q}" for q in trained), flush=True)
+        out.write(json.dumps({"learn": summary, "seconds": round(learn_s), "trained_questions": trained}) + "\n")
 
         print("== after the learn cycle, through the API", flush=True)
         with client_of(home.root) as client:

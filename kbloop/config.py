@@ -225,6 +225,14 @@ class Settings(BaseModel):
             "with its own teacher-written, checked answer (one teacher answer and one judge check each)."
         ),
     )
+    dataset_correction_phrasings: int = Field(
+        4, ge=0, le=10,
+        description=(
+            "`kbloop dataset build`: other ways the teacher model asks each question a user corrected; each "
+            "becomes a training record with the user's answer, kept when what retrieval finds for it holds the "
+            "question's own best source. 0, or `--no-teacher`, trains the question as asked only."
+        ),
+    )
     dataset_distractors: int = Field(
         3, ge=0, le=20, description="`kbloop dataset build`: retrieved non-source chunks put beside each question."
     )
@@ -308,9 +316,10 @@ class Settings(BaseModel):
     finetune_correction_repeats: int = Field(
         8, ge=1, le=50,
         description=(
-            "`kbloop finetune`: times each user's correction is trained per epoch, its retrieved sources in "
-            "another order each time. A correction is one record where a fact from the documents comes with "
-            "several; a run always takes the corrections it has not learned, whatever KBLOOP_FINETUNE_MAX_RECORDS."
+            "`kbloop finetune`: times each user's correction is trained per epoch, spread over the question as "
+            "asked and its other phrasings (each at least once), its retrieved sources in another order each "
+            "time. A correction is one fact where the documents' facts come with several records; a run always "
+            "takes the corrections it has not learned, whatever KBLOOP_FINETUNE_MAX_RECORDS."
         ),
     )
     eval_max_items: int = Field(
@@ -346,6 +355,14 @@ class Settings(BaseModel):
         description=(
             "`kbloop daemon`: local time (HH:MM) of the nightly learning run: dataset build, then finetune and "
             "evaluate with promotion when there are new records; empty turns it off."
+        ),
+    )
+    learn_max_records: int = Field(
+        120, ge=0,
+        description=(
+            "`kbloop daemon`: at most this many new records the nightly learning run trains, the newest first "
+            "(corrections always), when KBLOOP_FINETUNE_MAX_RECORDS is 0; the rest wait for the next night. 120 is "
+            "about an hour of training on 2 cores; 0 trains them all."
         ),
     )
     scan_interval_minutes: int = Field(

@@ -15,7 +15,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_server import PORT_QUESTION, assert_error, make_home, serving
 from test_web import browser  # noqa: F401 - the headless Chromium fixture of the page's tests
 
+from kbloop import models
 from kbloop.assistant.answer import Assistant
+from kbloop.config import Settings
 from kbloop.dataset.build import build
 from kbloop.dataset.corrections import correction_record_id
 from kbloop.dataset.records import CORRECTION
@@ -30,6 +32,7 @@ from kbloop.finetune.data import Example
 from kbloop.finetune.train import repeated_corrections
 from kbloop.ingest.manifest import Manifest
 from kbloop.kb import KnowledgeBase
+from kbloop.models.jsonout import JsonOutputError
 from kbloop.schema import MIGRATIONS
 
 DATA_QUESTION = "Where does Harbor keep its data folder?"
@@ -181,6 +184,93 @@ def test_a_correction_record_outlives_changes_to_the_documents(sample_kb):
     assert [r.id for r in store.active_records()] == [correction_record_id(correction_id)]
 
 
+GARDEN = {
+    "tulips": "# Tulips\n\nPlant tulip bulbs in autumn, 15 cm deep, pointed end up, in well-drained soil.\n",
+    "roses": "# Roses\n\nPrune roses in late winter, cutting each cane just above an outward-facing bud.\n",
+    "compost": "# Compost\n\nTurn the compost heap every two weeks; it is ready when dark and crumbly.\n",
+    "lawns": "# Lawns\n\nMow the lawn no shorter than 4 cm in summer, and water it early in the morning.\n",
+    "tomatoes": "# Tomatoes\n\nTomato seedlings go outside after the last frost, 60 cm apart, with a stake each.\n",
+}
+
+
+class ScriptedTeacher:
+    """A teacher whose reply is fixed, to check what the build keeps of it (the packaged teacher
+    writes the phrasings in the slow test below)."""
+
+    spec = "scripted"
+
+    def __init__(self, reply: dict | None):
+        self.reply, self.prompts = reply, []
+
+    def complete_json(self, prompt: str, schema: dict, *, system: str | None = None, max_new_tokens: int = 0):
+        self.prompts.append(prompt)
+        if self.reply is None:
+            raise JsonOutputError("scripted gave no valid JSON")
+        return self.reply
+
+
+def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(sample_kb):
+    kb = sample_kb
+    for topic, text in GARDEN.items():  # other documents, so retrieval has more than the manual to choose from
+        (kb.home.root / "docs" / f"{topic}.md").write_text(text)
+    kb.ingest()
+    retrieve = Assistant(kb, verifier=None).retrieve
+    elsewhere = "How deep should tulip bulbs be planted?"
+    best = retrieve(DATA_QUESTION)[0].text
+    assert best not in {h.text for h in retrieve(elsewhere)}  # the scripted reply's premise
+    same = "In which folder does Harbor store its data?"
+    assert best in {h.text for h in retrieve(same)}
+    correction_id = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    teacher = ScriptedTeacher({"questions": [same, f"  {DATA_QUESTION.upper()} ", elsewhere, "Data?", same]})
+    made = []
+
+    def rephraser():
+        made.append(teacher)
+        return teacher
+
+    kb.settings = kb.settings.model_copy(update={"dataset_correction_phrasings": 3})
+    counts = build(kb, rephraser=rephraser)
+    assert made == [teacher] and "Write 3 other ways" in teacher.prompts[0] and DATA_QUESTION in teacher.prompts[0]
+    # Kept: the phrasing whose sources hold the question's best one. Left out: the question again (case and
+    # spacing aside), a question about something else, one too short, and a repeat.
+    assert (counts.corrections, counts.correction_phrasings, counts.by_generator[CORRECTION]) == (1, 1, 2)
+    records = {r.instruction: r for r in DatasetStore(kb.home, kb.manifest).active_records("train")
+               if r.generator == CORRECTION}
+    assert set(records) == {DATA_QUESTION, same}
+    other = records[same]
+    assert (other.answer, other.reference, other.split, other.source["phrasing_of"], other.source["feedback_id"]) == (
+        CORRECTION_TEXT, CORRECTION_TEXT, "train", DATA_QUESTION, correction_id)
+    assert [k.text for k in other.knowledge] == [h.text for h in retrieve(same)]
+    assert other.id == correction_record_id(correction_id, same) != correction_record_id(correction_id)
+    assert "phrasing_of" not in records[DATA_QUESTION].source
+    assert build(kb, rephraser=rephraser).version is None and len(teacher.prompts) == 1  # built once
+
+
+def test_a_teacher_without_usable_phrasings_costs_only_the_phrasings(sample_kb):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    counts = build(kb, rephraser=lambda: ScriptedTeacher(None))
+    assert (counts.corrections, counts.correction_phrasings) == (1, 0)
+    # Without a teacher (`--no-teacher`), or with the setting at 0, none is asked for.
+    kb.feedback.add("down", PORT_QUESTION, "Port 80.", correction="Harbor listens on port 8735.")
+    kb.settings = kb.settings.model_copy(update={"dataset_correction_phrasings": 0})
+    asked = ScriptedTeacher({"questions": ["Which port does Harbor listen on by default?"]})
+    assert build(kb, rephraser=lambda: asked).correction_phrasings == 0 and asked.prompts == []
+
+
+@pytest.mark.slow
+def test_the_packaged_teacher_writes_phrasings_of_a_corrected_question(sample_kb, model_cache):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    teacher = models.create("teacher", "local:qwen2.5-1.5b", Settings(model_cache=str(model_cache)))
+    counts = build(kb, rephraser=lambda: teacher)
+    records = [r for r in DatasetStore(kb.home, kb.manifest).active_records("train") if r.generator == CORRECTION]
+    assert counts.correction_phrasings >= 2 and len(records) == 1 + counts.correction_phrasings, records
+    best = records[0].knowledge[0].text
+    assert len({r.instruction.lower() for r in records}) == len(records)
+    assert all(best in {k.text for k in r.knowledge} and r.answer == CORRECTION_TEXT for r in records)
+
+
 # -- the training run ------------------------------------------------------------------------------
 
 def test_each_correction_is_trained_again_with_its_sources_in_another_order(sample_kb):
@@ -203,6 +293,22 @@ def test_each_correction_is_trained_again_with_its_sources_in_another_order(samp
     assert len(set(copies) | {texts}) > 1  # not one arrangement of the prompt
     assert orders(config) == copies  # seeded: a resumed run trains the same copies
     assert orders(replace(config, correction_repeats=1)) == []
+
+
+def test_a_corrections_repeats_are_spread_over_its_phrasings(sample_kb):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    phrasings = ["In which folder does Harbor store its data?", "What is the path of Harbor's data folder?"]
+    build(kb, rephraser=lambda: ScriptedTeacher({"questions": phrasings}))
+    records = {r.id: r for r in DatasetStore(kb.home, kb.manifest).active_records("train")}
+    group = [r for r in records.values() if r.generator == CORRECTION]
+    assert len(group) == 3
+    config = TrainConfig.from_settings(kb.settings.model_copy(update={"finetune_correction_repeats": 7}))
+    extra = repeated_corrections(records, list(records), config, lambda r: Example(r.instruction, [1], [1]))
+    # 7 in all: the three records once each, then 4 copies in turn, the question as asked first.
+    assert [e.record_id for e in extra] == [DATA_QUESTION, *phrasings, DATA_QUESTION]
+    assert repeated_corrections(records, list(records), replace(config, correction_repeats=2),
+                                lambda r: Example(r.instruction, [1], [1])) == []
 
 
 # -- the evaluation --------------------------------------------------------------------------------

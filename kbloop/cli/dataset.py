@@ -18,7 +18,8 @@ def dataset() -> None:
 
     Corrections users typed under a *Wrong* answer (web page or POST /api/feedback) become
     training records too, at the next build: the question, what retrieval finds for it then,
-    and the correction as the answer.
+    and the correction as the answer; and so do the teacher's other phrasings of the question
+    (KBLOOP_DATASET_CORRECTION_PHRASINGS).
     """
 
 
@@ -33,21 +34,25 @@ def build(obj, teacher: bool, limit: int | None, as_json: bool) -> None:
     """Build the next dataset version; an unchanged knowledge base builds nothing.
 
     Each correction sent since the last build (a *Wrong* answer with the right one typed in)
-    becomes a training record whose knowledge is what retrieval finds for its question now.
+    becomes a training record whose knowledge is what retrieval finds for its question now,
+    and so does each of the other phrasings of that question the teacher writes
+    (KBLOOP_DATASET_CORRECTION_PHRASINGS; none with --no-teacher).
     """
     from kbloop.dataset.answers import answer_checker
     from kbloop.dataset.build import build as run_build
     from kbloop.progress import progress_mode
 
     with obj.open_kb() as kb:
-        model = checker = None
+        model = checker = rephraser = None
         if teacher and kb.settings.dataset_teacher_pairs:
             model = kb.model("teacher")
             checker = answer_checker(kb, model)
+        elif teacher:
+            rephraser = lambda: kb.model("teacher")  # noqa: E731 - loaded only for a new correction
         # A bar on a terminal; in a log, a pipe or under --json, a line now and then.
         mode = "lines" if as_json else progress_mode(True, sys.stderr)
         counts = run_build(kb, model, progress=mode, limit=limit, verifier=checker,
-                           announce=lambda plan: click.echo(plan.describe(), err=True)).as_dict()
+                           announce=lambda plan: click.echo(plan.describe(), err=True), rephraser=rephraser).as_dict()
     if as_json:
         emit_json(counts)
         return
@@ -55,7 +60,8 @@ def build(obj, teacher: bool, limit: int | None, as_json: bool) -> None:
         click.echo(f"nothing new: {counts['chunks_unchanged']} chunks already have their records")
         return
     click.echo(f"dataset {counts['version']}: {counts['records_train']} train + {counts['records_eval']} eval "
-               f"records from {counts['chunks_new']} new chunks and {counts['corrections']} corrections; "
+               f"records from {counts['chunks_new']} new chunks and {counts['corrections']} corrections "
+               f"({counts['correction_phrasings']} more phrasings); "
                f"{counts['records_retired']} records retired "
                f"({counts['chunks_retired']} chunks changed or gone)")
     click.echo(f"pairs: {counts['pairs_generated']} generated, {counts['pairs_unsupported']} unsupported, "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kbloop.dataset.answers import TeacherAnswers
 from kbloop.dataset.counts import BuildCounts
@@ -35,6 +36,9 @@ from kbloop.fsutil import exclusive
 from kbloop.ingest.manifest import Manifest
 from kbloop.progress import ProgressMode, tracked
 
+if TYPE_CHECKING:
+    from kbloop.models.generators import Generator
+
 log = logging.getLogger(__name__)
 
 
@@ -47,22 +51,25 @@ def indexed_chunks(manifest: Manifest) -> dict[str, SourceChunk]:
 
 
 def build(kb, teacher=None, progress: ProgressMode = "off", limit: int | None = None,
-          verifier=None, announce: Callable[[Plan], None] | None = None) -> BuildCounts:
+          verifier=None, announce: Callable[[Plan], None] | None = None,
+          rephraser: Callable[[], Generator] | None = None) -> BuildCounts:
     """Build the next dataset version from what changed; ``limit`` caps the new chunks read
     (the rest wait for the next build). With a ``verifier`` the teacher also answers its own
     questions from retrieved context, and only checked answers are kept
     (``kbloop.dataset.answers``); without one its questions keep its short answers.
     ``announce`` receives the plan (what will be read, by which models, about how long it
-    takes) once the build holds its lock, before it reads anything."""
+    takes) once the build holds its lock, before it reads anything. ``rephraser`` makes the model
+    that writes other phrasings of the questions users corrected (the teacher, when there is one,
+    is used for them without it)."""
     with exclusive(kb.home.data_dir / "dataset.lock", "dataset build"):
         with kb.manifest.recording("dataset") as summary:
-            counts = _build(kb, teacher, progress, limit, verifier, announce)
+            counts = _build(kb, teacher, progress, limit, verifier, announce, rephraser)
             summary.update({k: v for k, v in counts.summary().items() if k != "by_generator"})
     return counts
 
 
 def _build(kb, teacher, progress: ProgressMode, limit: int | None, verifier,
-           announce: Callable[[Plan], None] | None) -> BuildCounts:
+           announce: Callable[[Plan], None] | None, rephraser: Callable[[], Generator] | None) -> BuildCounts:
     started = time.perf_counter()
     settings = kb.settings
     store = DatasetStore(kb.home, kb.manifest)
@@ -116,9 +123,13 @@ def _build(kb, teacher, progress: ProgressMode, limit: int | None, verifier,
             records.append(record)
             counts.by_generator[pair.generator] = counts.by_generator.get(pair.generator, 0) + 1
         done[chunk.text_hash] = len(kept)
-    corrected = correction_records(kb, version, store.status_of().keys())
+    if teacher is not None:
+        rephraser = lambda: teacher  # noqa: E731 - the teacher already loaded
+    corrected = correction_records(kb, version, store.status_of().keys(), settings.dataset_correction_phrasings,
+                                   rephraser)
     records += corrected
-    counts.corrections = len(corrected)
+    counts.corrections = sum("phrasing_of" not in r.source for r in corrected)
+    counts.correction_phrasings = len(corrected) - counts.corrections
     for record in corrected:
         counts.by_generator[record.generator] = counts.by_generator.get(record.generator, 0) + 1
 
@@ -128,10 +139,10 @@ def _build(kb, teacher, progress: ProgressMode, limit: int | None, verifier,
     counts.records_retired = store.count_active(retire.keys())
     if records or retire or done:
         info = {
-            "settings": {k: getattr(settings, k) for k in ("dataset_teacher_pairs", "dataset_teacher_phrasings",
-                                                           "dataset_distractors", "dataset_oracle_p",
-                                                           "dataset_eval_fraction", "chunk_size", "chunk_overlap",
-                                                           "embedder")},
+            "settings": {k: getattr(settings, k) for k in (
+                "dataset_teacher_pairs", "dataset_teacher_phrasings", "dataset_correction_phrasings",
+                "dataset_distractors", "dataset_oracle_p", "dataset_eval_fraction", "chunk_size", "chunk_overlap",
+                "embedder")},
             "teacher": teacher.spec if teacher is not None else None,
             "checker": verifier.model.spec if answering is not None else None,
             # what the next build's plan estimates its time from (kbloop.dataset.plan)

@@ -46,7 +46,8 @@ class TrainConfig:
     eval_steps: int = field(default=10, metadata={"help": "Optimizer steps between two probe-loss measurements."})
     # A plan written before corrections were repeated trains each one once, as it was planned.
     correction_repeats: int = field(default=1, metadata={"help": (
-        "Times each user's correction is trained per epoch, its sources in another order each time.")})
+        "Times each user's correction is trained per epoch, over its question as asked and its other phrasings, "
+        "its sources in another order each time.")})
 
     def __post_init__(self) -> None:
         rules = [

@@ -158,9 +158,12 @@ def pending_records(kb) -> int:
     return sum(1 for r in DatasetStore(kb.home, kb.manifest).active_records("train") if r.id not in done)
 
 
-def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, base_id: str) -> Plan:
+def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, base_id: str,
+             max_records: int | None = None) -> Plan:
     settings = kb.settings
     config = TrainConfig.from_settings(settings)
+    if max_records is not None:
+        config = replace(config, max_records=max_records)
     if fresh:
         parent = None
     elif parent is None:
@@ -218,18 +221,23 @@ def plan_run(kb, registry: AdapterRegistry, parent: str | None, fresh: bool, bas
 
 def repeated_corrections(records: dict[str, Record], ids: list[str], cfg: TrainConfig,
                          encode_one: Callable[[Record], Example | None]) -> list[Example]:
-    """The extra copies of the users' corrections among ``ids``: ``correction_repeats - 1``
-    each, every copy with its sources in another seeded order, so the answer is learned for
-    the question, not for one arrangement of the prompt."""
-    extra = []
+    """The extra copies of the users' corrections among ``ids``, so that each correction is
+    trained ``correction_repeats`` times an epoch in all: its records (the question as asked,
+    then its other phrasings) take the extra copies in turn, every copy with its sources in
+    another seeded order, so the answer is learned for the question, not for one arrangement
+    of the prompt."""
+    by_rating: dict[object, list[Record]] = {}
     for rid in ids:
         record = records.get(rid)
-        if record is None or record.generator != CORRECTION:
-            continue
-        rng = random.Random(f"{cfg.seed}:{rid}")
-        for _ in range(cfg.correction_repeats - 1):
-            knowledge = rng.sample(record.knowledge, len(record.knowledge))
-            example = encode_one(replace(record, knowledge=knowledge))
+        if record is not None and record.generator == CORRECTION:
+            by_rating.setdefault(record.source.get("feedback_id", rid), []).append(record)
+    extra = []
+    for group in by_rating.values():
+        group.sort(key=lambda r: "phrasing_of" in r.source)  # the question as asked first
+        rngs = [random.Random(f"{cfg.seed}:{r.id}") for r in group]
+        for n in range(max(0, cfg.correction_repeats - len(group))):
+            record, rng = group[n % len(group)], rngs[n % len(group)]
+            example = encode_one(replace(record, knowledge=rng.sample(record.knowledge, len(record.knowledge))))
             if example is not None:
                 extra.append(example)
     return extra
@@ -335,9 +343,11 @@ def load_for_training(base_dir: Path, plan: Plan, registry: AdapterRegistry, thr
 
 
 def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = False,
-             progress: ProgressMode = "off", announce: Callable[[RunOutline], None] | None = None) -> TrainResult:
+             progress: ProgressMode = "off", announce: Callable[[RunOutline], None] | None = None,
+             max_records: int | None = None) -> TrainResult:
     """Train the next adapter version; see the module docstring for the steps. ``announce``
-    hears what the run will do before its first step."""
+    hears what the run will do before its first step; ``max_records`` caps the new records in
+    place of KBLOOP_FINETUNE_MAX_RECORDS."""
     registry = AdapterRegistry(kb.home, kb.manifest)
     runs = registry.dir / ".runs"
     with exclusive(registry.dir / ".train.lock", "fine-tuning run"):
@@ -353,7 +363,7 @@ def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = 
             run_dir = unfinished[-1].parent
             plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
         else:
-            plan = plan_run(kb, registry, parent, fresh, base_id)
+            plan = plan_run(kb, registry, parent, fresh, base_id, max_records)
             run_dir = runs / plan.version
             shutil.rmtree(run_dir, ignore_errors=True)
             run_dir.mkdir(parents=True)

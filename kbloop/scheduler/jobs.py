@@ -65,11 +65,14 @@ def learn(kb: KnowledgeBase) -> dict:
     settings = kb.settings
     teacher = kb.model("teacher") if settings.dataset_teacher_pairs else None
     checker = answer_checker(kb, teacher) if teacher is not None else None
-    summary: dict = {"dataset": build(kb, teacher, verifier=checker).summary()}
+    rephraser = lambda: kb.model("teacher")  # noqa: E731 - loaded only for a new correction
+    summary: dict = {"dataset": build(kb, teacher, verifier=checker, rephraser=rephraser).summary()}
     if not pending_records(kb):
         summary["finetune"] = "no new training records"
         return summary
-    trained = finetune(kb)
+    # A night's run is bounded unless the user bounds every run: the rest wait for the next night.
+    cap = settings.learn_max_records if not settings.finetune_max_records else None
+    trained = finetune(kb, max_records=cap)
     summary["finetune"] = {"version": trained.version, "records_new": trained.records_new, "steps": trained.steps}
     try:
         report = evaluate(kb, trained.version, "current", promote=True)
