@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     decision = evaluation.get("decision") if isinstance(evaluation, dict) else evaluation
     print(f"\nlearn job: {learn_s / 60:.1f} min; dataset {json.dumps(summary['dataset'].get('by_generator'))}; "
           f"finetune {json.dumps(summary.get('finetune'))}; gate: {decision}")
+    if isinstance(evaluation, dict):
+        print("the gate's reasons:\n" + "\n".join(f"  {r}" for r in evaluation.get("reasons", [])))
     print("| answers | asked: right | paraphrases: right | adapter |")
     print("| --- | --- | --- | --- |")
     for side, rows in (("base, before the corrections", before), ("after the learn cycle", after)):

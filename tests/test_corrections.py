@@ -221,7 +221,8 @@ def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(samp
     same = "In which folder does Harbor store its data?"
     assert best in {h.text for h in retrieve(same)}
     correction_id = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
-    teacher = ScriptedTeacher({"questions": [same, f"  {DATA_QUESTION.upper()} ", elsewhere, "Data?", same]})
+    teacher = ScriptedTeacher({"questions": [same, f"  {DATA_QUESTION.upper()} ", elsewhere, "Data?",
+                                             "Where does Harbor keep its", same]})
     made = []
 
     def rephraser():
@@ -232,7 +233,7 @@ def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(samp
     counts = build(kb, rephraser=rephraser)
     assert made == [teacher] and "Write 3 other ways" in teacher.prompts[0] and DATA_QUESTION in teacher.prompts[0]
     # Kept: the phrasing whose sources hold the question's best one. Left out: the question again (case and
-    # spacing aside), a question about something else, one too short, and a repeat.
+    # spacing aside), a question about something else, one too short, one cut off, and a repeat.
     assert (counts.corrections, counts.correction_phrasings, counts.by_generator[CORRECTION]) == (1, 1, 2)
     records = {r.instruction: r for r in DatasetStore(kb.home, kb.manifest).active_records("train")
                if r.generator == CORRECTION}

@@ -77,8 +77,9 @@ def correction_records(kb, version: str, built: Collection[str], phrasings: int 
 
 
 def rephrase(teacher: Generator, question: str, k: int) -> list[str]:
-    """Up to ``k`` other phrasings of ``question``, each different from it and from the others
-    (compared without case and punctuation); none when the teacher gives no usable JSON."""
+    """Up to ``k`` other phrasings of ``question``: whole questions (ending in "?"), each
+    different from it and from the others (compared without case and punctuation); none when
+    the teacher gives no usable JSON."""
     schema = {"type": "object", "required": ["questions"], "properties": {
         "questions": {"type": "array", "items": {"type": "string"}}}}
     try:
@@ -91,7 +92,7 @@ def rephrase(teacher: Generator, question: str, k: int) -> list[str]:
     out = []
     for text in reply["questions"]:
         text = " ".join(text.split())
-        if len(text) >= 8 and _folded(text) not in seen:
+        if len(text) >= 8 and text.endswith("?") and _folded(text) not in seen:
             seen.add(_folded(text))
             out.append(text)
     return out[:k]

@@ -79,7 +79,8 @@ def learn(kb: KnowledgeBase) -> dict:
     except NothingToEvaluate as exc:
         summary["evaluate"] = f"{exc}; adapter {trained.version} stays a candidate"
         return summary
-    summary["evaluate"] = {"run": report.run, "decision": report.decision.decision, "promoted": report.promoted}
+    summary["evaluate"] = {"run": report.run, "decision": report.decision.decision, "promoted": report.promoted,
+                           "reasons": report.decision.reasons}
     return summary
 
 
