@@ -247,11 +247,17 @@ def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(samp
     assert build(kb, rephraser=rephraser).version is None and len(teacher.prompts) == 1  # built once
 
 
-def test_a_teacher_without_usable_phrasings_costs_only_the_phrasings(sample_kb):
+def test_a_teacher_without_usable_phrasings_costs_only_the_phrasings(sample_kb, caplog):
     kb = sample_kb
     kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
     counts = build(kb, rephraser=lambda: ScriptedTeacher(None))
     assert (counts.corrections, counts.correction_phrasings) == (1, 0)
+    # An Ollama teacher whose server is down: the correction is built, without phrasings.
+    kb.feedback.add("down", "Which user does Harbor run as?", "As root.", correction="As the harbor user.")
+    down = models.create("teacher", "ollama:qwen3:4b", Settings(ollama_url="http://127.0.0.1:9"))
+    counts = build(kb, rephraser=lambda: down)
+    assert (counts.corrections, counts.correction_phrasings) == (1, 0)
+    assert caplog.text.count("the teacher wrote no other phrasings of a corrected question") == 2
     # Without a teacher (`--no-teacher`), or with the setting at 0, none is asked for.
     kb.feedback.add("down", PORT_QUESTION, "Port 80.", correction="Harbor listens on port 8735.")
     kb.settings = kb.settings.model_copy(update={"dataset_correction_phrasings": 0})

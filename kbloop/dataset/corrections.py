@@ -11,7 +11,8 @@ also writes ``KBLOOP_DATASET_CORRECTION_PHRASINGS`` other ways to ask it. Each b
 of its own, over the knowledge retrieved for that phrasing, with the user's words as the answer.
 A phrasing is kept only when what retrieval finds for it holds the question's own best source,
 so it still asks about the same thing and its prompt still holds what the answer came from; a
-teacher that fails costs the phrasings, never the correction.
+teacher that fails (no usable JSON, a server that is down) costs the phrasings, never the
+correction.
 
 Each correction is built once: its record id derives from the rating's id, and a rating whose
 record exists (active or retired) is not built again. The records are all training records
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from kbloop.assistant.answer import Assistant
 from kbloop.dataset.records import CORRECTION, Knowledge, Record
+from kbloop.errors import BackendUnavailable
 from kbloop.models.jsonout import JsonOutputError
 
 if TYPE_CHECKING:
@@ -85,7 +87,7 @@ def rephrase(teacher: Generator, question: str, k: int) -> list[str]:
     try:
         reply = teacher.complete_json(PROMPT.format(question=question, k=k), schema, system=SYSTEM,
                                       max_new_tokens=60 * k)
-    except JsonOutputError as exc:
+    except (JsonOutputError, BackendUnavailable) as exc:  # a reply without JSON, or a server that is down
         log.warning("the teacher wrote no other phrasings of a corrected question: %s", exc)
         return []
     seen = {_folded(question)}
