@@ -13,6 +13,7 @@ from conftest import run_cli
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_server import PORT_QUESTION, assert_error, make_home, serving
+from test_verify import Scripted
 from test_web import browser  # noqa: F401 - the headless Chromium fixture of the page's tests
 
 from kbloop import models
@@ -32,7 +33,6 @@ from kbloop.finetune.data import Example
 from kbloop.finetune.train import repeated_corrections
 from kbloop.ingest.manifest import Manifest
 from kbloop.kb import KnowledgeBase
-from kbloop.models.jsonout import JsonOutputError
 from kbloop.schema import MIGRATIONS
 
 DATA_QUESTION = "Where does Harbor keep its data folder?"
@@ -193,22 +193,6 @@ GARDEN = {
 }
 
 
-class ScriptedTeacher:
-    """A teacher whose reply is fixed, to check what the build keeps of it (the packaged teacher
-    writes the phrasings in the slow test below)."""
-
-    spec = "scripted"
-
-    def __init__(self, reply: dict | None):
-        self.reply, self.prompts = reply, []
-
-    def complete_json(self, prompt: str, schema: dict, *, system: str | None = None, max_new_tokens: int = 0):
-        self.prompts.append(prompt)
-        if self.reply is None:
-            raise JsonOutputError("scripted gave no valid JSON")
-        return self.reply
-
-
 def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(sample_kb):
     kb = sample_kb
     for topic, text in GARDEN.items():  # other documents, so retrieval has more than the manual to choose from
@@ -221,7 +205,7 @@ def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(samp
     same = "In which folder does Harbor store its data?"
     assert best in {h.text for h in retrieve(same)}
     correction_id = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
-    teacher = ScriptedTeacher({"questions": [same, f"  {DATA_QUESTION.upper()} ", elsewhere, "Data?",
+    teacher = Scripted({"questions": [same, f"  {DATA_QUESTION.upper()} ", elsewhere, "Data?",
                                              "Where does Harbor keep its", same]})
     made = []
 
@@ -250,7 +234,7 @@ def test_a_correction_is_trained_in_other_phrasings_that_ask_the_same_thing(samp
 def test_a_teacher_without_usable_phrasings_costs_only_the_phrasings(sample_kb, caplog):
     kb = sample_kb
     kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
-    counts = build(kb, rephraser=lambda: ScriptedTeacher(None))
+    counts = build(kb, rephraser=lambda: Scripted(None))
     assert (counts.corrections, counts.correction_phrasings) == (1, 0)
     # An Ollama teacher whose server is down: the correction is built, without phrasings.
     kb.feedback.add("down", "Which user does Harbor run as?", "As root.", correction="As the harbor user.")
@@ -261,7 +245,7 @@ def test_a_teacher_without_usable_phrasings_costs_only_the_phrasings(sample_kb, 
     # Without a teacher (`--no-teacher`), or with the setting at 0, none is asked for.
     kb.feedback.add("down", PORT_QUESTION, "Port 80.", correction="Harbor listens on port 8735.")
     kb.settings = kb.settings.model_copy(update={"dataset_correction_phrasings": 0})
-    asked = ScriptedTeacher({"questions": ["Which port does Harbor listen on by default?"]})
+    asked = Scripted({"questions": ["Which port does Harbor listen on by default?"]})
     assert build(kb, rephraser=lambda: asked).correction_phrasings == 0 and asked.prompts == []
 
 
@@ -306,7 +290,7 @@ def test_a_corrections_repeats_are_spread_over_its_phrasings(sample_kb):
     kb = sample_kb
     kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
     phrasings = ["In which folder does Harbor store its data?", "What is the path of Harbor's data folder?"]
-    build(kb, rephraser=lambda: ScriptedTeacher({"questions": phrasings}))
+    build(kb, rephraser=lambda: Scripted({"questions": phrasings}))
     records = {r.id: r for r in DatasetStore(kb.home, kb.manifest).active_records("train")}
     group = [r for r in records.values() if r.generator == CORRECTION]
     assert len(group) == 3

@@ -14,6 +14,7 @@ from kbloop.assistant.answer import Assistant, Progress
 from kbloop.assistant.verify import Verifier, numbered_sentences
 from kbloop.config import Settings
 from kbloop.ingest.manifest import Hit
+from kbloop.models.jsonout import JsonOutputError
 from kbloop.prompt import NOT_IN_KB
 
 GC = [
@@ -27,15 +28,18 @@ GC = [
 
 
 class Scripted:
-    """A judge model that gives one fixed verdict and records what it was asked."""
+    """A model whose JSON reply is fixed (None: it gives no valid JSON) and that records what
+    it was asked: a judge's verdict here, a teacher's phrasings in test_corrections."""
 
     spec = "scripted:judge"
 
-    def __init__(self, reply: dict):
+    def __init__(self, reply: dict | None):
         self.reply, self.prompts = reply, []
 
     def complete_json(self, prompt, schema, **kwargs):
         self.prompts.append(prompt)
+        if self.reply is None:
+            raise JsonOutputError(f"{self.spec} gave no valid JSON")
         return self.reply
 
 

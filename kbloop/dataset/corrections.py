@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from kbloop.assistant.answer import Assistant
 from kbloop.dataset.records import CORRECTION, Knowledge, Record
 from kbloop.errors import BackendUnavailable
 from kbloop.models.jsonout import JsonOutputError
+from kbloop.text import normalise
 
 if TYPE_CHECKING:
     from kbloop.evaluate.feedback import Feedback
@@ -90,18 +90,14 @@ def rephrase(teacher: Generator, question: str, k: int) -> list[str]:
     except (JsonOutputError, BackendUnavailable) as exc:  # a reply without JSON, or a server that is down
         log.warning("the teacher wrote no other phrasings of a corrected question: %s", exc)
         return []
-    seen = {_folded(question)}
+    seen = {normalise(question)}
     out = []
     for text in reply["questions"]:
         text = " ".join(text.split())
-        if len(text) >= 8 and text.endswith("?") and _folded(text) not in seen:
-            seen.add(_folded(text))
+        if len(text) >= 8 and text.endswith("?") and normalise(text) not in seen:
+            seen.add(normalise(text))
             out.append(text)
     return out[:k]
-
-
-def _folded(text: str) -> str:
-    return " ".join(re.findall(r"\w+", text.lower()))
 
 
 def _record(assistant: Assistant, rating: Feedback, rid: str, question: str, version: str) -> Record:
