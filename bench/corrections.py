@@ -6,13 +6,20 @@ On ``../shared/kbdev`` (or another benchmark folder, such as ``bench/pydev``), o
 2. ask the three questions of ``bench/corrections/<folder name>.jsonl`` through the OpenAI-compatible API,
    and two paraphrases of each, with the base model;
 3. send each question a thumbs-down carrying the right answer, as a user would type it
-   (``POST /api/feedback`` with ``correction``), and stop the server;
-4. run the daemon's learn job once (``kbloop.scheduler.jobs.learn``: dataset build, fine-tune,
+   (``POST /api/feedback`` with ``correction``);
+4. ask the same questions and paraphrases again at once, still with the base model: the
+   corrections are now among the sources of the questions that ask what they corrected
+   (``KBLOOP_CORRECTIONS_AS_SOURCES``); then stop the server;
+5. run the daemon's learn job once (``kbloop.scheduler.jobs.learn``: dataset build, fine-tune,
    evaluate with the judge, promote when the gate accepts), timed;
-5. start the server again and ask the same questions and paraphrases: it answers with the
+6. start the server again, with ``KBLOOP_CORRECTIONS_AS_SOURCES=false`` so that only what the
+   adapter learned counts, and ask the same questions and paraphrases: it answers with the
    adapter the gate promoted, or with the base model when the gate rejected the candidate.
 
-    python bench/corrections.py [--bench DIR] [--max-records 24] [--eval-items 12] [--workdir DIR] [--keep]
+``--no-learn`` stops after step 4 (a few minutes instead of half an hour).
+
+    python bench/corrections.py [--bench DIR] [--max-records 24] [--eval-items 12] [--no-learn]
+                                [--workdir DIR] [--keep]
 
 The learn job builds extractive pairs only (``KBLOOP_DATASET_TEACHER_PAIRS=0``: the teacher's plan
 assumes 130 s a chunk here) and trains at most ``--max-records`` of the documents' records
@@ -51,9 +58,9 @@ ITEMS = Path(__file__).parent / "corrections"  # <benchmark folder name>.jsonl
 
 
 @contextmanager
-def client_of(home: Path) -> Iterator[httpx.Client]:
+def client_of(home: Path, **env: str) -> Iterator[httpx.Client]:
     """A client of ``kbloop serve`` of ``home``, in its own process on a free loopback port."""
-    with serving(server_env(home)) as url, httpx.Client(base_url=url, timeout=600) as client:
+    with serving(server_env(home) | env) as url, httpx.Client(base_url=url, timeout=600) as client:
         yield client
 
 
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-records", type=int, default=24,
                         help="the documents' records one learn cycle trains, besides the corrections")
     parser.add_argument("--eval-items", type=int, default=12, help="KBLOOP_EVAL_MAX_ITEMS of the learn job")
+    parser.add_argument("--no-learn", action="store_true",
+                        help="stop after asking again with the corrections as sources, before the learn job")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
@@ -126,6 +135,13 @@ def main(argv: list[str] | None = None) -> None:
             for item in items:
                 [asked] = [r for r in before if r["id"] == item["id"] and r["kind"] == "asked"]
                 correct(client, item, asked)
+            print("== at once, the base model with the corrections among its sources", flush=True)
+            at_once = ask_all(client, items, "at once", out)
+        sides = [("base, before the corrections", before), ("base, the corrections as sources", at_once)]
+        if args.no_learn:
+            table(sides)
+            print(f"\nper item: {out_path}")
+            return
 
         print("== the learn job", flush=True)
         started = time.perf_counter()
@@ -138,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         print("the corrected questions as trained:\n" + "\n".join(f"  {q}" for q in trained), flush=True)
         out.write(json.dumps({"learn": summary, "seconds": round(learn_s), "trained_questions": trained}) + "\n")
 
-        print("== after the learn cycle, through the API", flush=True)
-        with client_of(home.root) as client:
+        print("== after the learn cycle, through the API, without the corrections as sources", flush=True)
+        with client_of(home.root, KBLOOP_CORRECTIONS_AS_SOURCES="false") as client:
             after = ask_all(client, items, "after", out)
 
     evaluation = summary.get("evaluate")
@@ -148,15 +164,19 @@ def main(argv: list[str] | None = None) -> None:
           f"finetune {json.dumps(summary.get('finetune'))}; gate: {decision}")
     if isinstance(evaluation, dict):
         print("the gate's reasons:\n" + "\n".join(f"  {r}" for r in evaluation.get("reasons", [])))
+    table(sides + [("after the learn cycle, the adapter alone", after)])
+    print(f"\nper item: {out_path}")
+
+
+def table(sides: list[tuple[str, list[dict]]]) -> None:
     print("| answers | asked: right | paraphrases: right | adapter |")
     print("| --- | --- | --- | --- |")
-    for side, rows in (("base, before the corrections", before), ("after the learn cycle", after)):
+    for side, rows in sides:
         asked = [r for r in rows if r["kind"] == "asked"]
         para = [r for r in rows if r["kind"] == "paraphrase"]
         adapters = sorted({r["adapter"] or "none" for r in rows})
         print(f"| {side} | {sum(r['correct'] for r in asked)}/{len(asked)} | "
               f"{sum(r['correct'] for r in para)}/{len(para)} | {', '.join(adapters)} |")
-    print(f"\nper item: {out_path}")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,21 @@ class Settings(BaseModel):
             "refuses it. Costs a second reply and a judge call, only for such refusals (docs/answers.md)."
         ),
     )
+    corrections_as_sources: bool = Field(
+        True,
+        description=(
+            "Answer a question that asks what a user corrected (a thumbs-down with the right answer) with that "
+            "correction among its sources, first in rank, from the moment it is sent: no training needed. "
+            "Evaluations leave corrections out, so the gate still measures what an adapter learned."
+        ),
+    )
+    correction_match: float = Field(
+        0.85, ge=0.0, le=1.0,
+        description=(
+            "How close a question must be to a corrected one (cosine similarity of their embeddings) to be given "
+            "its correction (calibrated for local:all-minilm-l6-v2 on both development corpora; docs/answers.md)."
+        ),
+    )
     max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer, in tokens.")
     chunk_size: int = Field(
         800, ge=100, le=20000, description="Characters per chunk (the splitter's target size)."

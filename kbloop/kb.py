@@ -22,6 +22,7 @@ from kbloop.schema import MIGRATIONS
 from kbloop.vector_store import VectorStore
 
 if TYPE_CHECKING:
+    from kbloop.assistant.corrections import CorrectionIndex
     from kbloop.assistant.verify import Verifier
     from kbloop.evaluate.feedback import FeedbackStore
     from kbloop.models.generators import Generator
@@ -106,6 +107,13 @@ class KnowledgeBase:
         from kbloop.evaluate.feedback import FeedbackStore
 
         return FeedbackStore(self.manifest.db)
+
+    @cached_property
+    def corrections(self) -> CorrectionIndex:
+        """Users' corrections, matched to the questions that ask what they corrected."""
+        from kbloop.assistant.corrections import CorrectionIndex
+
+        return CorrectionIndex(self)
 
     def close(self) -> None:
         if "manifest" in self.__dict__:

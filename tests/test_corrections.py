@@ -27,7 +27,7 @@ from kbloop.evaluate.evalset import build_evalset, correction_value
 from kbloop.evaluate.feedback import CORRECTION_MAX_CHARS, FeedbackStore
 from kbloop.evaluate.gate import decide
 from kbloop.evaluate.metrics import matches
-from kbloop.evaluate.run import side_metrics
+from kbloop.evaluate.run import answer_all, side_metrics
 from kbloop.finetune.config import TrainConfig
 from kbloop.finetune.data import Example
 from kbloop.finetune.train import repeated_corrections
@@ -260,6 +260,62 @@ def test_the_packaged_teacher_writes_phrasings_of_a_corrected_question(sample_kb
     best = records[0].knowledge[0].text
     assert len({r.instruction.lower() for r in records}) == len(records)
     assert all(best in {k.text for k in r.knowledge} and r.answer == CORRECTION_TEXT for r in records)
+
+
+# -- answering -------------------------------------------------------------------------------------
+
+PARAPHRASE = "In which folder does Harbor store its data?"
+PORT = "Which port does Harbor listen on by default?"
+
+
+def test_a_correction_answers_the_questions_that_ask_the_same_from_the_moment_it_is_sent(sample_kb, generator):
+    kb = sample_kb
+    rid = kb.feedback.add("down", DATA_QUESTION, "In /var/lib/harbor.", correction=CORRECTION_TEXT)
+    assistant = Assistant(kb, generator)
+    answer = assistant.ask(PARAPHRASE)
+    first = answer.sources[0]
+    assert (first.n, first.path, first.section, first.text) == (1, f"correction #{rid}", DATA_QUESTION,
+                                                                CORRECTION_TEXT)
+    assert not answer.refused and "/srv/harbor/data" in answer.answer and first.cited
+    # The documents' chunks follow, as retrieved; a question about something else gets those alone.
+    assert [s.path for s in answer.sources[1:]] == [h.path for h in assistant.retrieve(PARAPHRASE)]
+    assert not any(s.path.startswith("correction") for s in assistant.ask(PORT).sources)
+
+
+def test_of_two_corrections_of_one_question_the_newest_is_given(sample_kb):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction="Harbor keeps its data in /srv/old.")
+    newer = kb.feedback.add("down", DATA_QUESTION, "In /srv/old.", correction=CORRECTION_TEXT)
+    hit = kb.corrections.best(DATA_QUESTION, kb.settings.correction_match)
+    assert (hit.vector_id, hit.text, hit.score) == (-newer, CORRECTION_TEXT, 1.0)
+
+
+def test_evaluations_and_the_setting_leave_corrections_out(sample_kb, model_cache):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    assert Assistant(kb, verifier=None).sources(DATA_QUESTION)[0].path.startswith("correction")
+    assert not any(h.path.startswith("correction") for h in Assistant(kb, corrections=False).sources(DATA_QUESTION))
+    off = KnowledgeBase(kb.home, kb.settings.model_copy(update={"corrections_as_sources": False}),
+                        embedder=kb.embedder)
+    with off:
+        assert not any(h.path.startswith("correction") for h in Assistant(off).sources(DATA_QUESTION))
+    # The gate's answers are the model's own: the corrected question is asked without its correction.
+    settings = kb.settings.model_copy(update={"generator": "local:smollm2-135m", "model_cache": str(model_cache),
+                                              "read_again": False})
+    with KnowledgeBase(kb.home, settings, embedder=kb.embedder) as evaluated:
+        [item] = build_evalset(evaluated, set(), [], 10, 0.3, with_feedback=False)
+        [result] = answer_all(evaluated, None, [item], False, "base").values()
+    assert result["source_paths"] and not any(p.startswith("correction") for p in result["source_paths"])
+
+
+def test_a_correction_sent_through_the_api_answers_the_next_request(api):
+    client, _ = api
+    sent = client.post("/api/feedback", json=rating(CORRECTION_TEXT)).json()["id"]
+    reply = client.post("/v1/chat/completions", json={"model": "kbloop",
+                                                      "messages": [{"role": "user", "content": PARAPHRASE}]})
+    assert reply.status_code == 200, reply.text
+    first = reply.json()["kbloop"]["sources"][0]
+    assert (first["path"], first["n"]) == (f"correction #{sent}", 1)  # the newest of this question's
 
 
 # -- the training run ------------------------------------------------------------------------------

@@ -93,12 +93,15 @@ def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
 
 class Assistant:
     def __init__(self, kb, generator=None, verifier: Verifier | None | bool = True,
-                 second_checker: Verifier | None = None):
+                 second_checker: Verifier | None = None, corrections: bool = True):
         """``verifier`` True takes the knowledge base's (None when KBLOOP_VERIFY_ANSWERS is off);
         None or False answers unchecked. A second reading (KBLOOP_READ_AGAIN) is checked by
         ``second_checker`` (a server passes one for all its requests), else by the verifier, else
-        by a judge of this assistant's own, made on the first refusal that needs it."""
+        by a judge of this assistant's own, made on the first refusal that needs it. Users'
+        corrections are among the sources (KBLOOP_CORRECTIONS_AS_SOURCES) unless ``corrections``
+        is False, as in evaluations, which measure what the model knows."""
         self.kb = kb
+        self.corrections = corrections and kb.settings.corrections_as_sources
         self._generator = generator
         self.verifier = kb.verifier if verifier is True else verifier or None
         self._second_checker = second_checker or self.verifier
@@ -126,10 +129,18 @@ class Assistant:
             hits += found[:1]
         return hits
 
+    def sources(self, question: str, history: list[tuple[str, str]] | None = None) -> list[Hit]:
+        """What the model reads for the question: the retrieved chunks, after the correction of
+        a question that asks the same, when a user sent one (``kbloop.assistant.corrections``)."""
+        hits = self.retrieve(question, history)
+        if self.corrections and (corrected := self.kb.corrections.best(question, self.kb.settings.correction_match)):
+            hits.insert(0, corrected)
+        return hits
+
     def stream(self, question: str, history: list[tuple[str, str]] | None = None
                ) -> Iterator[str | Progress | Answer]:
         started = time.perf_counter()
-        hits = self.retrieve(question, history)
+        hits = self.sources(question, history)
         retrieved = time.perf_counter()
         timings = {"retrieve_s": round(retrieved - started, 4)}
         model, adapter = self.generator.spec, self.generator.adapter

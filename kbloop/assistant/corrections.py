@@ -1,0 +1,69 @@
+"""Users' corrections as sources: a corrected question is answered from the correction at once.
+
+A thumbs-down that carries the right answer teaches the adapter at the next learn cycle (see
+``kbloop.dataset.corrections``). Until then, and whatever the training learns, the assistant
+reads the correction itself: when a question asks what a user corrected, that is when its
+embedding is within ``KBLOOP_CORRECTION_MATCH`` cosine similarity of the corrected question's,
+the correction is put in front of the model as one more source, first in rank and cited like
+any other. Several corrections of the same question: the closest wins, and of equally close
+ones the newest, so a user who corrects a correction is heard.
+
+Only questions that ask the same thing should match. The threshold was calibrated on both
+development corpora (docs/answers.md): over every pair of their benchmark questions closer than
+0.70, labelled by whether they ask for the same fact, 0.85 is the lowest that lets no pair of
+different questions match. It matches about half of the paraphrases; lower ones need a model that
+can tell near-miss questions apart, which the packaged judge could not (it said "same" to every
+pair or to too few, depending on the prompt). Evaluations and training records leave corrections
+out (``Assistant(..., corrections=False)``), so that the gate measures what the adapter learned,
+not what it was shown.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kbloop.ingest.manifest import Hit
+
+if TYPE_CHECKING:
+    from kbloop.evaluate.feedback import Feedback
+
+TITLE = "A user's correction"
+
+
+def correction_hit(rating: Feedback, score: float) -> Hit:
+    """A correction as a source: the user's answer, under the question it answers. Its id is
+    negative, so it never meets a chunk's."""
+    return Hit(-rating.id, score, f"correction #{rating.id}", rating.correction or "",
+               {"title": TITLE, "section": rating.question, "correction": rating.id})
+
+
+def is_correction(hit: Hit) -> bool:
+    return "correction" in hit.metadata
+
+
+class CorrectionIndex:
+    """The corrected questions' embeddings, made once per correction and kept while the
+    knowledge base is open (a server's, for all its requests)."""
+
+    def __init__(self, kb: Any):
+        self.kb = kb
+        self._vectors: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def best(self, question: str, threshold: float) -> Hit | None:
+        """The correction of a question that asks what ``question`` asks, or None."""
+        ratings = self.kb.feedback.corrections()
+        if not ratings:
+            return None
+        with self._lock:
+            new = [r for r in ratings if r.id not in self._vectors]
+            if new:
+                vectors = self.kb.embedder.embed([r.question for r in new])
+                self._vectors.update((r.id, np.asarray(v, dtype=np.float32)) for r, v in zip(new, vectors))
+            query = np.asarray(self.kb.embedder.embed_query(question), dtype=np.float32)
+            scored = [(round(float(self._vectors[r.id] @ query), 3), r.id, r) for r in ratings]
+        score, _, rating = max(scored, key=lambda s: s[:2])
+        return correction_hit(rating, score) if score >= threshold else None
