@@ -81,12 +81,14 @@ def ask_all(client: httpx.Client, items: list[dict], side: str, out) -> list[dic
             reply, adapter = ask(client, question)
             row = {"side": side, "id": item["id"], "kind": kind, "question": question, "answer": reply.answer,
                    "refused": reply.refused, "correct": grade(item, reply), "adapter": adapter,
+                   "correction_given": any(s["path"].startswith("correction #") for s in reply.sources),
                    "seconds": round(time.perf_counter() - started, 1)}
             rows.append(row)
             out.write(json.dumps(row) + "\n")
             out.flush()
             mark = "right" if row["correct"] else "WRONG"
-            print(f"  [{side} {item['id']} {kind}] {mark}: {reply.answer[:110]!r}", flush=True)
+            given = " (its correction among the sources)" if row["correction_given"] else ""
+            print(f"  [{side} {item['id']} {kind}] {mark}{given}: {reply.answer[:110]!r}", flush=True)
     return rows
 
 

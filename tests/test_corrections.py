@@ -9,7 +9,7 @@ from dataclasses import replace
 import httpx
 import pytest
 import test_web as web
-from conftest import run_cli
+from conftest import cli_error, run_cli
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_server import PORT_QUESTION, assert_error, make_home, serving
@@ -23,7 +23,7 @@ from kbloop.dataset.build import build
 from kbloop.dataset.corrections import correction_record_id
 from kbloop.dataset.records import CORRECTION
 from kbloop.dataset.store import DatasetStore
-from kbloop.evaluate.evalset import build_evalset, correction_value
+from kbloop.evaluate.evalset import build_evalset, correction_value, feedback_items
 from kbloop.evaluate.feedback import CORRECTION_MAX_CHARS, FeedbackStore
 from kbloop.evaluate.gate import decide
 from kbloop.evaluate.metrics import matches
@@ -32,6 +32,7 @@ from kbloop.finetune.config import TrainConfig
 from kbloop.finetune.data import Example
 from kbloop.finetune.train import repeated_corrections
 from kbloop.ingest.manifest import Manifest
+from kbloop.errors import NotFound
 from kbloop.kb import KnowledgeBase
 from kbloop.schema import MIGRATIONS
 
@@ -274,8 +275,7 @@ def test_a_correction_answers_the_questions_that_ask_the_same_from_the_moment_it
     assistant = Assistant(kb, generator)
     answer = assistant.ask(PARAPHRASE)
     first = answer.sources[0]
-    assert (first.n, first.path, first.section, first.text) == (1, f"correction #{rid}", DATA_QUESTION,
-                                                                CORRECTION_TEXT)
+    assert (first.n, first.path, first.text) == (1, f"correction #{rid}", CORRECTION_TEXT)
     assert not answer.refused and "/srv/harbor/data" in answer.answer and first.cited
     # The documents' chunks follow, as retrieved; a question about something else gets those alone.
     assert [s.path for s in answer.sources[1:]] == [h.path for h in assistant.retrieve(PARAPHRASE)]
@@ -316,6 +316,53 @@ def test_a_correction_sent_through_the_api_answers_the_next_request(api):
     assert reply.status_code == 200, reply.text
     first = reply.json()["kbloop"]["sources"][0]
     assert (first["path"], first["n"]) == (f"correction #{sent}", 1)  # the newest of this question's
+
+
+def test_a_withdrawn_correction_is_read_by_no_answer_and_its_records_retire_at_the_next_build(sample_kb):
+    kb = sample_kb
+    rid = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    built = build(kb)
+    assert built.corrections == 1 and DatasetStore(kb.home, kb.manifest).status_of()[correction_record_id(rid)] == \
+        "active"
+    withdrawn = kb.feedback.withdraw(rid)
+    assert withdrawn.withdrawn_at and withdrawn.correction == CORRECTION_TEXT  # taken back, not lost
+    assert kb.feedback.withdraw(rid).withdrawn_at == withdrawn.withdrawn_at  # twice is once
+    assert not any(h.path.startswith("correction") for h in Assistant(kb, verifier=None).sources(PARAPHRASE))
+    [judged] = feedback_items(kb.feedback.eval_candidates())  # a thumbs-down still, with no reference
+    assert (judged.question, judged.slice, judged.judge_only) == (DATA_QUESTION, "feedback", True)
+    again = build(kb)
+    assert (again.corrections_withdrawn, again.records_retired, again.corrections) == (1, 1, 0)
+    store = DatasetStore(kb.home, kb.manifest)
+    assert store.status_of()[correction_record_id(rid)] == "retired"
+    assert build(kb).version is None  # retired once
+    with pytest.raises(NotFound, match="has no correction"):
+        kb.feedback.withdraw(kb.feedback.add("down", PORT, "8080"))
+    with pytest.raises(NotFound, match="no rating 999"):
+        kb.feedback.withdraw(999)
+
+
+def test_a_correction_is_withdrawn_through_the_api_and_the_command_line(api, tmp_path, embedder):
+    client, _ = api
+    sent = client.post("/api/feedback", json=rating(CORRECTION_TEXT)).json()["id"]
+    gone = client.delete(f"/api/feedback/{sent}/correction")
+    assert gone.status_code == 200 and gone.json()["id"] == sent and gone.json()["withdrawn_at"]
+    listed = {f["id"]: f for f in client.get("/api/feedback", params={"rating": "down"}).json()["feedback"]}
+    assert listed[sent]["withdrawn_at"] and listed[sent]["correction"] == CORRECTION_TEXT
+    plain = client.post("/api/feedback", json=rating(None)).json()["id"]
+    assert assert_error(client.delete(f"/api/feedback/{plain}/correction"), 404).startswith(
+        f"rating {plain} has no correction")
+    assert assert_error(client.delete("/api/feedback/x/correction"), 422).startswith("id: expected")
+
+    home = make_home(tmp_path / "kb", embedder)
+    with KnowledgeBase(home, home.load_settings(environ={}), embedder=embedder) as kb:
+        rid = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    env = {"KBLOOP_HOME": str(home.root)}
+    listed = run_cli("corrections", "list", env=env)
+    assert listed.exit_code == 0 and f"#{rid}" in listed.output and CORRECTION_TEXT in listed.output
+    assert run_cli("corrections", "withdraw", str(rid), env=env).exit_code == 0
+    assert run_cli("corrections", "list", env=env).output.strip() == "no corrections"
+    assert "(withdrawn)" in run_cli("corrections", "list", "--all", env=env).output
+    assert cli_error(run_cli("corrections", "withdraw", "999", env=env), 3) == "error: no rating 999"
 
 
 # -- the training run ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ MIGRATIONS = [
     ("004_feedback", "308a73aaa238fcab"),
     ("005_evaluations", "876e808cdb28a1b8"),
     ("006_feedback_corrections", "de9fa0adb1ddf0aa"),
+    ("007_feedback_withdrawn", "12eb285d897ce02c"),
 ]
 
 

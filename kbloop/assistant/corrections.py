@@ -30,14 +30,19 @@ from kbloop.ingest.manifest import Hit
 if TYPE_CHECKING:
     from kbloop.evaluate.feedback import Feedback
 
-TITLE = "A user's correction"
+# The source's heading, as the model reads it. Headed "A user's correction", the correction was
+# passed over for the documents' text (the credential helper's "!" on kbdev); said to answer
+# this question, it was used on both corpora (docs/answers.md).
+TITLE = "A user's answer to this question"
 
 
 def correction_hit(rating: Feedback, score: float) -> Hit:
-    """A correction as a source: the user's answer, under the question it answers. Its id is
-    negative, so it never meets a chunk's."""
+    """A correction as a source: the user's answer. The question it answers is kept beside it
+    (``corrected_question``) but not shown to the model: given the question in the heading
+    right above the answer, the small default model copied the question instead of answering.
+    Its id is negative, so it never meets a chunk's."""
     return Hit(-rating.id, score, f"correction #{rating.id}", rating.correction or "",
-               {"title": TITLE, "section": rating.question, "correction": rating.id})
+               {"title": TITLE, "corrected_question": rating.question, "correction": rating.id})
 
 
 def is_correction(hit: Hit) -> bool:

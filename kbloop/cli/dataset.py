@@ -63,7 +63,8 @@ def build(obj, teacher: bool, limit: int | None, as_json: bool) -> None:
                f"records from {counts['chunks_new']} new chunks and {counts['corrections']} corrections "
                f"({counts['correction_phrasings']} more phrasings); "
                f"{counts['records_retired']} records retired "
-               f"({counts['chunks_retired']} chunks changed or gone)")
+               f"({counts['chunks_retired']} chunks changed or gone, "
+               f"{counts['corrections_withdrawn']} corrections withdrawn)")
     click.echo(f"pairs: {counts['pairs_generated']} generated, {counts['pairs_unsupported']} unsupported, "
                f"{counts['pairs_bad_length']} bad length, {counts['pairs_duplicate']} duplicates")
     if counts["answers_written"]:

@@ -52,10 +52,10 @@ def cli(ctx: click.Context, home: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from kbloop.cli import assistant, daemon, dataset, evaluate, finetune, home, index, serve, store
+    from kbloop.cli import assistant, corrections, daemon, dataset, evaluate, finetune, home, index, serve, store
 
     for command in (home.init, home.quickstart, index.ingest, index.search, index.status, index.check,
-                    assistant.ask, assistant.chat, daemon.daemon, dataset.dataset,
+                    assistant.ask, assistant.chat, daemon.daemon, dataset.dataset, corrections.corrections,
                     finetune.finetune, finetune.adapters, finetune.export, evaluate.evaluate,
                     serve.serve, store.migrate_store):
         cli.add_command(command)

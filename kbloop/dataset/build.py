@@ -5,6 +5,7 @@ The algorithm, in ``build``:
 1. read the indexed chunks in one snapshot (an ingest may run meanwhile; the next build sees it);
 2. chunk texts turned into records before but no longer indexed retire their records:
    "changed" when their file is still there (the new text's records supersede them), else "deleted";
+   the records of corrections users withdrew retire as "withdrawn";
 3. each new chunk text gives pairs: extractive ones always, the teacher's when configured;
    a pair is kept only if the chunk supports its answer, its lengths are sane and its
    question is not a near-duplicate;
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from kbloop.dataset.answers import TeacherAnswers
 from kbloop.dataset.counts import BuildCounts
-from kbloop.dataset.corrections import correction_records
+from kbloop.dataset.corrections import correction_hash, correction_records
 from kbloop.dataset.extractive import Pair, extract_pairs
 from kbloop.dataset.filters import Deduplicator, length_problem, supported
 from kbloop.dataset.plan import Plan, plan
@@ -89,6 +90,10 @@ def _build(kb, teacher, progress: ProgressMode, limit: int | None, verifier,
     if limit is not None:
         new = new[:limit]
     counts.chunks_new, counts.chunks_retired = len(new), len(retire)
+    for rating in kb.feedback.taken_back():  # corrections users withdrew
+        if store.count_active([correction_hash(rating.id)]):
+            retire[correction_hash(rating.id)] = "withdrawn"
+            counts.corrections_withdrawn += 1
     counts.documents_read = sorted({c.path for c in new})
     if announce is not None:
         later = len(current) - counts.chunks_unchanged - len(new)

@@ -46,6 +46,11 @@ PROMPT = (
 )
 
 
+def correction_hash(feedback_id: int) -> str:
+    """What a correction's records carry as their source's text hash: the rating, not a chunk."""
+    return f"{CORRECTION}:{feedback_id}"
+
+
 def correction_record_id(feedback_id: int, phrasing: str | None = None) -> str:
     """The record id of a correction's question as asked, or of one of its other phrasings."""
     key = f"{CORRECTION}\n{feedback_id}" + (f"\n{phrasing}" if phrasing is not None else "")
@@ -104,7 +109,7 @@ def _record(assistant: Assistant, rating: Feedback, rid: str, question: str, ver
     hits = assistant.retrieve(question)
     knowledge = [Knowledge(h.path, h.text, h.metadata, oracle=False) for h in hits]
     source: dict[str, Any] = {
-        "path": hits[0].path if hits else "", "text_hash": f"{CORRECTION}:{rating.id}",
+        "path": hits[0].path if hits else "", "text_hash": correction_hash(rating.id),
         "feedback_id": rating.id, "rated_at": rating.created_at, "answer_given": rating.answer,
     }
     if question != rating.question:

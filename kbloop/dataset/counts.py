@@ -23,6 +23,7 @@ class BuildCounts:
     records_retired: int = 0
     corrections: int = 0  # users' corrections built (each a record of the question as asked)
     correction_phrasings: int = 0  # records of other phrasings of those questions, by the teacher
+    corrections_withdrawn: int = 0  # corrections users took back, whose records this build retired
     answers_written: int = 0  # the teacher's answers to its questions (kbloop.dataset.answers)
     answers_rejected: int = 0  # dropped: no answer, or the check found the source does not state it
     answers_unchecked: int = 0  # dropped: the check gave no verdict

@@ -66,15 +66,16 @@ def user_items(path: Path) -> list[EvalItem]:
 
 def feedback_items(candidates: list[Feedback]) -> list[EvalItem]:
     """Questions users marked wrong, each asked once. One a user corrected is asked like the
-    home's own questions, its newest correction the reference. The others have no reference:
-    the judge grades the new answers against their sources."""
+    home's own questions, its newest correction the reference. The others have no reference
+    (a withdrawn correction counts as none): the judge grades the new answers against their sources."""
     items: dict[str, EvalItem] = {}
-    for fb in sorted(candidates, key=lambda f: f.correction is None):  # stable: corrections first
+    standing = {fb.id for fb in candidates if fb.correction and fb.withdrawn_at is None}
+    for fb in sorted(candidates, key=lambda f: f.id not in standing):  # stable: corrections first
         question = fb.question.strip()
         key = normalise(question)
         if not question or key in items:
             continue
-        if fb.correction:
+        if fb.id in standing:
             rid = hashlib.sha256(f"correction\n{key}\n{fb.correction}".encode()).hexdigest()[:20]
             accept = correction_value(question, fb.correction)
             items[key] = EvalItem(rid, question, fb.correction, "user", accept=accept)

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kbloop.db import Migration
-from kbloop.errors import KbloopError
+from kbloop.db import Migration, transaction
+from kbloop.errors import KbloopError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ MIGRATIONS: list[Migration] = [
         ALTER TABLE feedback ADD COLUMN correction TEXT;
         """,
     ),
+    (
+        "007_feedback_withdrawn",
+        # When the user took the correction back; NULL while it stands. The text is kept.
+        """
+        ALTER TABLE feedback ADD COLUMN withdrawn_at REAL;
+        """,
+    ),
 ]
 
 Rating = Literal["up", "down"]
@@ -78,6 +85,7 @@ class Feedback:
     adapter: str | None
     refused: bool
     correction: str | None = None  # the right answer, as the user wrote it (thumbs-down only)
+    withdrawn_at: float | None = None  # when the correction was taken back; it then counts nowhere
 
 
 class FeedbackStore:
@@ -107,8 +115,28 @@ class FeedbackStore:
         return self.ratings("down", limit)
 
     def corrections(self) -> list[Feedback]:
-        """Answers users marked wrong and corrected, oldest first: what a dataset build learns."""
-        return self._listed("SELECT * FROM feedback WHERE rating = 'down' AND correction IS NOT NULL ORDER BY id")
+        """Answers users marked wrong and corrected, oldest first: what a dataset build learns,
+        what evaluations ask and what answers read. Withdrawn ones are left out."""
+        return self._listed("SELECT * FROM feedback WHERE rating = 'down' AND correction IS NOT NULL "
+                            "AND withdrawn_at IS NULL ORDER BY id")
+
+    def taken_back(self) -> list[Feedback]:
+        """The corrections users withdrew, oldest first."""
+        return self._listed("SELECT * FROM feedback WHERE withdrawn_at IS NOT NULL ORDER BY id")
+
+    def withdraw(self, feedback_id: int) -> Feedback:
+        """Take a correction back: no answer reads it and no evaluation asks it from now on, and
+        the next dataset build retires its training records. Its text stays stored, so a
+        withdrawal loses nothing. A NotFound names what is wrong with the id."""
+        with transaction(self.db) as db:
+            row = db.execute("SELECT correction, withdrawn_at FROM feedback WHERE id = ?", (feedback_id,)).fetchone()
+            if row is None or row["correction"] is None:
+                raise NotFound(f"rating {feedback_id} has no correction to withdraw" if row is not None
+                               else f"no rating {feedback_id}")
+            if row["withdrawn_at"] is None:
+                db.execute("UPDATE feedback SET withdrawn_at = ? WHERE id = ?", (time.time(), feedback_id))
+        [rating] = self._listed("SELECT * FROM feedback WHERE id = ?", [feedback_id])
+        return rating
 
     def _listed(self, query: str, args: list | None = None) -> list[Feedback]:
         return [Feedback(**dict(row) | {"sources": _read_sources(row["id"], row["sources"]),

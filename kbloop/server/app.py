@@ -407,6 +407,13 @@ def create_app(service: Service) -> Any:
             raise ApiError(422, "limit: expected a whole number") from None
         return json_response({"feedback": await run_in_threadpool(service.feedback, rating, limit)})
 
+    async def withdraw_correction(request: Request) -> JSONResponse:
+        raw = request.path_params["id"]
+        if not raw.isdigit():
+            raise ApiError(422, "id: expected a rating's id, a whole number")
+        rating = await run_in_threadpool(service.withdraw_correction, int(raw))
+        return json_response({"id": rating["id"], "withdrawn_at": rating["withdrawn_at"]})
+
     async def list_adapters(request: Request) -> JSONResponse:
         serving = service.model.adapter if service.model.loaded else None
         return json_response({"adapters": await run_in_threadpool(adapters, data_dir, serving)})
@@ -450,6 +457,7 @@ def create_app(service: Service) -> Any:
         Route("/api/ingest", ingest_job, methods=["GET"]),
         Route("/api/ingest/{job}", ingest_job, methods=["GET"]),
         Route("/api/feedback", feedback, methods=["GET", "POST"]),
+        Route("/api/feedback/{id}/correction", withdraw_correction, methods=["DELETE"]),
         Route("/api/adapters", list_adapters, methods=["GET"]),
         Route("/api/evals", list_evals, methods=["GET"]),
         Route("/api/evals/{run}/{name}", report_file, methods=["GET"]),

@@ -313,6 +313,11 @@ class Service:
         with self.readers.borrow() as kb:
             return [asdict(f) for f in FeedbackStore(kb.manifest.db).ratings(rating, limit)]
 
+    def withdraw_correction(self, feedback_id: int) -> dict:
+        """Take a user's correction back (``FeedbackStore.withdraw``); NotFound when there is none."""
+        with self.readers.borrow() as kb:
+            return asdict(FeedbackStore(kb.manifest.db).withdraw(feedback_id))
+
     def evals(self) -> dict:
         """The evaluation runs with a report, for the web page."""
         with self.readers.borrow() as kb:
