@@ -45,10 +45,6 @@ def correction_hit(rating: Feedback, score: float) -> Hit:
                {"title": TITLE, "corrected_question": rating.question, "correction": rating.id})
 
 
-def is_correction(hit: Hit) -> bool:
-    return "correction" in hit.metadata
-
-
 class CorrectionIndex:
     """The corrected questions' embeddings, made once per correction and kept while the
     knowledge base is open (a server's, for all its requests)."""
