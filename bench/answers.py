@@ -38,9 +38,14 @@ expected and given answer, correct, refused, top sources, timings) go to
 Run it from the repository root:
 
     pip install -r bench/requirements.txt
-    python bench/answers.py [--models local:qwen2.5-0.5b,local:smollm2-135m] [--engine llamacpp|transformers]
+    python bench/answers.py [--models local:qwen2.5-0.5b,local:qwen2.5-1.5b@retrieve_k=2]
+                            [--engine llamacpp|transformers]
                             [--pipelines kbloop,plain] [--limit N]
                             [--workdir DIR] [--keep] [--json]
+
+A model entry may carry kbloop settings for its run after ``@``, such as
+``local:qwen2.5-1.5b@retrieve_k=2`` or ``local:qwen2.5-0.5b@retrieve_k=3@read_again=false``, so that
+variants are compared in one run; the plain pipeline ignores them.
 
 The full default run (2 models x 2 pipelines x 48 questions) takes tens of minutes on CPU.
 """
@@ -59,7 +64,7 @@ from typing import Any, Callable, Iterator
 
 from kbloop import models
 from kbloop.assistant.answer import Assistant
-from kbloop.config import Home, init_home
+from kbloop.config import Home, Settings, init_home
 from kbloop.evaluate.metrics import UNANSWERABLE, matches, reference_forms
 from kbloop.kb import KnowledgeBase
 from kbloop.prompt import is_refusal
@@ -193,11 +198,28 @@ def kbloop_retrieval(home: Home, embedder: Any, items: list[dict]) -> dict[str, 
         return {item["id"]: [file_name(h.path) for h in kb.search(item["question"], HIT_K)] for item in items}
 
 
+def model_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """``SPEC@setting=value@...``: the generator spec and the kbloop settings of its run."""
+    spec, *pairs = entry.split("@")
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key.strip() not in Settings.model_fields:
+            raise SystemExit(f"--models: {pair!r} in {entry!r} is not setting=value for a kbloop setting")
+        overrides[key.strip()] = value.strip()
+    return spec, overrides
+
+
+def entry_settings(settings: Settings, entry: str) -> Settings:
+    spec, overrides = model_entry(entry)
+    return Settings.model_validate({**settings.model_dump(), **overrides, "generator": spec})
+
+
 class KbloopPipeline:
     name = "kbloop"
 
     def __init__(self, home: Home, embedder: Any, generator: Any, model: str):
-        settings = home.load_settings().model_copy(update={"generator": model})
+        settings = entry_settings(home.load_settings(), model)
         self.kb = KnowledgeBase(home, settings, embedder=embedder, generator=generator)
         self.assistant = Assistant(self.kb)
 
@@ -512,7 +534,7 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
     rows = []
     with out_path.open("w", encoding="utf-8") as out:
         for model in args.models:
-            generator, warm_seconds = load_generator(model, settings)
+            generator, warm_seconds = load_generator(model_entry(model)[0], entry_settings(settings, model))
             print(f"\n{model}: loaded and warmed up in {warm_seconds:.1f} s (not counted)")
             for name in args.pipelines:
                 print(f"{model} / {name}:", flush=True)
@@ -565,6 +587,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--pipelines: expected some of {', '.join(PIPELINES)}, got {','.join(args.pipelines)}")
     if not args.models:
         parser.error("--models: give at least one generator spec")
+    for entry in args.models:
+        model_entry(entry)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
     args.bench = args.bench.resolve()

@@ -16,12 +16,15 @@ medians measured in this one run:
 - ``cli_ask_vs_server``: wall time of ``kbloop ask`` in a new process while ``kbloop serve`` runs,
   over the server's own time to answer the same question over HTTP;
 - ``serve_peak_rss_mib``: peak RSS (VmHWM) of ``kbloop serve`` after answering, per engine;
+- ``weights_ttft_ratio`` / ``weights_decode_ratio``: the default generator on its fast weights
+  (``KBLOOP_LLAMACPP_WEIGHTS=fast``, a Q4_0 re-quantisation) over its packaged file: time to
+  first token (lower is better) and decode tokens/s, prompts alternated between the two;
 - ``adapter_prefix_match`` (with ``--adapter``): share of prompts whose first 16 greedy tokens
   with the adapter are the same through llama.cpp as through transformers + peft.
 
 Run from the repository root, on a quiet machine (nothing else heavy running):
 
-    python bench/inference.py [--parts decode,transformers,judge,cli,adapter] [--adapter DIR]
+    python bench/inference.py [--parts decode,transformers,weights,judge,cli,adapter] [--adapter DIR]
                               [--workdir DIR] [--json]
 
 ``--workdir`` keeps the ingested kbdev home between runs (an unchanged corpus re-ingests in
@@ -56,7 +59,7 @@ from kbloop.prompt import build_messages  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
-PARTS = ("decode", "transformers", "judge", "cli", "adapter")
+PARTS = ("decode", "transformers", "weights", "judge", "cli", "adapter")
 DECODE_MODELS = ("local:qwen2.5-0.5b", "local:qwen2.5-1.5b")
 ANSWER_MODEL = "local:qwen2.5-0.5b"
 JUDGE_MODEL = "local:qwen2.5-1.5b"
@@ -184,6 +187,31 @@ def part_transformers(settings: Settings, cases: list, new_tokens: int) -> dict:
     return {"model": ANSWER_MODEL, "engines": rows, "prompts": len(cases),
             "decode_vs_transformers": ratio(fast["decode_tps"], slow["decode_tps"]),
             "ttft_vs_transformers": ratio(fast["ttft_s"], slow["ttft_s"])}
+
+
+def part_weights(settings: Settings, cases: list, new_tokens: int) -> dict:
+    """The answering model on its packaged file and on its fast weights, the same prompts in turn."""
+    generators = {}
+    for weights in ("packaged", "fast"):
+        generators[weights] = models.create("generator", ANSWER_MODEL,
+                                            settings.model_copy(update={"llamacpp_weights": weights}))
+        generators[weights].generate(cases[0][1], max_new_tokens=2)  # load (and re-quantise) untimed
+    runs: dict[str, list[dict]] = {"packaged": [], "fast": []}
+    for _, messages, _ in cases:
+        for weights, generator in generators.items():
+            runs[weights].append(kbloop_reply(generator, messages, new_tokens))
+    rows = {weights: {"file": generators[weights].model_file().name,
+                      "ttft_s": median([r["ttft_s"] for r in got]),
+                      "decode_tps": median([r["decode_tps"] for r in got])}
+            for weights, got in runs.items()}
+    for generator in generators.values():
+        generator.close()
+    result = {"model": ANSWER_MODEL, "weights": rows, "prompts": len(cases),
+              "weights_ttft_ratio": ratio(rows["fast"]["ttft_s"], rows["packaged"]["ttft_s"]),
+              "weights_decode_ratio": ratio(rows["fast"]["decode_tps"], rows["packaged"]["decode_tps"])}
+    print(f"{ANSWER_MODEL} weights: {rows}; fast/packaged TTFT {result['weights_ttft_ratio']}, "
+          f"decode {result['weights_decode_ratio']}")
+    return result
 
 
 def judge_prompts(cases: list, count: int) -> list[str]:
@@ -352,6 +380,10 @@ def main(argv: list[str] | None = None) -> None:
         results["transformers"] = part_transformers(settings, few, args.new_tokens)
         results["decode_vs_transformers"] = results["transformers"]["decode_vs_transformers"]
         results["ttft_vs_transformers"] = results["transformers"]["ttft_vs_transformers"]
+    if "weights" in args.parts:
+        results["weights"] = part_weights(settings, few, args.new_tokens)
+        results["weights_ttft_ratio"] = results["weights"]["weights_ttft_ratio"]
+        results["weights_decode_ratio"] = results["weights"]["weights_decode_ratio"]
     if "judge" in args.parts:
         results["judge"] = part_judge(settings, cases, args.verdicts, args.slow_verdicts)
         results["judge_vs_transformers"] = results["judge"]["judge_vs_transformers"]

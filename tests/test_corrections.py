@@ -290,6 +290,20 @@ def test_of_two_corrections_of_one_question_the_newest_is_given(sample_kb):
     assert (hit.vector_id, hit.text, hit.score) == (-newer, CORRECTION_TEXT, 1.0)
 
 
+def test_a_question_is_embedded_once_for_its_search_and_its_correction(sample_kb, monkeypatch):
+    kb = sample_kb
+    kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    question = "Where exactly does Harbor keep the data that it stores?"  # asked by no other test
+    embedded: list[str] = []
+    embed = kb.embedder.embed
+    monkeypatch.setattr(kb.embedder, "embed", lambda texts: embedded.extend(texts) or embed(texts))
+    hits = Assistant(kb, verifier=None).sources(question)
+    assert hits[0].path.startswith("correction") and embedded.count(question) == 1
+    # The kept vector is the query's own: searching again gives the same scores.
+    k = kb.settings.retrieve_k
+    assert [h.score for h in kb.search(question, k)] == [h.score for h in hits[1:k + 1]]
+
+
 def test_evaluations_and_the_setting_leave_corrections_out(sample_kb, model_cache):
     kb = sample_kb
     kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
@@ -504,9 +518,28 @@ def test_pressing_wrong_opens_a_box_that_sends_the_right_answer(tmp_path, embedd
         send.click()
         wait.until(lambda d: "Thanks" in web.text_of(d, ".turn .correction-state"))
         assert not send.is_enabled()
+        [kept] = corrections_of(home)
+        assert (kept.question, kept.answer, kept.correction) == (
+            PORT_QUESTION, answer.text, "Harbor listens on port 8735 unless harbor.toml says otherwise.")
+        assert kept.sources and kept.sources[0]["path"] == "getting-started.md"
+        assert len(ratings_of(home)) == 2  # the thumbs-down, then the correction
+
+        # Asked again, the answer reads the correction, which its source offers to withdraw.
+        question = browser.find_element(By.ID, "question")
+        question.clear()
+        question.send_keys(PORT_QUESTION)
+        browser.find_element(By.ID, "ask-button").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".turn")) == 2)
+        newest = browser.find_element(By.CSS_SELECTOR, ".turn")  # the page puts the newest first
+        wait.until(lambda d: newest.find_element(By.CSS_SELECTOR, ".answer").get_attribute("data-state") == "done")
+        first = newest.find_element(By.CSS_SELECTOR, ".sources li")
+        assert first.find_element(By.TAG_NAME, "button").text.startswith(f"[1] correction #{kept.id}")
+        first.find_element(By.CSS_SELECTOR, "button.withdraw").click()
+        wait.until(lambda d: "Withdrawn" in first.find_element(By.CSS_SELECTOR, ".withdraw-state").text)
+        assert corrections_of(home) == [] and [r.id for r in ratings_of(home) if r.withdrawn_at] == [kept.id]
+
+        # The first turn's "Take it back" is the same withdrawal, and repeating it is harmless.
+        earlier = browser.find_elements(By.CSS_SELECTOR, ".turn")[1]
+        earlier.find_element(By.CSS_SELECTOR, ".correction button.withdraw").click()
+        wait.until(lambda d: "Withdrawn" in earlier.find_element(By.CSS_SELECTOR, ".correction .withdraw-state").text)
         assert web.page_errors(browser) == []
-    [kept] = corrections_of(home)
-    assert (kept.question, kept.answer, kept.correction) == (
-        PORT_QUESTION, answer.text, "Harbor listens on port 8735 unless harbor.toml says otherwise.")
-    assert kept.sources and kept.sources[0]["path"] == "getting-started.md"
-    assert len(ratings_of(home)) == 2  # the thumbs-down, then the correction

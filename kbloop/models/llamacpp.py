@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kbloop.errors import BackendUnavailable
+from kbloop.fsutil import exclusive
 from kbloop.models.generators import Generator, Messages, is_looping
 from kbloop.models.lora_gguf import BaseArchitecture, ensure_gguf
 from kbloop.models.registry import ModelSpec
@@ -50,6 +51,47 @@ def _import() -> Any:
     import llama_cpp
 
     return llama_cpp
+
+
+# llama.cpp's file types for the forms kbloop re-quantises to (llama_ftype in llama.h).
+FILE_TYPES = {"q4_0": 2, "q8_0": 7}
+
+
+def requantize(source: Path, target: Path, kind: str) -> Path:
+    """``source`` re-quantised to ``kind`` by llama.cpp's own quantiser, written to ``target``
+    whole or not at all; done once, and a file already there is used as it is."""
+    if target.is_file():
+        return target
+    llama_cpp = _import()
+    with exclusive(target.with_suffix(".lock"), f"re-quantisation of {source.name}", wait=True):
+        if target.is_file():
+            return target
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize = FILE_TYPES[kind], True
+        tmp = target.with_suffix(".part")
+        with _quiet_llama(), _silenced_stderr():
+            status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if status != 0 or not tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            raise BackendUnavailable(f"llama.cpp could not re-quantise {source} to {kind} (status {status})")
+        os.replace(tmp, target)
+    return target
+
+
+@contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    """The quantiser prints a line per tensor on the C stderr; a user sees none of them."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def physical_cores() -> int:

@@ -11,7 +11,7 @@ from typing import Any
 from kbloop.errors import ConfigError
 from kbloop.models import llamacpp
 from kbloop.models.generators import Generator, PackagedGenerator
-from kbloop.models.packaged import PRESETS, converted_dir, gguf_file
+from kbloop.models.packaged import PRESETS, PackagedGGUF, converted_dir, gguf_file
 from kbloop.models.registry import ModelSpec, register
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,21 @@ def local_generator(spec: ModelSpec, settings: Any) -> Generator:
     cache_dir = Path(settings.model_cache).expanduser()
     if settings.engine == "llamacpp" and llamacpp_loads():
         return llamacpp.LlamaCppGenerator(
-            spec, lambda: gguf_file(preset, cache_dir), threads=settings.torch_threads,
+            spec, lambda: run_file(preset, cache_dir, settings.llamacpp_weights), threads=settings.torch_threads,
             base_model_dir=lambda: converted_dir(preset, cache_dir), ollama_base=lambda: gguf_file(preset, cache_dir),
         )
     return PackagedGenerator(spec, preset, cache_dir, settings.torch_threads)
+
+
+def run_file(preset: PackagedGGUF, cache_dir: Path, weights: str) -> Path:
+    """The GGUF file llama.cpp runs: the packaged one, or with ``weights`` "fast" the preset's
+    faster re-quantisation, made once beside it in the cache."""
+    packaged = gguf_file(preset, cache_dir)
+    if weights != "fast" or preset.fast_weights is None:
+        return packaged
+    target = cache_dir / "gguf" / f"{preset.name}-{preset.sha256[:12]}.{preset.fast_weights}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return llamacpp.requantize(packaged, target, preset.fast_weights)
 
 
 for _role in ("generator", "teacher", "judge"):

@@ -129,6 +129,11 @@ function showAnswer(turn, answer) {
     text.hidden = true;
     button.addEventListener("click", () => { text.hidden = !text.hidden; });
     item.append(button, text);
+    const corrected = /^correction #(\d+)$/.exec(source.path);
+    if (corrected) {
+      const note = element("span", "", "withdraw-state small muted");
+      item.append(" ", withdrawButton(corrected[1], note, "Withdraw this correction"), " ", note);
+    }
     list.append(item);
   }
   setUpFeedback(turn, answer);
@@ -189,8 +194,28 @@ function setUpCorrection(turn, rated) {
     }
     text.readOnly = true;
     $("button", form).disabled = true;
-    note.textContent = "Thanks: the next dataset build learns it, and evaluations ask it.";
+    note.textContent = "Thanks: answers read it from now on, the next dataset build learns it, and evaluations ask it.";
+    const { id } = await response.json();
+    const undoNote = element("span", "", "withdraw-state small muted");
+    $(".row", form).append(withdrawButton(id, undoNote, "Take it back"), undoNote);
   });
+}
+
+// Takes a user's correction back (DELETE /api/feedback/ID/correction): no answer reads it and
+// the next dataset build retires it; the rating stays as a thumbs-down.
+function withdrawButton(id, note, label) {
+  const button = element("button", label, "withdraw secondary");
+  button.type = "button";
+  button.addEventListener("click", async () => {
+    const response = await api(`/api/feedback/${id}/correction`, { method: "DELETE" });
+    if (!response.ok) {
+      note.textContent = await errorMessage(response);
+      return;
+    }
+    button.disabled = true;
+    note.textContent = "Withdrawn: no answer reads it, and the next dataset build retires it.";
+  });
+  return button;
 }
 
 // -- the side panels ---------------------------------------------------------------------------
