@@ -37,7 +37,7 @@ class PackagedGGUF:
     install: str                   # how to install the packages
     provenance: str
     # A faster form of the weights for llama.cpp on CPU, re-quantised once into the cache
-    # (KBLOOP_LLAMACPP_WEIGHTS=fast), or None where the packaged file is already the fast one.
+    # (KBLOOP_LLAMACPP_WEIGHTS=fast), or None where no faster form is known.
     fast_weights: str | None = None
 
     @property

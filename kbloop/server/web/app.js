@@ -194,7 +194,8 @@ function setUpCorrection(turn, rated) {
     }
     text.readOnly = true;
     $("button", form).disabled = true;
-    note.textContent = "Thanks: answers read it from now on, the next dataset build learns it, and evaluations ask it.";
+    note.textContent = "Thanks: answers to this question read it from now on, the next dataset build "
+      + "learns it, and evaluations ask it.";
     const { id } = await response.json();
     const undoNote = element("span", "", "withdraw-state small muted");
     $(".row", form).append(withdrawButton(id, undoNote, "Take it back"), undoNote);
