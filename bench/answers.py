@@ -534,7 +534,8 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
     rows = []
     with out_path.open("w", encoding="utf-8") as out:
         for model in args.models:
-            generator, warm_seconds = load_generator(model_entry(model)[0], entry_settings(settings, model))
+            run_settings = entry_settings(settings, model)
+            generator, warm_seconds = load_generator(run_settings.generator, run_settings)
             print(f"\n{model}: loaded and warmed up in {warm_seconds:.1f} s (not counted)")
             for name in args.pipelines:
                 print(f"{model} / {name}:", flush=True)

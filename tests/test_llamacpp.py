@@ -63,7 +63,7 @@ def test_fast_weights_are_a_quantisation_made_once_and_packaged_runs_the_file_as
     fast.close()
     shipped = models.create("generator", "local:qwen2.5-0.5b", Settings(model_cache=str(model_cache)))
     assert shipped.model_file() == model_cache / "gguf" / "qwen2.5-0.5b.gguf"  # the default
-    # A model whose packaged file is the fast one runs it either way.
+    # A model with no faster form runs its packaged file either way.
     assert models.create("generator", "local:smollm2-135m", settings).model_file().name.endswith("Q4_1.gguf")
 
 

@@ -53,13 +53,10 @@ def _import() -> Any:
     return llama_cpp
 
 
-# llama.cpp's file types for the forms kbloop re-quantises to (llama_ftype in llama.h).
-FILE_TYPES = {"q4_0": 2, "q8_0": 7}
-
-
 def requantize(source: Path, target: Path, kind: str) -> Path:
-    """``source`` re-quantised to ``kind`` by llama.cpp's own quantiser, written to ``target``
-    whole or not at all; done once, and a file already there is used as it is."""
+    """``source`` re-quantised to ``kind`` ("q4_0": llama.cpp's LLAMA_FTYPE_MOSTLY_Q4_0) by
+    llama.cpp's own quantiser, written to ``target`` whole or not at all; done once, and a file
+    already there is used as it is."""
     if target.is_file():
         return target
     llama_cpp = _import()
@@ -67,7 +64,7 @@ def requantize(source: Path, target: Path, kind: str) -> Path:
         if target.is_file():
             return target
         params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize = FILE_TYPES[kind], True
+        params.ftype, params.allow_requantize = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}"), True
         tmp = target.with_suffix(".part")
         with _quiet_llama(), _silenced_stderr():
             status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
