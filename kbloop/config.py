@@ -79,6 +79,14 @@ class Settings(BaseModel):
         description="Where packaged models are assembled and converted once (shared by all homes).",
     )
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put in front of the model for each question.")
+    passage_chars: int = Field(
+        0, ge=0, le=20000,
+        description=(
+            "Characters of each source the answering model reads: 0 reads whole chunks; a smaller number "
+            "cuts a longer chunk to its first sentence and the sentences closest to the question in meaning "
+            "(shorter prompts, a sooner first token; docs/answers.md)."
+        ),
+    )
     min_score: float = Field(
         0.42, ge=-1.0, le=1.0,
         description=(
@@ -101,6 +109,15 @@ class Settings(BaseModel):
             "ask it once more without the option to refuse; that answer is shown only when the judge model "
             "(KBLOOP_JUDGE) finds it stated in a source for exactly what was asked and no other check "
             "refuses it. Costs a second reply and a judge call, only for such refusals (docs/answers.md)."
+        ),
+    )
+    rewrite_follow_ups: bool = Field(
+        False,
+        description=(
+            "In a chat, have the judge model (KBLOOP_JUDGE) rewrite a follow-up (\"which hook does it run?\") "
+            "from the two questions into one that stands alone, which is then searched and answered; a rewrite "
+            "that adds more than the earlier question's words is not used. Costs one short judge call per "
+            "follow-up (docs/answers.md)."
         ),
     )
     corrections_as_sources: bool = Field(

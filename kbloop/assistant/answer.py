@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterator
 
+from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, mentioned,
                                        new_words, restates, unmentioned_terms)
+from kbloop.assistant.passages import narrowed
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -137,16 +139,34 @@ class Assistant:
             hits.insert(0, corrected)
         return hits
 
+    def follow_up(self, question: str, earlier: str, timings: dict) -> str | None:
+        """The follow-up ``question`` rewritten by the judge model to stand without ``earlier``
+        (``kbloop.assistant.followup``); None when the rewrite is not accepted."""
+        started = time.perf_counter()
+        rewrite = standalone(self.second_checker.model, question, earlier)
+        timings["rewrite_s"] = round(time.perf_counter() - started, 4)
+        if rewrite:
+            timings["asked_as"] = rewrite
+        return rewrite
+
     def stream(self, question: str, history: list[tuple[str, str]] | None = None
                ) -> Iterator[str | Progress | Answer]:
         started = time.perf_counter()
-        hits = self.sources(question, history)
+        timings: dict = {}
+        asked = question
+        if history and self.kb.settings.rewrite_follow_ups and fold_query(question, history) != question:
+            yield Progress("reading the follow-up")
+            if (rewrite := self.follow_up(question, history[-1][0], timings)) is not None:
+                asked, history = rewrite, None  # it stands alone now: searched and answered as written
+        searching = time.perf_counter()
+        hits = self.sources(asked, history)
         retrieved = time.perf_counter()
-        timings = {"retrieve_s": round(retrieved - started, 4)}
+        timings["retrieve_s"] = round(retrieved - searching, 4)
         model, adapter = self.generator.spec, self.generator.adapter
+        user_question, question = question, asked
 
         def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
-            return Answer(question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
+            return Answer(user_question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
                           refusal_reason, self._sources(hits, cited), model, Path(adapter).name if adapter else None,
                           timings)
 
@@ -161,13 +181,15 @@ class Assistant:
         first_token: list[float] = []
         # History chose the sources (fold_query); the model sees this question alone, so that
         # nothing of an earlier answer is carried into this one.
-        text = yield from self._reply(build_messages(question, hits), stats, first_token, question, common)
+        read = narrowed(question, hits, self.kb.settings.passage_chars, self.kb.embedder)
+        text = yield from self._reply(build_messages(question, read), stats, first_token, question, common)
         if restates(text, question, common):  # held back, unshown
-            text = self._ask_again(question, hits, stats, first_token, timings, common)
+            text = self._ask_again(question, hits, read, stats, first_token, timings, common)
             yield text or NOT_IN_KB
         if text is not None and is_refusal(text) and self.kb.settings.read_again:
             yield Progress("reading again")
-            text, verdict = self._read_again(question, hits, stats, first_token, timings, common) or (text, None)
+            again = self._read_again(question, hits, read, stats, first_token, timings, common)
+            text, verdict = again or (text, None)
         else:
             verdict = None
         done = time.perf_counter()
@@ -197,8 +219,8 @@ class Assistant:
                 cited.add(verdict.passage)
             yield answer(text, None, sorted(cited))
 
-    def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
-                    common: frozenset[str]) -> tuple[str, Verdict] | None:
+    def _read_again(self, question: str, hits: list[Hit], read: list[Hit], stats: dict, first_token: list[float],
+                    timings: dict, common: frozenset[str]) -> tuple[str, Verdict] | None:
         """The answer of a second reading, after a reply that said the sources do not answer
         although they passed the relevance checks: the model, not offered the refusal this time,
         answers again, and the answer and the judge's verdict on it are returned only when it is
@@ -206,7 +228,7 @@ class Assistant:
         finds stated for exactly what was asked. None keeps the refusal."""
         timings["read_again"] = True
         started = time.perf_counter()
-        again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
+        again = finish(self._reply(build_messages(question, read, may_refuse=False), stats, first_token,
                                    question, common))
         verdict = None
         if again and not (is_refusal(again) or restates(again, question, common)
@@ -226,13 +248,13 @@ class Assistant:
         timings["total_s"] = round(time.perf_counter() - started + timings["total_s"], 4)
         return verdict
 
-    def _ask_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float],
+    def _ask_again(self, question: str, hits: list[Hit], read: list[Hit], stats: dict, first_token: list[float],
                    timings: dict, common: frozenset[str]) -> str | None:
         """The answer when the first reply only restated the question: the reply to asking once
         more, told not to; failing that, the sentence of the sources closest to the question;
         the refusal, or None, when no sentence is close."""
         timings["asked_again"] = True
-        again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
+        again = finish(self._reply(build_messages(question, read, again=True), stats, first_token,
                                    question, common))
         if not restates(again, question, common) and not is_refusal(again):
             return again

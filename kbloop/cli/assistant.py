@@ -8,6 +8,8 @@ from kbloop.cli.output import emit_json
 
 
 def print_sources(answer) -> None:
+    if answer.timings.get("asked_as"):  # a follow-up, rewritten to stand alone
+        click.echo(click.style(f"(read as: {answer.timings['asked_as']})", dim=True))
     if answer.refused:
         click.echo(f"\n({answer.refusal_reason})")
         return
