@@ -150,6 +150,7 @@ class Reply:
     completion_tokens: int | None = None
     refusal_reason: str | None = None
     steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted", "read_again"
+    asked_as: str | None = None  # kbloop: a chat follow-up as rewritten to stand alone
 
 
 def grade(item: dict, reply: Reply) -> bool:
@@ -233,6 +234,7 @@ class KbloopPipeline:
             prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
             refusal_reason=ans.refusal_reason,
             steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
+            asked_as=timings.get("asked_as"),
         )
 
     def close(self) -> None:
@@ -358,7 +360,7 @@ def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: 
         "id": item["id"], "set": item["set"], "pipeline": pipeline, "model": model,
         "question": item["question"], "expected": item["answer"], "accept": item.get("accept", []),
         "answer": reply.answer, "correct": grade(item, reply), "refused": reply.refused,
-        "refusal_reason": reply.refusal_reason, "steps": reply.steps,
+        "refusal_reason": reply.refusal_reason, "steps": reply.steps, "asked_as": reply.asked_as,
         "gold_sources": gold, "type": item.get("type"),
         # kbloop cites some of its sources; the plain pipeline shows all it was given.
         "cited_gold": bool(gold) and any(file_name(src["path"]) in gold for src in reply.sources

@@ -112,12 +112,13 @@ class Settings(BaseModel):
         ),
     )
     rewrite_follow_ups: bool = Field(
-        False,
+        True,
         description=(
             "In a chat, have the judge model (KBLOOP_JUDGE) rewrite a follow-up (\"which hook does it run?\") "
-            "from the two questions into one that stands alone, which is then searched and answered; a rewrite "
-            "that adds more than the earlier question's words is not used. Costs one short judge call per "
-            "follow-up (docs/answers.md)."
+            "from the two questions, never the earlier answer, into one that stands alone, which is then searched "
+            "and answered; a rewrite that adds more than the earlier question's words is not used. Costs one "
+            "short judge call per follow-up; one more right follow-up of 6 on each development corpus "
+            "(docs/answers.md)."
         ),
     )
     corrections_as_sources: bool = Field(

@@ -226,9 +226,10 @@ def test_ollama_down_is_one_clear_error():
 
 def test_chat_history_shapes_retrieval_only(sample_home, open_kb):
     """A follow-up is searched with the question before it, but the model sees only the current
-    question and its sources: no value of an earlier answer reaches a later one."""
+    question and its sources: no value of an earlier answer reaches a later one. (With a
+    follow-up rewritten to stand alone, test_followup.)"""
     with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 8735 by default.") as server:
-        kb = open_kb(sample_home)
+        kb = open_kb(sample_home, rewrite_follow_ups=False)
         kb.ingest()
         gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
         history = [("How long are snapshots kept?", "Snapshots are kept for 900 seconds.")]
