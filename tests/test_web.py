@@ -152,3 +152,31 @@ def test_page_shows_adapters_and_the_latest_evaluation_with_its_plots(site, brow
     image = browser.find_element(By.CSS_SELECTOR, "#eval-plots img")
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 40)
     assert page_errors(browser) == []
+
+
+def test_a_follow_up_shows_how_it_was_read(tmp_path, embedder, browser):
+    from fake_ollama import FakeOllama
+    from test_followup import REWRITE
+
+    from kbloop import models
+    from kbloop.config import Settings
+
+    def reply(body):
+        return REWRITE if body["model"] == "judge:1b" else "Harbor listens on TCP port 8735 by default."
+
+    home = make_home(tmp_path / "kb", embedder)
+    with FakeOllama(models=("qwen3:4b", "judge:1b"), reply=reply) as server:
+        generator = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        with serving(home, embedder, generator, judge="ollama:judge:1b", ollama_url=server.url,
+                     rewrite_follow_ups=True) as (url, _):
+            browser.get(url)
+            wait = WebDriverWait(browser, 90)
+            for question in (PORT_QUESTION, "Which key of the configuration file changes it?"):
+                browser.find_element(By.ID, "question").send_keys(question)
+                browser.find_element(By.ID, "ask-button").click()
+                wait.until(lambda d, q=question: d.find_element(By.CSS_SELECTOR, ".turn .question").text == q
+                           and d.find_element(By.CSS_SELECTOR, ".turn .answer").get_attribute("data-state") == "done")
+            first, second = browser.find_elements(By.CSS_SELECTOR, ".turn")[::-1]
+            assert not first.find_element(By.CSS_SELECTOR, ".read-as").is_displayed()
+            assert second.find_element(By.CSS_SELECTOR, ".read-as").text == f"read as: {REWRITE}"
+            assert page_errors(browser) == []

@@ -114,6 +114,12 @@ function progress(turn, text) {
 
 function showAnswer(turn, answer) {
   $(".answer", turn).textContent = answer.answer;
+  const readAs = answer.timings && answer.timings.asked_as;  // a follow-up, rewritten to stand alone
+  if (readAs) {
+    const node = $(".read-as", turn);
+    node.textContent = `read as: ${readAs}`;
+    node.hidden = false;
+  }
   if (answer.refused) {
     const refusal = $(".refusal", turn);
     refusal.textContent = answer.refusal_reason;
