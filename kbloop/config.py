@@ -79,14 +79,6 @@ class Settings(BaseModel):
         description="Where packaged models are assembled and converted once (shared by all homes).",
     )
     retrieve_k: int = Field(4, ge=1, le=50, description="Chunks put in front of the model for each question.")
-    passage_chars: int = Field(
-        0, ge=0, le=20000,
-        description=(
-            "Characters of each source the answering model reads: 0 reads whole chunks; a smaller number "
-            "cuts a longer chunk to its first sentence and the sentences closest to the question in meaning "
-            "(shorter prompts, a sooner first token; docs/answers.md)."
-        ),
-    )
     min_score: float = Field(
         0.42, ge=-1.0, le=1.0,
         description=(

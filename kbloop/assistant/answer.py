@@ -15,7 +15,6 @@ from typing import Any, Generator, Iterator
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, mentioned,
                                        new_words, restates, unmentioned_terms)
-from kbloop.assistant.passages import narrowed
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -181,14 +180,13 @@ class Assistant:
         first_token: list[float] = []
         # History chose the sources (fold_query); the model sees this question alone, so that
         # nothing of an earlier answer is carried into this one.
-        read = narrowed(question, hits, self.kb.settings.passage_chars, self.kb.embedder)
-        text = yield from self._reply(build_messages(question, read), stats, first_token, question, common)
+        text = yield from self._reply(build_messages(question, hits), stats, first_token, question, common)
         if restates(text, question, common):  # held back, unshown
-            text = self._ask_again(question, hits, read, stats, first_token, timings, common)
+            text = self._ask_again(question, hits, stats, first_token, timings, common)
             yield text or NOT_IN_KB
         if text is not None and is_refusal(text) and self.kb.settings.read_again:
             yield Progress("reading again")
-            again = self._read_again(question, hits, read, stats, first_token, timings, common)
+            again = self._read_again(question, hits, stats, first_token, timings, common)
             text, verdict = again or (text, None)
         else:
             verdict = None
@@ -219,8 +217,8 @@ class Assistant:
                 cited.add(verdict.passage)
             yield answer(text, None, sorted(cited))
 
-    def _read_again(self, question: str, hits: list[Hit], read: list[Hit], stats: dict, first_token: list[float],
-                    timings: dict, common: frozenset[str]) -> tuple[str, Verdict] | None:
+    def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
+                    common: frozenset[str]) -> tuple[str, Verdict] | None:
         """The answer of a second reading, after a reply that said the sources do not answer
         although they passed the relevance checks: the model, not offered the refusal this time,
         answers again, and the answer and the judge's verdict on it are returned only when it is
@@ -228,7 +226,7 @@ class Assistant:
         finds stated for exactly what was asked. None keeps the refusal."""
         timings["read_again"] = True
         started = time.perf_counter()
-        again = finish(self._reply(build_messages(question, read, may_refuse=False), stats, first_token,
+        again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
                                    question, common))
         verdict = None
         if again and not (is_refusal(again) or restates(again, question, common)
@@ -248,13 +246,13 @@ class Assistant:
         timings["total_s"] = round(time.perf_counter() - started + timings["total_s"], 4)
         return verdict
 
-    def _ask_again(self, question: str, hits: list[Hit], read: list[Hit], stats: dict, first_token: list[float],
+    def _ask_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float],
                    timings: dict, common: frozenset[str]) -> str | None:
         """The answer when the first reply only restated the question: the reply to asking once
         more, told not to; failing that, the sentence of the sources closest to the question;
         the refusal, or None, when no sentence is close."""
         timings["asked_again"] = True
-        again = finish(self._reply(build_messages(question, read, again=True), stats, first_token,
+        again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
                                    question, common))
         if not restates(again, question, common) and not is_refusal(again):
             return again
