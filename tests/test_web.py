@@ -179,4 +179,12 @@ def test_a_follow_up_shows_how_it_was_read(tmp_path, embedder, browser):
             first, second = browser.find_elements(By.CSS_SELECTOR, ".turn")[::-1]
             assert not first.find_element(By.CSS_SELECTOR, ".read-as").is_displayed()
             assert second.find_element(By.CSS_SELECTOR, ".read-as").text == f"read as: {REWRITE}"
+            # Rated as it was read: the evaluation item it makes stands alone.
+            second.find_element(By.CSS_SELECTOR, ".thumb[data-rating='down']").click()
+            wait.until(lambda d: second.find_element(By.CSS_SELECTOR, ".feedback-state").text)
             assert page_errors(browser) == []
+    manifest = Manifest(home.manifest_path)
+    try:
+        assert [c.question for c in FeedbackStore(manifest.db).eval_candidates()] == [REWRITE]
+    finally:
+        manifest.close()

@@ -148,8 +148,11 @@ function showAnswer(turn, answer) {
 function setUpFeedback(turn, answer) {
   const box = $(".feedback", turn);
   box.hidden = false;
+  // A follow-up is rated as it was read, so that it makes a question that stands alone (an
+  // evaluation item, a correction) and not "which hook does it run?".
+  const question = (answer.timings && answer.timings.asked_as) || answer.question;
   const rated = (rating) => ({
-    rating, question: answer.question, answer: answer.answer, refused: answer.refused,
+    rating, question, answer: answer.answer, refused: answer.refused,
     comment: $(".comment", box).value.trim() || null, model: answer.model, adapter: answer.adapter,
     sources: answer.sources.map(({ n, path, location, score, cited }) => ({ n, path, location, score, cited })),
   });
