@@ -94,7 +94,8 @@ async function ask(question) {
       }
       if (event.kbloop) {
         showAnswer(turn, event.kbloop);
-        state.history.push([question, event.kbloop.answer]);
+        // A follow-up is remembered as it was read, so the next one is read against it.
+        state.history.push([(event.kbloop.timings && event.kbloop.timings.asked_as) || question, event.kbloop.answer]);
       }
     }
     finish("done");
