@@ -408,7 +408,7 @@ def run_chats(pipeline: Any, model: str, chats: list[dict], out: Any) -> list[di
             out.flush()
             print(f"  chat {chat['id']} {turn['kind']:9} {turn['id']} correct={record['correct']!s:5} "
                   f"carried={record['carried_over']!s:5} answer={one_line(reply.answer, 60)!r}", flush=True)
-            history.append((reply.asked_as or turn["question"], reply.answer))  # as `kbloop chat` keeps it
+            history.append((turn["question"], reply.answer))
             earlier.append(turn)
     return records
 

@@ -96,11 +96,3 @@ def test_the_chat_shows_how_it_read_a_rewritten_follow_up(capsys):
 
     print_sources(Answer(FOLLOW_UP, "`listen_port`.", False, None, [], "m", None, {"asked_as": REWRITE}))
     assert f"(read as: {REWRITE})" in capsys.readouterr().out
-
-
-def test_a_chat_remembers_a_follow_up_as_it_was_read():
-    from kbloop.assistant.answer import Answer
-
-    rewritten = Answer(FOLLOW_UP, "`listen_port`.", False, None, [], "m", None, {"asked_as": REWRITE})
-    assert rewritten.as_asked == REWRITE
-    assert Answer(EARLIER, "8735.", False, None, [], "m", None, {}).as_asked == EARLIER

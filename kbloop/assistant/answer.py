@@ -70,12 +70,6 @@ class Answer:
         answer after it."""
         return (self.refused or bool(self.timings.get("read_again"))) and streamed.strip() != self.answer
 
-    @property
-    def as_asked(self) -> str:
-        """The question as it was searched and answered: a follow-up rewritten to stand alone,
-        which a chat's history keeps, so that the next follow-up is read against it."""
-        return self.timings.get("asked_as") or self.question
-
     def as_dict(self, with_text: bool = False) -> dict:
         data = asdict(self)
         if not with_text:

@@ -129,4 +129,4 @@ def _converse(assistant, refresh) -> None:
         refresh()  # an adapter promoted meanwhile answers the next question
         answer = stream_answer(assistant, question, history)
         print_sources(answer)
-        history.append((answer.as_asked, answer.answer))
+        history.append((question, answer.answer))

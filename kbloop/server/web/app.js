@@ -94,8 +94,7 @@ async function ask(question) {
       }
       if (event.kbloop) {
         showAnswer(turn, event.kbloop);
-        // A follow-up is remembered as it was read, so the next one is read against it.
-        state.history.push([(event.kbloop.timings && event.kbloop.timings.asked_as) || question, event.kbloop.answer]);
+        state.history.push([question, event.kbloop.answer]);
       }
     }
     finish("done");
