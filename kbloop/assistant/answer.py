@@ -84,12 +84,16 @@ FOLLOW_UP = re.compile(
 )
 
 
+def is_follow_up(question: str, history: list[tuple[str, str]] | None) -> bool:
+    """The question follows on from the one before it ("and how do I change it?"): it begins
+    or refers back like a follow-up, or is three words or fewer."""
+    return bool(history) and (bool(FOLLOW_UP.search(question)) or len(question.split()) <= 3)
+
+
 def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
-    """The retrieval query: a follow-up ("and how do I change it?") is read together with the
-    question before it; a question that stands on its own is searched alone."""
-    if not history or not (FOLLOW_UP.search(question) or len(question.split()) <= 3):
-        return question
-    return f"{history[-1][0]} {question}"
+    """The retrieval query: a follow-up is read together with the question before it; a
+    question that stands on its own is searched alone."""
+    return f"{history[-1][0]} {question}" if is_follow_up(question, history) else question
 
 
 class Assistant:
@@ -152,17 +156,16 @@ class Assistant:
                ) -> Iterator[str | Progress | Answer]:
         started = time.perf_counter()
         timings: dict = {}
-        asked = question
-        if history and self.kb.settings.rewrite_follow_ups and fold_query(question, history) != question:
+        user_question = question  # what the answer is shown under; ``question`` is what is answered
+        if self.kb.settings.rewrite_follow_ups and is_follow_up(question, history):
             yield Progress("reading the follow-up")
             if (rewrite := self.follow_up(question, history[-1][0], timings)) is not None:
-                asked, history = rewrite, None  # it stands alone now: searched and answered as written
+                question, history = rewrite, None  # it stands alone now: searched and answered as written
         searching = time.perf_counter()
-        hits = self.sources(asked, history)
+        hits = self.sources(question, history)
         retrieved = time.perf_counter()
         timings["retrieve_s"] = round(retrieved - searching, 4)
         model, adapter = self.generator.spec, self.generator.adapter
-        user_question, question = question, asked
 
         def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
             return Answer(user_question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
