@@ -19,7 +19,7 @@ On ``../shared/kbdev`` (or another benchmark folder, such as ``bench/pydev``), o
 ``--no-learn`` stops after step 4 (a few minutes instead of half an hour).
 
     python bench/corrections.py [--bench DIR] [--max-records 24] [--eval-items 12] [--no-learn]
-                                [--workdir DIR] [--keep]
+                                [--set KBLOOP_NAME=VALUE ...] [--workdir DIR] [--keep]
 
 The learn job builds extractive pairs only (``KBLOOP_DATASET_TEACHER_PAIRS=0``: the teacher's plan
 assumes 130 s a chunk here) and trains at most ``--max-records`` of the documents' records
@@ -112,9 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-items", type=int, default=12, help="KBLOOP_EVAL_MAX_ITEMS of the learn job")
     parser.add_argument("--no-learn", action="store_true",
                         help="stop after asking again with the corrections as sources, before the learn job")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a kbloop setting for this run's home, e.g. KBLOOP_FINETUNE_CORRECTION_REPEATS=16 "
+                             "(repeatable)")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
+    if bad := [s for s in args.settings if "=" not in s or not s.startswith("KBLOOP_")]:
+        parser.error(f"--set takes KBLOOP_NAME=VALUE, not {bad[0]!r}")
     items_path = args.items or ITEMS / f"{args.bench.resolve().name}.jsonl"
     items = [json.loads(line) for line in items_path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         home = make_kbloop_home(workdir / "kb", args.bench / "corpus" / "initial")
         extra = {"KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records),
                  "KBLOOP_EVAL_MAX_ITEMS": str(args.eval_items)}
+        extra |= dict(s.split("=", 1) for s in args.settings)
         if os.environ.get("KBLOOP_MODEL_CACHE"):
             extra["KBLOOP_MODEL_CACHE"] = os.environ["KBLOOP_MODEL_CACHE"]
         with open(home.env_file, "a") as fh:
