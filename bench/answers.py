@@ -219,8 +219,9 @@ def entry_settings(settings: Settings, entry: str) -> Settings:
 class KbloopPipeline:
     name = "kbloop"
 
-    def __init__(self, home: Home, embedder: Any, generator: Any, model: str):
-        settings = entry_settings(home.load_settings(), model)
+    def __init__(self, home: Home, embedder: Any, generator: Any, settings: Settings):
+        """``settings`` are the run's: the model entry's overrides and ``--engine`` applied, so
+        that the judge of a second reading runs as the generator does."""
         self.kb = KnowledgeBase(home, settings, embedder=embedder, generator=generator)
         self.assistant = Assistant(self.kb)
 
@@ -348,9 +349,9 @@ class Context:
     retrieval: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
-def open_pipeline(name: str, ctx: Context, generator: Any, model: str) -> Any:
+def open_pipeline(name: str, ctx: Context, generator: Any, settings: Settings) -> Any:
     if name == "kbloop":
-        return KbloopPipeline(ctx.home, ctx.embedder, generator, model)
+        return KbloopPipeline(ctx.home, ctx.embedder, generator, settings)
     return PlainPipeline(ctx.store, generator)
 
 
@@ -541,7 +542,7 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
             print(f"\n{model}: loaded and warmed up in {warm_seconds:.1f} s (not counted)")
             for name in args.pipelines:
                 print(f"{model} / {name}:", flush=True)
-                pipeline = open_pipeline(name, ctx, generator, model)
+                pipeline = open_pipeline(name, ctx, generator, run_settings)
                 try:
                     records = run_pipeline(pipeline, model, ctx, out)
                     chat = run_chats(pipeline, model, chats, out) if name == "kbloop" and chats else None

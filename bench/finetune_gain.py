@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from answers import (Context, KbloopPipeline, kbloop_retrieval, load_items, make_kbloop_home,  # noqa: E402
-                     run_pipeline, summarise)
+from answers import (Context, KbloopPipeline, entry_settings, kbloop_retrieval, load_items,  # noqa: E402
+                     make_kbloop_home, run_pipeline, summarise)
 from workdir import bench_workdir  # noqa: E402
 
 from kbloop import models  # noqa: E402
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                 generator = models.create("generator", args.model, Settings(model_cache=settings.model_cache))
                 generator.adapter = adapter_dir
                 print(f"== {args.model} with {label}", flush=True)
-                pipeline = KbloopPipeline(home, embedder, generator, args.model)
+                pipeline = KbloopPipeline(home, embedder, generator, entry_settings(home.load_settings(), args.model))
                 rows[label] = summarise(run_pipeline(pipeline, args.model, ctx, out))
                 pipeline.close()
     if trained:
