@@ -14,12 +14,15 @@ On ``../shared/kbdev`` (or another benchmark folder, such as ``bench/pydev``), o
    evaluate with the judge, promote when the gate accepts), timed;
 6. start the server again, with ``KBLOOP_CORRECTIONS_AS_SOURCES=false`` so that only what the
    adapter learned counts, and ask the same questions and paraphrases: it answers with the
-   adapter the gate promoted, or with the base model when the gate rejected the candidate.
+   adapter the gate promoted, or with the base model when the gate rejected the candidate;
+7. ask them once more as a user meets the assistant after the cycle: the promoted adapter, and
+   the corrections as sources, now matched through the phrasings the build kept as well.
 
 ``--no-learn`` stops after step 4 (a few minutes instead of half an hour).
 
     python bench/corrections.py [--bench DIR] [--max-records 24] [--eval-items 12] [--no-learn]
                                 [--set KBLOOP_NAME=VALUE ...] [--workdir DIR] [--keep]
+    python bench/corrections.py --ask DIR/kb [--bench DIR]   # ask again on a kept home
 
 The learn job builds extractive pairs only (``KBLOOP_DATASET_TEACHER_PAIRS=0``: the teacher's plan
 assumes 130 s a chunk here) and trains at most ``--max-records`` of the documents' records
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a kbloop setting for this run's home, e.g. KBLOOP_FINETUNE_CORRECTION_REPEATS=16 "
                              "(repeatable)")
+    parser.add_argument("--ask", type=Path, default=None, metavar="HOME",
+                        help="only ask the questions and paraphrases again, on the home a --keep run left "
+                             "(its workdir's kb/), as a user meets it: no ingest, corrections or learning")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
@@ -126,6 +132,11 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(__file__).parent / "out"
     out_dir.mkdir(exist_ok=True)
     out_path = out_dir / f"corrections-{args.bench.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    if args.ask:
+        with client_of(args.ask.resolve()) as client, open(out_path, "w") as out:
+            table([(f"asked again on {args.ask}", ask_all(client, items, "again", out))])
+        print(f"\nper item: {out_path}")
+        return
     with bench_workdir(args.workdir, args.keep, "kbloop-corrections-") as workdir, open(out_path, "w") as out:
         home = make_kbloop_home(workdir / "kb", args.bench / "corpus" / "initial")
         extra = {"KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records),
@@ -165,6 +176,10 @@ def main(argv: list[str] | None = None) -> None:
         print("== after the learn cycle, through the API, without the corrections as sources", flush=True)
         with client_of(home.root, KBLOOP_CORRECTIONS_AS_SOURCES="false") as client:
             after = ask_all(client, items, "after", out)
+        print("== after the learn cycle, as a user meets it: the adapter and the corrections as sources",
+              flush=True)
+        with client_of(home.root) as client:
+            after_both = ask_all(client, items, "after, with the corrections", out)
 
     evaluation = summary.get("evaluate")
     decision = evaluation.get("decision") if isinstance(evaluation, dict) else evaluation
@@ -172,19 +187,22 @@ def main(argv: list[str] | None = None) -> None:
           f"finetune {json.dumps(summary.get('finetune'))}; gate: {decision}")
     if isinstance(evaluation, dict):
         print("the gate's reasons:\n" + "\n".join(f"  {r}" for r in evaluation.get("reasons", [])))
-    table(sides + [("after the learn cycle, the adapter alone", after)])
+    table(sides + [("after the learn cycle, the adapter alone", after),
+                   ("after the learn cycle, the adapter and the corrections as sources", after_both)])
     print(f"\nper item: {out_path}")
 
 
 def table(sides: list[tuple[str, list[dict]]]) -> None:
-    print("| answers | asked: right | paraphrases: right | adapter |")
-    print("| --- | --- | --- | --- |")
+    print("| answers | asked: right | paraphrases: right | correction given (asked, paraphrases) | adapter |")
+    print("| --- | --- | --- | --- | --- |")
     for side, rows in sides:
         asked = [r for r in rows if r["kind"] == "asked"]
         para = [r for r in rows if r["kind"] == "paraphrase"]
         adapters = sorted({r["adapter"] or "none" for r in rows})
+        given = f"{sum(r['correction_given'] for r in asked)}/{len(asked)}, " \
+                f"{sum(r['correction_given'] for r in para)}/{len(para)}"
         print(f"| {side} | {sum(r['correct'] for r in asked)}/{len(asked)} | "
-              f"{sum(r['correct'] for r in para)}/{len(para)} | {', '.join(adapters)} |")
+              f"{sum(r['correct'] for r in para)}/{len(para)} | {given} | {', '.join(adapters)} |")
 
 
 if __name__ == "__main__":

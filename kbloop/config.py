@@ -124,8 +124,9 @@ class Settings(BaseModel):
     correction_match: float = Field(
         0.85, ge=0.0, le=1.0,
         description=(
-            "How close a question must be to a corrected one (cosine similarity of their embeddings) to be given "
-            "its correction (calibrated for local:all-minilm-l6-v2 on both development corpora; docs/answers.md)."
+            "How close a question must be to a corrected one, or to a phrasing of it that a dataset build kept "
+            "(cosine similarity of their embeddings), to be given its correction (calibrated for "
+            "local:all-minilm-l6-v2 on both development corpora; docs/answers.md)."
         ),
     )
     max_new_tokens: int = Field(200, ge=1, le=8192, description="Longest answer, in tokens.")

@@ -290,6 +290,23 @@ def test_of_two_corrections_of_one_question_the_newest_is_given(sample_kb):
     assert (hit.vector_id, hit.text, hit.score) == (-newer, CORRECTION_TEXT, 1.0)
 
 
+def test_a_kept_phrasing_lets_a_correction_answer_a_question_worded_far_from_the_one_asked(sample_kb):
+    kb = sample_kb
+    far = "What is the path of the directory where Harbor's stored data lives?"  # 0.84 from DATA_QUESTION
+    phrasing = "Which directory holds the data that Harbor stores?"  # 0.90 from ``far``
+    rid = kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)
+    threshold = kb.settings.correction_match
+    assert kb.corrections.best(far, threshold) is None
+    kb.settings = kb.settings.model_copy(update={"dataset_correction_phrasings": 1})
+    assert build(kb, rephraser=lambda: Scripted({"questions": [phrasing]})).correction_phrasings == 1
+    hit = kb.corrections.best(far, threshold)
+    assert (hit.vector_id, hit.text) == (-rid, CORRECTION_TEXT) and threshold <= hit.score < 1
+    assert kb.corrections.best(PORT_QUESTION, threshold) is None
+    # A withdrawn correction is matched through none of its phrasings either.
+    kb.feedback.withdraw(rid)
+    assert kb.corrections.best(far, threshold) is None and kb.corrections.best(phrasing, threshold) is None
+
+
 def test_a_question_is_embedded_once_for_its_search_and_its_correction(sample_kb, monkeypatch):
     kb = sample_kb
     kb.feedback.add("down", DATA_QUESTION, "In /tmp.", correction=CORRECTION_TEXT)

@@ -4,8 +4,9 @@ A thumbs-down that carries the right answer teaches the adapter at the next lear
 ``kbloop.dataset.corrections``). Until then, and whatever the training learns, the assistant
 reads the correction itself: when a question asks what a user corrected, that is when its
 embedding is within ``KBLOOP_CORRECTION_MATCH`` cosine similarity of the corrected question's,
-the correction is put in front of the model as one more source, first in rank and cited like
-any other. Several corrections of the same question: the closest wins, and of equally close
+or of one of the other phrasings of it that a dataset build wrote and kept for training, the
+correction is put in front of the model as one more source, first in rank and cited like any
+other. Several corrections of the same question: the closest wins, and of equally close
 ones the newest, so a user who corrects a correction is heard.
 
 Only questions that ask the same thing should match. The threshold was calibrated on both
@@ -46,25 +47,33 @@ def correction_hit(rating: Feedback, score: float) -> Hit:
 
 
 class CorrectionIndex:
-    """The corrected questions' embeddings, made once per correction and kept while the
-    knowledge base is open (a server's, for all its requests)."""
+    """The corrected questions' embeddings, and those of the other phrasings of them that
+    training kept, each made once and kept while the knowledge base is open (a server's, for
+    all its requests)."""
 
     def __init__(self, kb: Any):
         self.kb = kb
-        self._vectors: dict[int, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def best(self, question: str, threshold: float) -> Hit | None:
-        """The correction of a question that asks what ``question`` asks, or None."""
+        """The correction of a question that asks what ``question`` asks, or None. A correction
+        matches through the question as the user asked it or through any phrasing of it that a
+        dataset build kept (``kbloop.dataset.corrections``): those were checked to ask the same
+        thing, so a paraphrase worded far from the question asked can still be close to one."""
         ratings = self.kb.feedback.corrections()
         if not ratings:
             return None
+        from kbloop.dataset.store import DatasetStore
+
+        phrasings = DatasetStore(self.kb.home, self.kb.manifest).correction_phrasings()
+        asked = [(r, text) for r in ratings for text in dict.fromkeys([r.question, *phrasings.get(r.id, [])])]
         with self._lock:
-            new = [r for r in ratings if r.id not in self._vectors]
+            new = list(dict.fromkeys(text for _, text in asked if text not in self._vectors))
             if new:
-                vectors = self.kb.embedder.embed([r.question for r in new])
-                self._vectors.update((r.id, np.asarray(v, dtype=np.float32)) for r, v in zip(new, vectors))
+                vectors = self.kb.embedder.embed(new)
+                self._vectors.update((text, np.asarray(v, dtype=np.float32)) for text, v in zip(new, vectors))
             query = np.asarray(self.kb.embedder.embed_query(question), dtype=np.float32)
-            scored = [(round(float(self._vectors[r.id] @ query), 3), r.id, r) for r in ratings]
+            scored = [(round(float(self._vectors[text] @ query), 3), r.id, r) for r, text in asked]
         score, _, rating = max(scored, key=lambda s: s[:2])
         return correction_hit(rating, score) if score >= threshold else None

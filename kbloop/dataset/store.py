@@ -102,6 +102,18 @@ class DatasetStore:
             "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active' AND generator != ?",
             (CORRECTION,))}
 
+    def correction_phrasings(self) -> dict[int, list[str]]:
+        """The questions of each rating's active correction records, by rating id: the question
+        as asked and the other phrasings of it that a build kept."""
+        found: dict[int, list[str]] = {}
+        prefix = f"{CORRECTION}:"
+        for text_hash, question in self.db.execute(
+                "SELECT text_hash, question FROM dataset_records WHERE status = 'active' AND generator = ? "
+                "ORDER BY version, id", (CORRECTION,)):
+            if text_hash.startswith(prefix) and text_hash[len(prefix):].isdigit():
+                found.setdefault(int(text_hash[len(prefix):]), []).append(question)
+        return found
+
     def count_active(self, text_hashes: Collection[str]) -> int:
         """How many active records were built from these chunk texts."""
         if not text_hashes:
