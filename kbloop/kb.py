@@ -112,8 +112,9 @@ class KnowledgeBase:
     def corrections(self) -> CorrectionIndex:
         """Users' corrections, matched to the questions that ask what they corrected."""
         from kbloop.assistant.corrections import CorrectionIndex
+        from kbloop.dataset.store import DatasetStore
 
-        return CorrectionIndex(self)
+        return CorrectionIndex(self, phrasings=lambda: DatasetStore(self.home, self.manifest).correction_phrasings())
 
     def close(self) -> None:
         if "manifest" in self.__dict__:

@@ -22,6 +22,7 @@ not what it was shown.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,8 +52,10 @@ class CorrectionIndex:
     training kept, each made once and kept while the knowledge base is open (a server's, for
     all its requests)."""
 
-    def __init__(self, kb: Any):
+    def __init__(self, kb: Any, phrasings: Callable[[], dict[int, list[str]]] = dict):
+        """``phrasings`` gives the kept phrasings of each correction, by rating id."""
         self.kb = kb
+        self._phrasings = phrasings
         self._vectors: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -64,9 +67,7 @@ class CorrectionIndex:
         ratings = self.kb.feedback.corrections()
         if not ratings:
             return None
-        from kbloop.dataset.store import DatasetStore
-
-        phrasings = DatasetStore(self.kb.home, self.kb.manifest).correction_phrasings()
+        phrasings = self._phrasings()
         asked = [(r, text) for r in ratings for text in dict.fromkeys([r.question, *phrasings.get(r.id, [])])]
         with self._lock:
             new = list(dict.fromkeys(text for _, text in asked if text not in self._vectors))
