@@ -348,7 +348,7 @@ class Settings(BaseModel):
         ),
     )
     finetune_correction_repeats: int = Field(
-        8, ge=1, le=50,
+        16, ge=1, le=50,
         description=(
             "`kbloop finetune`: times each user's correction is trained per epoch, spread over the question as "
             "asked and its other phrasings (each at least once), its retrieved sources in another order each "
