@@ -114,7 +114,7 @@ class KnowledgeBase:
         from kbloop.assistant.corrections import CorrectionIndex
         from kbloop.dataset.store import DatasetStore
 
-        return CorrectionIndex(self, phrasings=lambda: DatasetStore(self.home, self.manifest).correction_phrasings())
+        return CorrectionIndex(self, phrasings=DatasetStore(self.home, self.manifest).correction_phrasings)
 
     def close(self) -> None:
         if "manifest" in self.__dict__:

@@ -52,8 +52,8 @@ class CorrectionIndex:
     training kept, each made once and kept while the knowledge base is open (a server's, for
     all its requests)."""
 
-    def __init__(self, kb: Any, phrasings: Callable[[], dict[int, list[str]]] = dict):
-        """``phrasings`` gives the kept phrasings of each correction, by rating id."""
+    def __init__(self, kb: Any, phrasings: Callable[[list[int]], dict[int, list[str]]] = lambda ids: {}):
+        """``phrasings`` gives the kept phrasings of the corrections of these rating ids, by id."""
         self.kb = kb
         self._phrasings = phrasings
         self._vectors: dict[str, np.ndarray] = {}
@@ -67,7 +67,7 @@ class CorrectionIndex:
         ratings = self.kb.feedback.corrections()
         if not ratings:
             return None
-        phrasings = self._phrasings()
+        phrasings = self._phrasings([r.id for r in ratings])
         asked = [(r, text) for r in ratings for text in dict.fromkeys([r.question, *phrasings.get(r.id, [])])]
         with self._lock:
             new = list(dict.fromkeys(text for _, text in asked if text not in self._vectors))

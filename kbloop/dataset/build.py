@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING
 
 from kbloop.dataset.answers import TeacherAnswers
 from kbloop.dataset.counts import BuildCounts
-from kbloop.dataset.corrections import correction_hash, correction_records
+from kbloop.dataset.corrections import correction_records
 from kbloop.dataset.extractive import Pair, extract_pairs
 from kbloop.dataset.filters import Deduplicator, length_problem, supported
 from kbloop.dataset.plan import Plan, plan
-from kbloop.dataset.records import Knowledge, Record, SourceChunk, assemble, in_eval_split, record_id
+from kbloop.dataset.records import (Knowledge, Record, SourceChunk, assemble, correction_hash, in_eval_split,
+                                    record_id)
 from kbloop.dataset.store import DatasetStore
 from kbloop.dataset.teacher import teacher_pairs
 from kbloop.fsutil import exclusive

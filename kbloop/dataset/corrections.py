@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from kbloop.assistant.answer import Assistant
-from kbloop.dataset.records import CORRECTION, Knowledge, Record
+from kbloop.dataset.records import CORRECTION, Knowledge, Record, correction_hash
 from kbloop.errors import BackendUnavailable
 from kbloop.models.jsonout import JsonOutputError
 from kbloop.text import normalise
@@ -44,11 +44,6 @@ PROMPT = (
     "A user asked:\n\"{question}\"\n\nWrite {k} other ways to ask exactly this question, each in different "
     "words. Keep the names of commands, options, settings and files as they are. Do not answer it."
 )
-
-
-def correction_hash(feedback_id: int) -> str:
-    """What a correction's records carry as their source's text hash: the rating, not a chunk."""
-    return f"{CORRECTION}:{feedback_id}"
 
 
 def correction_record_id(feedback_id: int, phrasing: str | None = None) -> str:

@@ -21,6 +21,11 @@ Split = Literal["train", "eval"]
 CORRECTION = "correction"  # the generator of records whose answer a user wrote (``kbloop.dataset.corrections``)
 
 
+def correction_hash(feedback_id: int) -> str:
+    """What a correction's records carry as their source's text hash: the rating, not a chunk."""
+    return f"{CORRECTION}:{feedback_id}"
+
+
 @dataclass
 class Knowledge:
     path: str

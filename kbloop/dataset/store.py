@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kbloop import __version__
 from kbloop.config import Home
-from kbloop.dataset.records import CORRECTION, Record, Split
+from kbloop.dataset.records import CORRECTION, Record, Split, correction_hash
 from kbloop.db import Migration, transaction
 from kbloop.errors import NotFound
 from kbloop.fsutil import atomic_write_bytes
@@ -102,16 +102,16 @@ class DatasetStore:
             "SELECT DISTINCT text_hash, path FROM dataset_records WHERE status = 'active' AND generator != ?",
             (CORRECTION,))}
 
-    def correction_phrasings(self) -> dict[int, list[str]]:
+    def correction_phrasings(self, rating_ids: Collection[int]) -> dict[int, list[str]]:
         """The questions of each rating's active correction records, by rating id: the question
         as asked and the other phrasings of it that a build kept."""
+        by_hash = {correction_hash(i): i for i in rating_ids}
         found: dict[int, list[str]] = {}
-        prefix = f"{CORRECTION}:"
         for text_hash, question in self.db.execute(
                 "SELECT text_hash, question FROM dataset_records WHERE status = 'active' AND generator = ? "
                 "ORDER BY version, id", (CORRECTION,)):
-            if text_hash.startswith(prefix) and text_hash[len(prefix):].isdigit():
-                found.setdefault(int(text_hash[len(prefix):]), []).append(question)
+            if text_hash in by_hash:
+                found.setdefault(by_hash[text_hash], []).append(question)
         return found
 
     def count_active(self, text_hashes: Collection[str]) -> int:

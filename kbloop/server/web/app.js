@@ -112,12 +112,14 @@ function progress(turn, text) {
   node.hidden = !text;
 }
 
+// A follow-up as the assistant rewrote it to stand alone, or null.
+const readAs = (answer) => (answer.timings && answer.timings.asked_as) || null;
+
 function showAnswer(turn, answer) {
   $(".answer", turn).textContent = answer.answer;
-  const readAs = answer.timings && answer.timings.asked_as;  // a follow-up, rewritten to stand alone
-  if (readAs) {
+  if (readAs(answer)) {
     const node = $(".read-as", turn);
-    node.textContent = `read as: ${readAs}`;
+    node.textContent = `read as: ${readAs(answer)}`;
     node.hidden = false;
   }
   if (answer.refused) {
@@ -150,7 +152,7 @@ function setUpFeedback(turn, answer) {
   box.hidden = false;
   // A follow-up is rated as it was read, so that it makes a question that stands alone (an
   // evaluation item, a correction) and not "which hook does it run?".
-  const question = (answer.timings && answer.timings.asked_as) || answer.question;
+  const question = readAs(answer) || answer.question;
   const rated = (rating) => ({
     rating, question, answer: answer.answer, refused: answer.refused,
     comment: $(".comment", box).value.trim() || null, model: answer.model, adapter: answer.adapter,
