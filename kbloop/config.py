@@ -174,6 +174,15 @@ class Settings(BaseModel):
         ),
     )
     search_k: int = Field(5, ge=1, le=200, description="Chunks returned by `kbloop search` by default.")
+    keyword_weight: float = Field(
+        1.0, ge=0.0, le=100.0,
+        description=(
+            "How much the keyword ranking (BM25 over the chunks' words) counts against the embedding ranking when "
+            "the two are fused: 1 counts them alike, 0 searches by embedding alone. At 3 the sources held more of "
+            "the benchmark questions' evidence on both development corpora, but the default model answered no "
+            "better on one and worse on the other, so 1 stays (docs/answers.md)."
+        ),
+    )
     vector_store: Literal["faiss", "qdrant"] = Field(
         "faiss",
         description=(

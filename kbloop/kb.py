@@ -142,7 +142,8 @@ class KnowledgeBase:
 
     @cached_property
     def retriever(self) -> Retriever:
-        return Retriever(self.manifest, self.store, lambda: self.embedder, self.settings.search_k)
+        return Retriever(self.manifest, self.store, lambda: self.embedder, self.settings.search_k,
+                         self.settings.keyword_weight)
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
         """The k chunks that best answer ``query`` (see ``kbloop.retrieval``)."""

@@ -4,7 +4,9 @@ The assistant, dataset building and evaluation all search through one ``Retrieve
 
 1. the query is embedded and the vector store gives its nearest chunks;
 2. the manifest's keyword index (BM25) gives the chunks that share its words;
-3. the two rankings are fused by reciprocal rank (RRF), which needs no score calibration;
+3. the two rankings are fused by reciprocal rank (RRF), which needs no score calibration; the
+   keyword ranking weighs ``KBLOOP_KEYWORD_WEIGHT`` times the vector ranking (1, alike;
+   bench/retrieval.py and docs/answers.md say what other weights do);
 4. each hit carries its cosine similarity to the query, whichever ranking found it, so scores
    mean the same thing everywhere (the refusal threshold reads them);
 5. chunks that contain the exact technical terms the question names come first.
@@ -21,12 +23,14 @@ from kbloop.text import technical_terms
 RRF_K = 60
 
 
-def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
-    """Ids ordered by the sum of 1 / (k + rank) over the rankings that hold them."""
+def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K,
+                           weights: list[float] | None = None) -> list[int]:
+    """Ids ordered by the sum of weight / (k + rank) over the rankings that hold them (each
+    ranking's weight 1 unless ``weights`` says otherwise)."""
     scores: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings)):
         for rank, item in enumerate(ranking, start=1):
-            scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
     return sorted(scores, key=lambda item: -scores[item])
 
 
@@ -38,11 +42,12 @@ class Retriever:
     """
 
     def __init__(self, manifest: Manifest, store: Callable[[], Any], embedder: Callable[[], Any],
-                 default_k: int):
+                 default_k: int, keyword_weight: float = 1.0):
         self.manifest = manifest
         self._store = store
         self._embedder = embedder
         self.default_k = default_k
+        self.keyword_weight = keyword_weight
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
         """The k chunks that best answer ``query``, best first."""
@@ -57,7 +62,7 @@ class Retriever:
         dense = dict(store.search(vector, depth))
         keyword = self.manifest.keyword_search(query, depth)
         scored = []
-        for vid in reciprocal_rank_fusion([list(dense), keyword])[:depth]:
+        for vid in reciprocal_rank_fusion([list(dense), keyword], weights=[1.0, self.keyword_weight])[:depth]:
             score = dense[vid] if vid in dense else _cosine(store, vid, vector)
             if score is not None:
                 scored.append((vid, score))

@@ -21,6 +21,7 @@ def test_defaults_and_environment_override_the_env_file(home):
 @pytest.mark.parametrize("key,value,expected", [
     ("KBLOOP_CHUNK_SIZE", "big", r"KBLOOP_CHUNK_SIZE='big'.*valid integer.*Characters per chunk"),
     ("KBLOOP_CHUNK_SIZE", "10", r"KBLOOP_CHUNK_SIZE='10'.*greater than or equal to 100"),
+    ("KBLOOP_KEYWORD_WEIGHT", "-1", r"KBLOOP_KEYWORD_WEIGHT='-1'.*greater than or equal to 0"),
     ("KBLOOP_EMBEDDER", "minilm", r"KBLOOP_EMBEDDER='minilm'.*provider:name"),
     ("KBLOOP_OLLAMA_URL", "localhost:11434", r"KBLOOP_OLLAMA_URL.*http\(s\) URL"),
     ("KBLOOP_CHUNK_OVERLAP", "900", r"KBLOOP_CHUNK_OVERLAP \(900\) must be smaller than KBLOOP_CHUNK_SIZE \(800\)"),
