@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 from pathlib import Path
 
+from answers import ingest_kbloop, make_kbloop_home, read_jsonl
 from kbloop import models
 from kbloop.assistant.answer import Assistant
-from kbloop.config import Home, Settings, init_home
+from kbloop.config import Home, Settings
 from kbloop.kb import KnowledgeBase
 from workdir import bench_workdir
 
@@ -51,18 +51,8 @@ def evidence_of(item: dict) -> list[str]:
     return [e for e in (item.get("evidence"), item.get("evidence2")) if e]
 
 
-def make_home(root: Path, corpus: Path, embedder) -> Home:
-    home = init_home(root)
-    docs = home.docs_dir(home.load_settings(environ={}))
-    for src in sorted(p for p in (corpus / "corpus" / "initial").iterdir() if p.is_file()):
-        shutil.copyfile(src, docs / src.name)
-    with KnowledgeBase(home, home.load_settings(environ={}), embedder=embedder) as kb:
-        kb.ingest()
-    return home
-
-
 def measure(home: Home, embedder, items: list[dict], weight: float) -> dict:
-    settings = home.load_settings(environ={}).model_copy(update={"keyword_weight": weight})
+    settings = home.load_settings().model_copy(update={"keyword_weight": weight})
     read = wide = whole = sentences = 0
     with KnowledgeBase(home, settings, embedder=embedder) as kb:
         assistant = Assistant(kb, verifier=None, corrections=False)
@@ -104,9 +94,9 @@ def main() -> None:
     rows = []
     with bench_workdir(args.workdir, args.keep, "kbloop-bench-retrieval-") as workdir:
         for name, corpus in corpora.items():
-            items = [json.loads(line) for line in (corpus / "qa_initial.jsonl").read_text().splitlines()
-                     if line.strip()]
-            home = make_home(workdir / name, corpus, embedder)
+            items = read_jsonl(corpus / "qa_initial.jsonl", None)
+            home = make_kbloop_home(workdir / name, corpus / "corpus" / "initial")
+            ingest_kbloop(home, embedder)
             for weight in weights:
                 rows.append({"corpus": name, **measure(home, embedder, items, weight)})
                 print(table(rows[-1:]).splitlines()[-1], flush=True)

@@ -117,9 +117,10 @@ const readAs = (answer) => (answer.timings && answer.timings.asked_as) || null;
 
 function showAnswer(turn, answer) {
   $(".answer", turn).textContent = answer.answer;
-  if (readAs(answer)) {
+  const rewrite = readAs(answer);
+  if (rewrite) {
     const node = $(".read-as", turn);
-    node.textContent = `read as: ${readAs(answer)}`;
+    node.textContent = `read as: ${rewrite}`;
     node.hidden = false;
   }
   if (answer.refused) {
