@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 import warnings
@@ -64,11 +63,11 @@ from typing import Any, Callable, Iterator
 
 from kbloop import models
 from kbloop.assistant.answer import Assistant
-from kbloop.config import Home, Settings, init_home
+from kbloop.config import Home, Settings
 from kbloop.evaluate.metrics import UNANSWERABLE, matches, reference_forms
 from kbloop.kb import KnowledgeBase
 from kbloop.prompt import is_refusal
-from workdir import bench_workdir
+from workdir import bench_workdir, corpus_home
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
@@ -175,14 +174,6 @@ def stream_timed(pieces: Iterator[str], stats: dict) -> tuple[str, float | None,
 
 
 # -- the kbloop pipeline ---------------------------------------------------------------------
-
-def make_kbloop_home(root: Path, corpus: Path) -> Home:
-    home = init_home(root)
-    docs = home.docs_dir(home.load_settings())
-    for src in sorted(p for p in corpus.iterdir() if p.is_file()):
-        shutil.copyfile(src, docs / src.name)
-    return home
-
 
 def ingest_kbloop(home: Home, embedder: Any) -> dict:
     with KnowledgeBase(home, embedder=embedder) as kb:
@@ -525,7 +516,7 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
           f"{sum(not answerable(i) for i in items)} unanswerable items)")
     print(f"workdir: {workdir}\nper-item results: {out_path}")
 
-    home = make_kbloop_home(workdir / "kbloop", corpus)
+    home = corpus_home(workdir / "kbloop", corpus)
     settings = home.load_settings()
     if args.engine:
         settings = settings.model_copy(update={"engine": args.engine})

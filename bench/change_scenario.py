@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from workdir import bench_workdir  # noqa: E402
+from workdir import bench_workdir, corpus_home  # noqa: E402
 
-from kbloop.config import Home, init_home  # noqa: E402
+from kbloop.config import Home  # noqa: E402
 from kbloop.dataset.build import build  # noqa: E402
 from kbloop.evaluate.run import evaluate  # noqa: E402
 from kbloop.finetune.registry import AdapterRegistry  # noqa: E402
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.reuse:
             home = Home(args.reuse.resolve())
         else:
-            home = init_home(workdir / "kb")
-            for src in sorted((args.kbdev / "corpus" / "initial").iterdir()):
-                shutil.copyfile(src, home.root / "docs" / src.name)
+            home = corpus_home(workdir / "kb", args.kbdev / "corpus" / "initial")
         with open(home.env_file, "a") as fh:
             fh.writelines(f"{k}={v}\n" for k, v in settings_lines.items())
         questions = question_file(workdir / "kbdev-questions.jsonl", args.kbdev, args.with_initial, args.questions)

@@ -47,9 +47,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from answers import Reply, grade, make_kbloop_home  # noqa: E402
+from answers import Reply, grade  # noqa: E402
 from load import kbloop, server_env, serving  # noqa: E402
-from workdir import bench_workdir  # noqa: E402
+from workdir import bench_workdir, corpus_home  # noqa: E402
 
 from kbloop.dataset.records import CORRECTION  # noqa: E402
 from kbloop.dataset.store import DatasetStore  # noqa: E402
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nper item: {out_path}")
         return
     with bench_workdir(args.workdir, args.keep, "kbloop-corrections-") as workdir, open(out_path, "w") as out:
-        home = make_kbloop_home(workdir / "kb", args.bench / "corpus" / "initial")
+        home = corpus_home(workdir / "kb", args.bench / "corpus" / "initial")
         extra = {"KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records),
                  "KBLOOP_EVAL_MAX_ITEMS": str(args.eval_items)}
         extra |= dict(s.split("=", 1) for s in args.settings)

@@ -58,7 +58,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -66,7 +65,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from workdir import bench_workdir
+from workdir import add_documents, bench_workdir, corpus_home
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO.parent / "shared" / "kbdev" / "corpus" / "initial"
@@ -259,22 +258,6 @@ def corpus_subset(corpus: Path, count: int) -> list[Path]:
     return files[:count] if count else files
 
 
-def make_home(root: Path, files: list[Path], settings: dict[str, str]):
-    from kbloop.config import init_home
-
-    home = init_home(root)
-    with open(home.env_file, "a", encoding="utf-8") as fh:
-        fh.writelines(f"{k}={v}\n" for k, v in settings.items())
-    add_documents(home, files)
-    return home
-
-
-def add_documents(home, files: list[Path]) -> None:
-    docs = home.docs_dir(home.load_settings())
-    for src in files:
-        shutil.copyfile(src, docs / src.name)
-
-
 def ingest_and_build(home, embedder) -> dict:
     from kbloop.dataset.build import build
     from kbloop.kb import KnowledgeBase
@@ -368,7 +351,7 @@ def measure_incremental(files: list[Path], share: float, per_file: dict[str, int
     settings = {"KBLOOP_GENERATOR": INCREMENTAL_MODEL, "KBLOOP_EMBEDDER": EMBEDDER,
                 "KBLOOP_DATASET_TEACHER_PAIRS": "0", "KBLOOP_FINETUNE_EPOCHS": str(epochs),
                 "KBLOOP_FINETUNE_PATIENCE": "0"}
-    home = make_home(workdir / "incremental", first, settings)
+    home = corpus_home(workdir / "incremental", first, settings)
     expected = sum(per_file.get(f.name, 0) for f in later) / max(sum(per_file.values()), 1)
     print(f"\n== incremental ({INCREMENTAL_MODEL}): {len(first)} documents first, then "
           f"{', '.join(f.name for f in later)} added (~{expected:.0%} of the training records)", flush=True)
@@ -470,7 +453,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
     started = time.perf_counter()
     # One home over the whole subset: part 1 trains from it, and its records per document
     # choose the update of part 3.
-    home = make_home(workdir / "throughput", files, {"KBLOOP_EMBEDDER": EMBEDDER,
+    home = corpus_home(workdir / "throughput", files, {"KBLOOP_EMBEDDER": EMBEDDER,
                                                      "KBLOOP_DATASET_TEACHER_PAIRS": "0",
                                                      "KBLOOP_FINETUNE_EPOCHS": str(args.epochs)})
     built = ingest_and_build(home, embedder)

@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from answers import (Context, KbloopPipeline, entry_settings, kbloop_retrieval, load_items,  # noqa: E402
-                     make_kbloop_home, run_pipeline, summarise)
-from workdir import bench_workdir  # noqa: E402
+                     run_pipeline, summarise)
+from workdir import bench_workdir, corpus_home  # noqa: E402
 
 from kbloop import models  # noqa: E402
 from kbloop.config import Home, Settings  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             version = max(p.name for p in home.adapters_dir.iterdir() if (p / "lineage.json").exists())
             trained = None
         else:
-            home = make_kbloop_home(workdir / "kb", args.kbdev / "corpus" / "initial")
+            home = corpus_home(workdir / "kb", args.kbdev / "corpus" / "initial")
             extra = {"KBLOOP_GENERATOR": args.model, "KBLOOP_FINETUNE_EPOCHS": str(args.epochs),
                      "KBLOOP_FINETUNE_MAX_RECORDS": str(args.max_records)}
             if args.lr:

@@ -50,12 +50,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import httpx  # noqa: E402
 
 from kbloop import models  # noqa: E402
-from kbloop.config import Home, Settings, init_home  # noqa: E402
+from kbloop.config import Home, Settings  # noqa: E402
 from kbloop.evaluate.judge import SCORE_PROMPT, SCORES_SCHEMA, SYSTEM  # noqa: E402
 from kbloop.kb import KnowledgeBase  # noqa: E402
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions  # noqa: E402
 from kbloop.models.llamacpp import LlamaCppGenerator  # noqa: E402
 from kbloop.prompt import build_messages  # noqa: E402
+from workdir import corpus_home  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
@@ -80,11 +81,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def kbdev_home(workdir: Path, bench: Path) -> Home:
     root = workdir / "home"
-    home = init_home(root) if not (root / ".env").exists() else Home(root)
-    docs = home.docs_dir(home.load_settings())
-    for src in sorted((bench / "corpus" / "initial").iterdir()):
-        if src.is_file():
-            shutil.copyfile(src, docs / src.name)
+    home = Home(root) if (root / ".env").exists() else corpus_home(root, bench / "corpus" / "initial")
     with KnowledgeBase(home, home.load_settings()) as kb:
         started = time.perf_counter()
         kb.ingest()

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from kbloop import models
-from kbloop.config import Home, init_home
+from kbloop.config import Home
 from kbloop.ingest.chunking import embed_text
 from kbloop.ingest.indexer import IngestCounts
 from kbloop.kb import KnowledgeBase
-from workdir import bench_workdir
+from workdir import bench_workdir, corpus_files, corpus_home
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO.parent / "shared" / "kbdev" / "corpus" / "initial"
@@ -87,19 +86,6 @@ def format_counts(counts: dict[str, int]) -> str:
 
 def format_samples(samples: list[float]) -> str:
     return "[" + ", ".join(f"{s:.4f}" for s in samples) + "]"
-
-
-def make_home(root: Path, files: list[Path]) -> Home:
-    """A new home at ``root`` whose docs/ holds writable copies of ``files``."""
-    home = init_home(root)
-    docs = home.docs_dir(home.load_settings())
-    for src in files:
-        shutil.copyfile(src, docs / src.name)  # content only: fresh mtime, default permissions
-    return home
-
-
-def corpus_files(corpus: Path) -> list[Path]:
-    return sorted(p for p in corpus.iterdir() if p.is_file())
 
 
 def swap_text(path: Path, old: str, new: str) -> None:
@@ -158,7 +144,7 @@ def measure_edit(home: Home, embedder: Any, workdir: Path, repeats: int) -> dict
         swap_text(edited, *edits[i % 2])
         counts, seconds = timed_ingest(home, embedder)
         reingest.append({"seconds": seconds, "counts": short_counts(counts)})
-        alone_home = make_home(workdir / f"alone-{i + 1}", [edited])
+        alone_home = corpus_home(workdir / f"alone-{i + 1}", [edited])
         counts, seconds = timed_ingest(alone_home, embedder)
         alone.append({"seconds": seconds, "counts": short_counts(counts)})
     return {
@@ -238,7 +224,7 @@ def run(corpus: Path, workdir: Path) -> dict:
     print(f"corpus: {corpus} ({len(files)} files)")
     print(f"workdir: {workdir}")
 
-    home = make_home(workdir / "full", files)
+    home = corpus_home(workdir / "full", files)
     embedder = models.create("embedder", EMBEDDER, home.load_settings())
     _, load_seconds = timed(lambda: embedder.embed(["warm up"]))
     print(f"embedder: {EMBEDDER} loaded and warmed up in {load_seconds:.2f} s (not counted)")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from answers import ingest_kbloop, make_kbloop_home, read_jsonl  # noqa: E402
-from workdir import bench_workdir  # noqa: E402
+from answers import ingest_kbloop, read_jsonl  # noqa: E402
+from workdir import bench_workdir, corpus_home  # noqa: E402
 
 from kbloop import models  # noqa: E402
 from kbloop.ingest.manifest import COMMON_META, Manifest  # noqa: E402
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for bench in args.bench or BENCHES:
             questions = [item["question"] for name in sorted(bench.glob("qa_*.jsonl"))
                          for item in read_jsonl(name, None)]
-            home = make_kbloop_home(workdir / bench.name, bench / "corpus" / "initial")
+            home = corpus_home(workdir / bench.name, bench / "corpus" / "initial")
             settings = home.load_settings()
             print(f"{bench.name}: ingest {ingest_kbloop(home, models.create('embedder', settings.embedder, settings))}",
                   flush=True)

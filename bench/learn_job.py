@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from answers import make_kbloop_home  # noqa: E402
 from load import interrupt, kbloop, server_env  # noqa: E402
+from workdir import corpus_home  # noqa: E402
 
 from kbloop.config import Home  # noqa: E402
 from kbloop.kb import KnowledgeBase  # noqa: E402
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.home is None:
         root = Path(time.strftime("/tmp/kbloop-learn-%Y%m%d-%H%M%S"))
-        home = make_kbloop_home(root / "kb", args.kbdev / "corpus" / "initial")
+        home = corpus_home(root / "kb", args.kbdev / "corpus" / "initial")
         with KnowledgeBase(home) as kb:
             kb.ingest()
             started = time.perf_counter()

@@ -24,12 +24,12 @@ import json
 import re
 from pathlib import Path
 
-from answers import ingest_kbloop, make_kbloop_home, read_jsonl
+from answers import ingest_kbloop, read_jsonl
 from kbloop import models
 from kbloop.assistant.answer import Assistant
 from kbloop.config import Home, Settings
 from kbloop.kb import KnowledgeBase
-from workdir import bench_workdir
+from workdir import bench_workdir, corpus_home
 
 REPO = Path(__file__).resolve().parent.parent
 CORPORA = {"kbdev": REPO.parent / "shared" / "kbdev", "pydev": REPO / "bench" / "pydev"}
@@ -95,7 +95,7 @@ def main() -> None:
     with bench_workdir(args.workdir, args.keep, "kbloop-bench-retrieval-") as workdir:
         for name, corpus in corpora.items():
             items = read_jsonl(corpus / "qa_initial.jsonl", None)
-            home = make_kbloop_home(workdir / name, corpus / "corpus" / "initial")
+            home = corpus_home(workdir / name, corpus / "corpus" / "initial")
             ingest_kbloop(home, embedder)
             for weight in weights:
                 rows.append({"corpus": name, **measure(home, embedder, items, weight)})
