@@ -60,7 +60,7 @@ class Retriever:
         vector = self._embedder().embed_query(query)
         depth = max(4 * k, 20)
         dense = dict(store.search(vector, depth))
-        keyword = self.manifest.keyword_search(query, depth)
+        keyword = self.manifest.keyword_search(query, depth) if self.keyword_weight > 0 else []
         scored = []
         for vid in reciprocal_rank_fusion([list(dense), keyword], weights=[1.0, self.keyword_weight])[:depth]:
             score = dense[vid] if vid in dense else _cosine(store, vid, vector)

@@ -23,3 +23,16 @@ def test_the_keyword_weight_decides_which_ranking_a_search_follows(sample_home, 
     assert open_kb(sample_home, keyword_weight=0.0).search(question, 3)[0].vector_id == by_embedding[0]
     assert open_kb(sample_home, keyword_weight=3.0).search(question, 3)[0].vector_id == by_keyword[0]
 
+
+
+def test_weight_zero_leaves_the_keyword_index_unread(sample_home, open_kb, embedder, monkeypatch):
+    kb = open_kb(sample_home, keyword_weight=0.0)
+    kb.ingest()
+
+    def unread(query, depth):
+        raise AssertionError("the keyword index was read although its ranking counts for nothing")
+
+    monkeypatch.setattr(kb.manifest, "keyword_search", unread)
+    question = "harbor verify checksum"
+    by_embedding = [vid for vid, _ in kb.store().search(embedder.embed_query(question), 3)]
+    assert [h.vector_id for h in kb.search(question, 3)][:1] == by_embedding[:1]
