@@ -184,12 +184,6 @@ def ingest_kbloop(home: Home, embedder: Any) -> dict:
             "failed": counts.files_failed}
 
 
-def kbloop_retrieval(home: Home, embedder: Any, items: list[dict]) -> dict[str, list[str]]:
-    """Top-5 files of ``kb.search`` for each question, by item id."""
-    with KnowledgeBase(home, embedder=embedder) as kb:
-        return {item["id"]: [file_name(h.path) for h in kb.search(item["question"], HIT_K)] for item in items}
-
-
 def model_entry(entry: str) -> tuple[str, dict[str, str]]:
     """``SPEC@setting=value@...``: the generator spec and the kbloop settings of its run."""
     spec, *pairs = entry.split("@")
@@ -215,6 +209,10 @@ class KbloopPipeline:
         that the judge of a second reading runs as the generator does."""
         self.kb = KnowledgeBase(home, settings, embedder=embedder, generator=generator)
         self.assistant = Assistant(self.kb)
+
+    def top_files(self, question: str) -> list[str]:
+        """The files of the first chunks ``kb.search`` finds, with this run's settings."""
+        return [file_name(h.path) for h in self.kb.search(question, HIT_K)]
 
     def answer(self, question: str, history: list[tuple[str, str]] | None = None) -> Reply:
         ans = self.assistant.ask(question, history)
@@ -289,11 +287,6 @@ def plain_search(store: Any, question: str, k: int) -> list[Any]:
     return store.similarity_search(question, k=k)
 
 
-def plain_retrieval(store: Any, items: list[dict]) -> dict[str, list[str]]:
-    return {item["id"]: [file_name(d.metadata.get("source", "")) for d in plain_search(store, item["question"], HIT_K)]
-            for item in items}
-
-
 def plain_messages(question: str, chunks: list[Any]) -> list[dict]:
     context = "\n\n".join(chunk.page_content for chunk in chunks)
     return [
@@ -308,6 +301,9 @@ class PlainPipeline:
     def __init__(self, store: Any, generator: Any):
         self.store = store
         self.generator = generator
+
+    def top_files(self, question: str) -> list[str]:
+        return [file_name(d.metadata.get("source", "")) for d in plain_search(self.store, question, HIT_K)]
 
     def answer(self, question: str) -> Reply:
         chunks = plain_search(self.store, question, PLAIN_CONTEXT_K)
@@ -337,7 +333,6 @@ class Context:
     embedder: Any
     home: Home
     store: Any = None
-    retrieval: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def open_pipeline(name: str, ctx: Context, generator: Any, settings: Settings) -> Any:
@@ -368,10 +363,10 @@ def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: 
 def run_pipeline(pipeline: Any, model: str, ctx: Context, out: Any) -> list[dict]:
     records = []
     for n, item in enumerate(ctx.items, 1):
+        top_files = pipeline.top_files(item["question"])
         started = time.perf_counter()
         reply = pipeline.answer(item["question"])
-        record = item_record(item, pipeline.name, model, reply, ctx.retrieval[pipeline.name][item["id"]],
-                             time.perf_counter() - started)
+        record = item_record(item, pipeline.name, model, reply, top_files, time.perf_counter() - started)
         records.append(record)
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
@@ -491,16 +486,14 @@ def summary_table(rows: list[dict]) -> str:
 # -- setup and main --------------------------------------------------------------------------
 
 def prepare(ctx: Context, pipelines: list[str], corpus: Path) -> dict:
-    """Index the corpus once for each pipeline and record each pipeline's retrieval."""
+    """Index the corpus once for each pipeline."""
     info = {}
     if "kbloop" in pipelines:
         info["kbloop"] = ingest_kbloop(ctx.home, ctx.embedder)
-        ctx.retrieval["kbloop"] = kbloop_retrieval(ctx.home, ctx.embedder, ctx.items)
         print(f"kbloop: ingested {info['kbloop']['files']} files, {info['kbloop']['chunks']} chunks "
               f"({info['kbloop']['failed']} failed) in {info['kbloop']['seconds']:.1f} s")
     if "plain" in pipelines:
         ctx.store, info["plain"] = build_plain_store(corpus, ctx.embedder)
-        ctx.retrieval["plain"] = plain_retrieval(ctx.store, ctx.items)
         print(f"plain: {info['plain']['documents']} LangChain documents, {info['plain']['chunks']} chunks "
               f"in {info['plain']['seconds']:.1f} s")
         for note in info["plain"]["notes"]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from answers import (Context, KbloopPipeline, entry_settings, kbloop_retrieval, load_items,  # noqa: E402
+from answers import (Context, KbloopPipeline, entry_settings, load_items,  # noqa: E402
                      run_pipeline, summarise)
 from workdir import bench_workdir, corpus_home  # noqa: E402
 
@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> None:
         adapter = home.adapters_dir / version
 
         ctx = Context(items=load_items(args.kbdev, None), embedder=embedder, home=home)
-        ctx.retrieval = {"kbloop": kbloop_retrieval(home, embedder, ctx.items)}
         rows = {}
         with open(out_dir / f"finetune-gain-{stamp}.jsonl", "w") as out:
             sides = [] if args.no_base else [("base", None)]

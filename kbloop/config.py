@@ -94,6 +94,23 @@ class Settings(BaseModel):
             "with the packaged judge it refused more right answers than wrong ones (docs/answers.md)."
         ),
     )
+    value_confidence: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description=(
+            "When the model gave a number of its answer (one the question does not hold) with less than this "
+            "probability, the judge model (KBLOOP_JUDGE) checks that a source states it for exactly what was "
+            "asked (KBLOOP_VALUE_SUPPORT). A value copied from a source comes with a probability near 1; one "
+            "picked for a setting the sources do not describe, often near 0.5. 0 turns the check off; llama.cpp "
+            "engine only (docs/answers.md)."
+        ),
+    )
+    value_support: float = Field(
+        0.75, ge=0.0, le=1.0,
+        description=(
+            "An answer whose value the model was unsure of (KBLOOP_VALUE_CONFIDENCE) stands only when the judge "
+            "model's probability that a source states it for exactly what was asked is at least this."
+        ),
+    )
     read_again: bool = Field(
         True,
         description=(

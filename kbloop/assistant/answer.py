@@ -14,7 +14,7 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, mentioned,
-                                       new_words, restates, unmentioned_terms)
+                                       new_words, restates, unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -204,7 +204,8 @@ class Assistant:
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
             "total_s": round(done - started, 4),
         })
-        if self.verifier is not None and text and verdict is None:
+        unsure = self._unsure_values(question, text, stats) if verdict is None else []
+        if (self.verifier is not None and text and verdict is None) or unsure:
             yield Progress("checking")
         if text is None:
             yield answer("", "the model only restated the question", [])
@@ -212,6 +213,8 @@ class Assistant:
             yield answer(text, "the model found no answer in the sources", [])
         elif invented := invented_numbers(text, question, hits):
             yield answer(text, f"the answer states {', '.join(invented)}, which no source contains", [])
+        elif unsure and (doubt := self._doubt(question, text, hits, unsure, timings)):
+            yield answer(text, doubt, [])
         elif (verdict := verdict or self._verify(question, text, hits, timings)) is not None and not verdict.stands:
             yield answer(text, verdict.reason, [])
         else:
@@ -238,6 +241,31 @@ class Assistant:
             timings["verdict"] = verdict.verdict if verdict else None
         timings["read_again_s"] = round(time.perf_counter() - started, 4)
         return (again, verdict) if verdict is not None and verdict.stands else None
+
+    def _unsure_values(self, question: str, text: str | None, stats: dict) -> list[tuple[str, float]]:
+        """The values of the answer the model gave with little confidence (KBLOOP_VALUE_CONFIDENCE),
+        when ``text`` is the model's last reply as it wrote it (not a quoted sentence)."""
+        threshold = self.kb.settings.value_confidence
+        last = stats.get("last_reply")
+        if not threshold or not text or last is None or last[0] != text or is_refusal(text):
+            return []
+        return unsure_values(last[1], question, last[2], threshold)
+
+    def _doubt(self, question: str, text: str, hits: list[Hit], unsure: list[tuple[str, float]],
+               timings: dict) -> str | None:
+        """Why an answer with a value the model was unsure of is refused: the judge found it
+        unlikely that a source states it for what was asked (KBLOOP_VALUE_SUPPORT). None lets it
+        stand, also when the judge gave no answer."""
+        started = time.perf_counter()
+        support = self.second_checker.support(question, text, hits)
+        value, probability = min(unsure, key=lambda u: u[1])
+        timings.update({"value_confidence": round(probability, 4), "support": support and round(support, 4),
+                        "support_s": round(time.perf_counter() - started, 4)})
+        timings["total_s"] = round(timings["total_s"] + timings["support_s"], 4)
+        if support is None or support >= self.kb.settings.value_support:
+            return None
+        return (f"the model was unsure of {value} (probability {probability:.2f}) and the check found it unlikely "
+                f"that a source states it for what was asked ({support:.2f})")
 
     def _verify(self, question: str, text: str, hits: list[Hit], timings: dict) -> Verdict | None:
         if self.verifier is None:
@@ -289,6 +317,7 @@ class Assistant:
         stats["prompt_tokens"] += call.get("prompt_tokens") or 0
         stats["completion_tokens"] += call.get("completion_tokens") or 0
         reply = clean_answer(shown.text)
+        stats["last_reply"] = (reply, shown.text, call.get("digit_probabilities") or [])
         if held and not (holding and restates(reply, question, common)):
             yield held
         return reply

@@ -19,7 +19,7 @@ import re
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import source_heading
-from kbloop.text import STOPWORDS, normalise, numbers, technical_terms, word_stems
+from kbloop.text import LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, technical_terms, word_stems
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
@@ -96,6 +96,25 @@ def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     stated = numbers(answer) - numbers(question)
     grounded = set().union(*(numbers(f"{source_heading(n, h)}\n{h.text}") for n, h in enumerate(hits, start=1)))
     return [] if stated & grounded else sorted(stated)
+
+
+def unsure_values(reply: str, question: str, digit_probabilities: list[tuple[int, int, float]],
+                  threshold: float) -> list[tuple[str, float]]:
+    """The numbers of ``reply`` (the model's text as generated) that the question does not hold
+    and whose first token the model gave with a probability under ``threshold``, each with that
+    probability. ``digit_probabilities`` are (offset, length, probability) of its tokens that
+    hold a digit. A value read from a source comes with a probability near 1; one chosen for a
+    setting the sources do not describe is often a guess between candidates."""
+    asked = numbers(question)
+    text = LIST_MARKER.sub(lambda m: " " * len(m.group()), reply)
+    unsure = []
+    for match in NUMBER.finditer(text):
+        value = match.group().replace(",", "")
+        start = match.start()
+        probability = next((p for offset, length, p in digit_probabilities if offset <= start < offset + length), None)
+        if value not in asked and probability is not None and probability < threshold:
+            unsure.append((value, probability))
+    return unsure
 
 
 def attribute(answer: str, question: str, hits: list[Hit], common: frozenset[str] = frozenset()) -> list[int]:

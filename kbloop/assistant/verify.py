@@ -13,6 +13,7 @@ An answer stands only on the verdict "stated"; the source the verifier names is 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from kbloop.errors import BackendUnavailable
@@ -38,6 +39,17 @@ Check the proposed answer against the sentences:
   "other_subject" when it gives it for something else (a similar but different setting, option,
   command, function or case); "not_stated" when no sentence gives it."""
 SOURCE_CHARS = 900
+SUPPORT_SYSTEM = "You check answers against documentation. You reply only Yes or No."
+SUPPORT_PROMPT = """Documentation:
+{sentences}
+
+Question: {question}
+Proposed answer: {answer}
+
+Does the documentation above give this answer to exactly this question, and not to a similar question \
+about a different setting, option, function or case? Reply Yes or No."""
+SUPPORT_SENTENCES = 4
+WORD = re.compile(r"[a-z0-9_.]+")
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,32 @@ class Verifier:
         if reply["verdict"] == "stated" and not carries_values(answer, nearby, question):
             return Verdict("not_stated", source)
         return Verdict(reply["verdict"], source)
+
+    def support(self, question: str, answer: str, hits: list[Hit]) -> float | None:
+        """The judge's probability that the sources state ``answer`` for exactly what was asked,
+        shown the sentences where it would be stated; None when the judge gave none (logged)."""
+        listed = "\n".join(f"- {text}" for text in support_sentences(question, answer, hits))
+        messages = [{"role": "system", "content": SUPPORT_SYSTEM},
+                    {"role": "user", "content": SUPPORT_PROMPT.format(sentences=listed, question=question,
+                                                                      answer=answer)}]
+        try:
+            return self.model.yes_probability(messages)
+        except (JsonOutputError, BackendUnavailable) as exc:
+            log.warning("answer's value not checked: %s", exc)
+            return None
+
+
+def words(text: str) -> set[str]:
+    return {w.strip(".") for w in WORD.findall(text.lower())} - {""}
+
+
+def support_sentences(question: str, answer: str, hits: list[Hit], count: int = SUPPORT_SENTENCES) -> list[str]:
+    """The ``count`` sentences of the sources that hold most of what the answer adds to the
+    question, then most of the question's words: where the answer would be stated."""
+    added, asked = words(answer) - words(question), words(question)
+    ranked = sorted((text for _, text in numbered_sentences(hits)),
+                    key=lambda text: (-len(added & words(text)), -len(asked & words(text))))
+    return ranked[:count]
 
 
 def carries_values(answer: str, quote: str, question: str) -> bool:

@@ -26,6 +26,8 @@ from kbloop.models.registry import ModelSpec, register
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+YES_NO = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+          "required": ["answer"]}
 
 
 class Generator(ABC):
@@ -72,6 +74,14 @@ class Generator(ABC):
 
     def _json_reply(self, messages: Messages, schema: dict, max_new_tokens: int) -> str:
         return self.generate(messages, max_new_tokens=max_new_tokens, temperature=0.0)
+
+    def yes_probability(self, messages: Messages) -> float:
+        """How sure the model is that the answer to ``messages`` (a yes/no question) is yes: 1.0
+        or 0.0 from its JSON verdict here; an engine that reads the model's probabilities
+        (llama.cpp) gives the probability itself. Raises JsonOutputError or BackendUnavailable."""
+        reply = self.complete_json(messages[-1]["content"], YES_NO, max_new_tokens=16,
+                                   system=next((m["content"] for m in messages if m["role"] == "system"), None))
+        return 1.0 if reply["answer"] == "yes" else 0.0
 
     def complete_json(self, prompt: str, schema: dict, *, system: str | None = None,
                       max_new_tokens: int = 512) -> Any:

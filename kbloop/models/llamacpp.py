@@ -33,6 +33,7 @@ from kbloop.text import StopFilter
 
 log = logging.getLogger(__name__)
 
+YES, NO = ("Yes", "yes", " Yes"), ("No", "no", " No")
 CONTEXT_TOKENS = 8192
 """Context window allocated per model: a question, four sources and a long answer fit with room."""
 
@@ -286,12 +287,18 @@ class LlamaCppGenerator(Generator):
             generated: list[int] = []
             text, stops = Utf8Stream(), StopFilter(stop or [])
             sampling = {"temp": temperature} if temperature > 0 else {"temp": 0.0, "top_k": 1}
+            digits: list[tuple[int, int, float]] = []
+            position = 0
             try:
                 for token in llm.generate(tokens, reset=True, grammar=grammar, **sampling):
                     if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
                         break
                     generated.append(token)
-                    piece = stops.feed(text.push(llm.detokenize([token])))
+                    decoded = text.push(llm.detokenize([token]))
+                    if stats is not None and any(ch.isdigit() for ch in decoded):
+                        digits.append((position, len(decoded), self._probability(llm, token)))
+                    position += len(decoded)
+                    piece = stops.feed(decoded)
                     if piece:
                         yield piece
                     if stops.stopped or len(generated) >= min(max_new_tokens, room) or is_looping(generated):
@@ -304,6 +311,38 @@ class LlamaCppGenerator(Generator):
                 if stats is not None:
                     stats["prompt_tokens"] = len(tokens)
                     stats["completion_tokens"] = len(generated)
+                    stats["digit_probabilities"] = digits
+
+    @staticmethod
+    def _probability(llm: Any, token: int) -> float:
+        """The probability the model gave ``token`` at the position it was just sampled for."""
+        import numpy as np
+
+        llama_cpp = _import()
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        return float(1.0 / np.exp(logits.astype(np.float64) - logits[token]).sum())
+
+    def yes_probability(self, messages: Messages) -> float:
+        """P(yes) / (P(yes) + P(no)) for the reply's first token: how sure the model is of a yes."""
+        import numpy as np
+
+        llama_cpp = _import()
+        with self._lock:
+            llm = self.load()
+            tokens = self.prompt_tokens(messages)
+            if len(tokens) >= CONTEXT_TOKENS:
+                raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
+            llm.reset()
+            llm.eval(tokens)
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
+                                           shape=(llm.n_vocab(),)).astype(np.float64)
+            weights = np.exp(logits - logits.max())
+            yes, no = (sum(weights[i] for i in self._first_tokens(llm, words)) for words in (YES, NO))
+            return float(yes / (yes + no)) if yes + no > 0 else 0.5
+
+    @staticmethod
+    def _first_tokens(llm: Any, words: tuple[str, ...]) -> set[int]:
+        return {llm.tokenize(w.encode("utf-8"), add_bos=False, special=False)[0] for w in words}
 
     def _json_reply(self, messages: Messages, schema: dict, max_new_tokens: int) -> str:
         """A reply the schema's grammar allows: always JSON of the right shape."""
