@@ -79,7 +79,27 @@ def test_it_streams_counts_tokens_and_stops_at_the_limit(engine):
     stats: dict = {}
     pieces = list(engine.stream(QUESTION, max_new_tokens=24, stats=stats))
     assert len(pieces) > 3 and "".join(pieces).strip()
-    assert stats == {"prompt_tokens": len(engine.prompt_tokens(QUESTION)), "completion_tokens": 24}
+    assert (stats["prompt_tokens"], stats["completion_tokens"]) == (len(engine.prompt_tokens(QUESTION)), 24)
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", pytest.param("transformers", marks=pytest.mark.slow)])
+def test_it_records_how_sure_the_model_was_of_each_digit_it_wrote(engine, model_cache, kind):
+    if kind == "transformers":
+        engine = models.create("generator", "local:smollm2-135m",
+                               Settings(model_cache=str(model_cache), engine="transformers"))
+    stats: dict = {}
+    count = [{"role": "user", "content": "Count from 1 to 12, separated by commas."}]
+    text = "".join(engine.stream(count, max_new_tokens=40, stats=stats))
+    digits = stats["digit_probabilities"]
+    assert digits and sum(ch.isdigit() for ch in text) >= len(digits)
+    for offset, length, probability in digits:
+        assert any(ch.isdigit() for ch in text[offset:offset + length]) and 0.0 < probability <= 1.0
+
+
+def test_the_probability_of_a_yes_is_read_from_the_model(engine):
+    ask = [{"role": "user", "content": "Is Paris the capital of France? Reply Yes or No."}]
+    probability = engine.yes_probability(ask)
+    assert 0.0 < probability < 1.0 and engine.yes_probability(ask) == probability
 
 
 def test_greedy_decoding_is_repeatable_and_honours_stop_strings(engine):

@@ -11,7 +11,8 @@ import pytest
 from fake_ollama import FakeOllama
 from kbloop import models
 from kbloop.assistant.answer import Assistant, Progress
-from kbloop.assistant.verify import Verifier, numbered_sentences
+from kbloop.assistant.grounding import unsure_values
+from kbloop.assistant.verify import Verifier, numbered_sentences, support_sentences
 from kbloop.config import Settings
 from kbloop.ingest.manifest import Hit
 from kbloop.models.jsonout import JsonOutputError
@@ -213,3 +214,70 @@ def test_a_streamed_refusal_that_the_second_reading_answers_is_replaced(tmp_path
     assert not events[-1]["kbloop"]["refused"]
     # Not streamed, only the final answer appears.
     assert whole["choices"][0]["message"]["content"] == "Harbor listens on TCP port 8735 by default."
+
+
+# -- values the model was unsure of -------------------------------------------------------------
+
+def test_only_the_answers_own_values_given_with_little_confidence_are_unsure():
+    reply = "1. The limit is 50 [2].\n2. It was 6700 in version 2.3, see [1]."
+    at = {value: reply.index(value) for value in ("50", "6700", "2.3")}
+    probabilities = [(0, 1, 0.2), (at["50"], 2, 0.45), (at["6700"], 2, 0.99), (at["2.3"], 1, 0.3),
+                     (reply.index("[2]") + 1, 1, 0.1), (reply.index("[1]") + 1, 1, 0.1)]
+    # the list markers and citation marks are not values; 2.3 is in the question; 6700 was read with confidence
+    assert unsure_values(reply, "What did version 2.3 set?", probabilities, 0.6) == [("50", 0.45)]
+    assert unsure_values(reply, "What did version 2.3 set?", probabilities, 0.4) == []
+
+
+def test_the_judge_is_shown_the_sentences_where_the_answer_would_be_stated():
+    sentences = support_sentences("What is the default of gc.autoPackLimit?", "The default is 50.", GC, count=4)
+    # the sentence holding the answer's value, after the one before it, which names its setting
+    assert sentences[0].startswith("gc.autoPackLimit When") and sentences[0].endswith("The default value is 50.")
+    assert len(sentences) == 4 and sentences[0].count("The default value") == 1
+
+
+def test_a_judge_that_only_says_yes_or_no_gives_a_certain_support(sample_home, open_kb):
+    question = "What is the default of gc.autoPackLimit?"
+    with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": "no"})) as server:
+        judge = models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url))
+        assert Verifier(judge).support(question, "It is 6700.", GC) == 0.0
+    with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": "yes"})) as server:
+        judge = models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url))
+        assert Verifier(judge).support(question, "It is 50.", GC) == 1.0
+    missing = models.create("judge", "ollama:judge:1b", Settings(ollama_url="http://127.0.0.1:9"))
+    assert Verifier(missing).support(question, "It is 50.", GC) is None
+
+
+@pytest.mark.parametrize("verdict", ["yes", "no"])
+def test_a_value_the_model_was_unsure_of_stands_only_when_the_judge_supports_it(
+        sample_home, open_kb, generator, verdict):
+    # Every value counts as unsure at a confidence threshold of 1, so the real model's answer
+    # goes to the judge, which says yes or no.
+    kb = open_kb(sample_home, value_confidence=1.0)
+    kb.ingest()
+    with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": verdict})) as server:
+        judge = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url)))
+        final = Assistant(kb, generator, None, second_checker=judge, corrections=False).ask(
+            "Which TCP port does Harbor listen on by default?")
+    assert 0.0 < final.timings["value_confidence"] < 1.0 and final.timings["support"] == (verdict == "yes")
+    if verdict == "yes":
+        assert not final.refused
+    else:
+        assert final.refused and final.answer == NOT_IN_KB and "unsure of" in final.refusal_reason
+
+
+def test_a_value_read_with_confidence_is_not_sent_to_the_judge(sample_home, open_kb, generator):
+    kb = open_kb(sample_home, value_confidence=0.0)  # the check is off
+    kb.ingest()
+    missing = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url="http://127.0.0.1:9")))
+    final = Assistant(kb, generator, None, second_checker=missing, corrections=False).ask(
+        "Which TCP port does Harbor listen on by default?")
+    assert "support" not in final.timings
+
+
+@pytest.mark.slow
+def test_the_packaged_judge_doubts_a_neighbouring_settings_value(packaged_judge):
+    for setting, right, neighbours in (("gc.autoPackLimit", 50, 6700), ("gc.auto", 6700, 50)):
+        question = f"What is the default value of {setting}?"
+        support = {value: packaged_judge.support(question, f"The default value of {setting} is {value}.", GC)
+                   for value in (right, neighbours)}
+        assert support[right] > support[neighbours]

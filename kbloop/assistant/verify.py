@@ -132,11 +132,15 @@ def words(text: str) -> set[str]:
 
 def support_sentences(question: str, answer: str, hits: list[Hit], count: int = SUPPORT_SENTENCES) -> list[str]:
     """The ``count`` sentences of the sources that hold most of what the answer adds to the
-    question, then most of the question's words: where the answer would be stated."""
+    question, then most of the question's words: where the answer would be stated. Each comes
+    after the sentence before it in its source, which often names what it is about ("gc.auto
+    When there are ... The default value is 6700.")."""
+    sentences = numbered_sentences(hits)
     added, asked = words(answer) - words(question), words(question)
-    ranked = sorted((text for _, text in numbered_sentences(hits)),
-                    key=lambda text: (-len(added & words(text)), -len(asked & words(text))))
-    return ranked[:count]
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(added & words(sentences[i][1])),
+                                                          -len(asked & words(sentences[i][1]))))
+    return [" ".join(text for source, text in sentences[max(i - 1, 0):i + 1] if source == sentences[i][0])
+            for i in ranked[:count]]
 
 
 def carries_values(answer: str, quote: str, question: str) -> bool:

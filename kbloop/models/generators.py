@@ -179,6 +179,7 @@ class TransformersGenerator(Generator):
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
             streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancel()]),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling,
+            return_dict_in_generate=True, output_scores=stats is not None,
         )
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=tokenizer)
@@ -205,10 +206,27 @@ class TransformersGenerator(Generator):
                 worker.join()
                 # Also when the reader stopped early: the counts are of what was generated.
                 if stats is not None and result:
+                    generated = result[0].sequences[0, prompt_length:].tolist()
                     stats["prompt_tokens"] = int(prompt_length)
-                    stats["completion_tokens"] = int(result[0].shape[1] - prompt_length)
+                    stats["completion_tokens"] = len(generated)
+                    stats["digit_probabilities"] = digit_probabilities(tokenizer, generated, result[0].scores)
         if failure:
             raise failure[0]
+
+
+def digit_probabilities(tokenizer: Any, generated: list[int], scores: Any) -> list[tuple[int, int, float]]:
+    """(offset, length, probability) of each generated token that holds a digit, offsets in the
+    decoded reply; ``scores`` are the logits each token was chosen from."""
+    import torch
+
+    found, position = [], 0
+    for step, token in enumerate(generated[:len(scores)]):
+        text = tokenizer.decode(generated[:step + 1], skip_special_tokens=True)
+        piece = text[position:]
+        if any(ch.isdigit() for ch in piece):
+            found.append((position, len(piece), float(torch.softmax(scores[step][0].float(), -1)[token])))
+        position = len(text)
+    return found
 
 
 def with_adapter(model: Any, adapter: Path | None) -> Any:
