@@ -150,6 +150,8 @@ class Reply:
     refusal_reason: str | None = None
     steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted", "read_again"
     asked_as: str | None = None  # kbloop: a chat follow-up as rewritten to stand alone
+    value_confidence: float | None = None  # kbloop: the least sure value of an answer the judge then checked
+    support: float | None = None  # kbloop: the judge's probability that a source states that value
 
 
 def grade(item: dict, reply: Reply) -> bool:
@@ -225,6 +227,7 @@ class KbloopPipeline:
             refusal_reason=ans.refusal_reason,
             steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
             asked_as=timings.get("asked_as"),
+            value_confidence=timings.get("value_confidence"), support=timings.get("support"),
         )
 
     def close(self) -> None:
@@ -348,6 +351,7 @@ def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: 
         "question": item["question"], "expected": item["answer"], "accept": item.get("accept", []),
         "answer": reply.answer, "correct": grade(item, reply), "refused": reply.refused,
         "refusal_reason": reply.refusal_reason, "steps": reply.steps, "asked_as": reply.asked_as,
+        "value_confidence": reply.value_confidence, "support": reply.support,
         "gold_sources": gold, "type": item.get("type"),
         # kbloop cites some of its sources; the plain pipeline shows all it was given.
         "cited_gold": bool(gold) and any(file_name(src["path"]) in gold for src in reply.sources

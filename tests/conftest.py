@@ -33,10 +33,11 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(key)
     # Keep test processes from fighting over the 2 cores.
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    # The answer check and the second reading of a refusal load the 1.5B judge; their own tests
-    # turn them on, whatever the defaults.
+    # The answer check, the second reading of a refusal and the check of a value the model was
+    # unsure of load the 1.5B judge; their own tests turn them on, whatever the defaults.
     monkeypatch.setenv("KBLOOP_VERIFY_ANSWERS", "false")
     monkeypatch.setenv("KBLOOP_READ_AGAIN", "false")
+    monkeypatch.setenv("KBLOOP_VALUE_CONFIDENCE", "0")
 
 
 @pytest.fixture(scope="session")
