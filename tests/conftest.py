@@ -103,6 +103,7 @@ def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KBLOOP_")}
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["KBLOOP_VERIFY_ANSWERS"] = "false"
+    env["KBLOOP_VALUE_CONFIDENCE"] = "0"  # its own tests turn it on
     if home is not None:
         env["KBLOOP_HOME"] = str(home)
     env.update(extra)
