@@ -100,8 +100,8 @@ class Settings(BaseModel):
             "When the model gave a number of its answer (one the question does not hold) with less than this "
             "probability, the judge model (KBLOOP_JUDGE) checks that a source states it for exactly what was "
             "asked (KBLOOP_VALUE_SUPPORT). A value copied from a source comes with a probability near 1; one "
-            "picked for a setting the sources do not describe, often near 0.5. 0 turns the check off; llama.cpp "
-            "engine only (docs/answers.md)."
+            "picked for a setting the sources do not describe, often near 0.5. 0 turns the check off. Local "
+            "models only: an Ollama generator reports no probabilities (docs/answers.md)."
         ),
     )
     value_support: float = Field(

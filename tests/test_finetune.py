@@ -41,6 +41,9 @@ SETTINGS = {
     "KBLOOP_FINETUNE_MAX_SEQ_LEN": "640",
     "KBLOOP_RETRIEVE_K": "2",
     "KBLOOP_MAX_NEW_TOKENS": "24",
+    # Module fixtures open homes before the per-test environment applies: the value check would
+    # call the judge, whose calls these tests count (tests/test_verify.py tests it).
+    "KBLOOP_VALUE_CONFIDENCE": "0",
 }
 PIER = "# pier(1)\n\n## OPTIONS\n\n--slow Move slowly along the pier. The default is 3 knots.\n\n" \
        "--fast Move quickly along the pier. Defaults to 12 knots.\n"

@@ -256,8 +256,9 @@ def test_a_value_the_model_was_unsure_of_stands_only_when_the_judge_supports_it(
     kb.ingest()
     with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": verdict})) as server:
         judge = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url)))
-        final = Assistant(kb, generator, None, second_checker=judge, corrections=False).ask(
+        *pieces, final = Assistant(kb, generator, None, second_checker=judge, corrections=False).stream(
             "Which TCP port does Harbor listen on by default?")
+    assert Progress("checking") in pieces
     assert 0.0 < final.timings["value_confidence"] < 1.0 and final.timings["support"] == (verdict == "yes")
     if verdict == "yes":
         assert not final.refused

@@ -158,7 +158,8 @@ class TransformersGenerator(Generator):
 
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
                stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
+                                  TextIteratorStreamer)
 
         model, tokenizer = self.load()
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
@@ -174,13 +175,26 @@ class TransformersGenerator(Generator):
             def __call__(self, input_ids, scores, **kwargs):
                 return cancelled.is_set() or is_looping(input_ids[0, prompt_length:].tolist())
 
+        chosen: list[tuple[int, float]] = []
+
+        class Chosen(LogitsProcessor):
+            """Records the token greedy decoding picks at each step and its probability."""
+
+            def __call__(self, input_ids, scores):
+                import torch
+
+                probability, token = torch.softmax(scores[0].float(), -1).max(-1)
+                chosen.append((int(token), float(probability)))
+                return scores
+
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         kwargs = dict(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens,
             streamer=streamer, stopping_criteria=StoppingCriteriaList([Cancel()]),
             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling,
-            return_dict_in_generate=True, output_scores=stats is not None,
         )
+        if stats is not None and temperature <= 0:
+            kwargs["logits_processor"] = LogitsProcessorList([Chosen()])
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=tokenizer)
         failure: list[BaseException] = []
@@ -206,25 +220,24 @@ class TransformersGenerator(Generator):
                 worker.join()
                 # Also when the reader stopped early: the counts are of what was generated.
                 if stats is not None and result:
-                    generated = result[0].sequences[0, prompt_length:].tolist()
+                    generated = result[0][0, prompt_length:].tolist()
                     stats["prompt_tokens"] = int(prompt_length)
                     stats["completion_tokens"] = len(generated)
-                    stats["digit_probabilities"] = digit_probabilities(tokenizer, generated, result[0].scores)
+                    stats["digit_probabilities"] = digit_probabilities(tokenizer, generated, chosen)
         if failure:
             raise failure[0]
 
 
-def digit_probabilities(tokenizer: Any, generated: list[int], scores: Any) -> list[tuple[int, int, float]]:
+def digit_probabilities(tokenizer: Any, generated: list[int],
+                        chosen: list[tuple[int, float]]) -> list[tuple[int, int, float]]:
     """(offset, length, probability) of each generated token that holds a digit, offsets in the
-    decoded reply; ``scores`` are the logits each token was chosen from."""
-    import torch
-
+    decoded reply; ``chosen`` is the greedy choice and its probability at each step."""
     found, position = [], 0
-    for step, token in enumerate(generated[:len(scores)]):
+    for step, (token, (pick, probability)) in enumerate(zip(generated, chosen)):
         text = tokenizer.decode(generated[:step + 1], skip_special_tokens=True)
         piece = text[position:]
-        if any(ch.isdigit() for ch in piece):
-            found.append((position, len(piece), float(torch.softmax(scores[step][0].float(), -1)[token])))
+        if token == pick and any(ch.isdigit() for ch in piece):
+            found.append((position, len(piece), probability))
         position = len(text)
     return found
 
