@@ -314,19 +314,24 @@ class LlamaCppGenerator(Generator):
                     stats["digit_probabilities"] = digits
 
     @staticmethod
-    def _probability(llm: Any, token: int) -> float:
+    def _last_logits(llm: Any) -> Any:
+        """The logits of the last position evaluated (what the next token is sampled from), as float64."""
+        import numpy as np
+
+        pointer = _import().llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).astype(np.float64)
+
+    def _probability(self, llm: Any, token: int) -> float:
         """The probability the model gave ``token`` at the position it was just sampled for."""
         import numpy as np
 
-        llama_cpp = _import()
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
-        return float(1.0 / np.exp(logits.astype(np.float64) - logits[token]).sum())
+        logits = self._last_logits(llm)
+        return float(1.0 / np.exp(logits - logits[token]).sum())
 
     def yes_probability(self, messages: Messages) -> float:
         """P(yes) / (P(yes) + P(no)) for the reply's first token: how sure the model is of a yes."""
         import numpy as np
 
-        llama_cpp = _import()
         with self._lock:
             llm = self.load()
             tokens = self.prompt_tokens(messages)
@@ -334,8 +339,7 @@ class LlamaCppGenerator(Generator):
                 raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
             llm.reset()
             llm.eval(tokens)
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1),
-                                           shape=(llm.n_vocab(),)).astype(np.float64)
+            logits = self._last_logits(llm)
             weights = np.exp(logits - logits.max())
             yes, no = (sum(weights[i] for i in self._first_tokens(llm, words)) for words in (YES, NO))
             return float(yes / (yes + no)) if yes + no > 0 else 0.5
