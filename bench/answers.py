@@ -315,7 +315,7 @@ class PlainPipeline:
                                        max_new_tokens=PLAIN_MAX_NEW_TOKENS, stats=stats)
         text, first_token_s, tps = stream_timed(pieces, stats)
         return Reply(
-            answer=text, refused=is_refusal(text),
+            answer=text, refused=is_refusal(text, question),
             sources=[{"path": file_name(c.metadata.get("source", "")), "page": c.metadata.get("page")}
                      for c in chunks],
             first_token_s=first_token_s, tokens_per_s=tps,

@@ -120,6 +120,14 @@ class Settings(BaseModel):
             "refuses it. Costs a second reply and a judge call, only for such refusals (docs/answers.md)."
         ),
     )
+    read_again_with: Literal["judge", "generator"] = Field(
+        "judge",
+        description=(
+            "Which model reads the sources the second time (KBLOOP_READ_AGAIN): the judge model (KBLOOP_JUDGE), "
+            "larger than the default generator, which found more of the answers the generator had missed on both "
+            "development corpora; or the generator again (docs/answers.md)."
+        ),
+    )
     rewrite_follow_ups: bool = Field(
         True,
         description=(

@@ -78,10 +78,20 @@ def clean_answer(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def is_refusal(answer: str) -> bool:
-    """The model said the sources do not answer the question (judged on its first sentence)."""
+def is_refusal(answer: str, question: str = "") -> bool:
+    """The model said the sources do not answer the question (judged on its first sentence).
+    Words the answer repeats from the question do not count: "plistlib.dump() writes XML when
+    fmt is not given" answers "Which format does it write when fmt is not given?"."""
     head = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
-    return not answer.strip() or bool(REFUSAL.search(head))
+    asked = " ".join(question.lower().split())
+    return not answer.strip() or any(not (asked and copied(head, match, asked)) for match in REFUSAL.finditer(head))
+
+
+def copied(text: str, match: re.Match, asked: str) -> bool:
+    """The refusal phrase ``match`` of ``text`` stands in ``asked`` too, with the two words
+    before it: the answer repeats the question there."""
+    before = text[:match.start()].split()[-2:]
+    return " ".join([*before, *match.group(0).lower().split()]).lower() in asked
 
 
 def cited_numbers(answer: str, n_sources: int) -> list[int]:

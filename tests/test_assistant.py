@@ -91,6 +91,14 @@ def test_refusal_detection(text, refused):
     assert is_refusal(text) is refused
 
 
+def test_refusal_words_copied_from_the_question_are_not_a_refusal():
+    question = "Which plist format does plistlib.dump() write when fmt is not given?"
+    assert not is_refusal("plistlib.dump() writes XML when fmt is not given.", question)
+    assert is_refusal("plistlib.dump() writes XML when fmt is not given.")
+    assert is_refusal("The format is not given in the sources.", question)
+    assert is_refusal("The sources do not mention it when fmt is not given.", question)
+
+
 def test_follow_up_questions_fold_the_history_into_retrieval():
     assert fold_query("And how do I change it?", [("Which port does Harbor use?", "8735")]) == \
         "Which port does Harbor use? And how do I change it?"

@@ -148,6 +148,7 @@ def judge_naming(value: str, verdict: str):
     return reply
 
 
+@pytest.mark.parametrize("reader", ["judge", "generator"])
 @pytest.mark.parametrize("second,verdict,stands,judged", [
     ("Harbor listens on TCP port 8735 by default.", "stated", True, True),
     ("Harbor listens on TCP port 8735 by default.", "other_subject", False, True),
@@ -155,27 +156,32 @@ def judge_naming(value: str, verdict: str):
     ("I don't know.", "stated", False, False),
 ])
 def test_a_refusal_is_read_again_and_the_answer_stands_only_when_the_judge_confirms_it(
-        sample_home, open_kb, second, verdict, stands, judged):
+        sample_home, open_kb, second, verdict, stands, judged, reader):
     replies = iter(["I don't know.", second])
     judge = judge_naming("8735", verdict)
     with FakeOllama(models=("qwen3:4b", "judge:1b"),
-                    reply=lambda body: judge(body) if body["model"] == "judge:1b" else next(replies)) as server:
-        kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)
+                    reply=lambda body: judge(body) if "JSON" in body["messages"][0]["content"]
+                    else next(replies)) as server:
+        kb = open_kb(sample_home, read_again=True, read_again_with=reader, judge="ollama:judge:1b",
+                     ollama_url=server.url)
         kb.ingest()
         gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
         *pieces, final = Assistant(kb, gen).stream(QUESTION)
         chats = [body for path, body in server.requests if path == "/api/chat"]
-    asked = [body for body in chats if body["model"] == "qwen3:4b"]
-    assert len(asked) == 2 and len(chats) - len(asked) == int(judged)
+    answers = [body for body in chats if "JSON" not in body["messages"][0]["content"]]
+    assert [body["model"] for body in answers] == ["qwen3:4b", "judge:1b" if reader == "judge" else "qwen3:4b"]
+    assert len(chats) - len(answers) == int(judged)
     # The second time the model is not offered the refusal.
-    assert "I don't know" in asked[0]["messages"][0]["content"]
-    assert "I don't know" not in asked[1]["messages"][0]["content"]
+    assert "I don't know" in answers[0]["messages"][0]["content"]
+    assert "I don't know" not in answers[1]["messages"][0]["content"]
     assert Progress("reading again") in pieces and final.timings["read_again"] is True
     streamed = "".join(p for p in pieces if isinstance(p, str))
     assert streamed == "I don't know." and final.retracts(streamed)
     if stands:
         assert not final.refused and final.answer == second and final.timings["verdict"] == "stated"
         assert [s.path for s in final.sources if s.cited] == ["getting-started.md"]
+        # the answer is the model's that wrote it
+        assert final.model == ("ollama:judge:1b" if reader == "judge" else "ollama:qwen3:4b")
     else:
         assert final.refused and final.answer == NOT_IN_KB
         assert final.refusal_reason == "the model found no answer in the sources"
@@ -201,7 +207,7 @@ def test_a_streamed_refusal_that_the_second_reading_answers_is_replaced(tmp_path
     with FakeOllama(models=("qwen3:4b", "judge:1b"),
                     reply=lambda body: judge(body) if body["model"] == "judge:1b" else next(replies)) as server:
         generator = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
-        with serving(home, embedder, generator, read_again=True, judge="ollama:judge:1b",
+        with serving(home, embedder, generator, read_again=True, read_again_with="generator", judge="ollama:judge:1b",
                      ollama_url=server.url) as (url, _):
             request = {"model": "kbloop", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
             with httpx.stream("POST", f"{url}/v1/chat/completions", json=request, timeout=60) as response:

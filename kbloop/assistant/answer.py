@@ -168,9 +168,11 @@ class Assistant:
         model, adapter = self.generator.spec, self.generator.adapter
 
         def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
+            # an answer of the second reading is the judge model's when it read (KBLOOP_READ_AGAIN_WITH)
+            by, with_adapter = (timings["read_again_by"], None) if "read_again_by" in timings else (model, adapter)
             return Answer(user_question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
-                          refusal_reason, self._sources(hits, cited), model, Path(adapter).name if adapter else None,
-                          timings)
+                          refusal_reason, self._sources(hits, cited), by,
+                          Path(with_adapter).name if with_adapter else None, timings)
 
         common = self.kb.manifest.common_words()
         reason = self._refuse_before_generating(question, hits, common)
@@ -187,7 +189,7 @@ class Assistant:
         if restates(text, question, common):  # held back, unshown
             text = self._ask_again(question, hits, stats, first_token, timings, common)
             yield text or NOT_IN_KB
-        if text is not None and is_refusal(text) and self.kb.settings.read_again:
+        if text is not None and is_refusal(text, question) and self.kb.settings.read_again:
             yield Progress("reading again")
             again = self._read_again(question, hits, stats, first_token, timings, common)
             text, verdict = again or (text, None)
@@ -209,7 +211,7 @@ class Assistant:
             yield Progress("checking")
         if text is None:
             yield answer("", "the model only restated the question", [])
-        elif is_refusal(text):
+        elif is_refusal(text, question):
             yield answer(text, "the model found no answer in the sources", [])
         elif invented := invented_numbers(text, question, hits):
             yield answer(text, f"the answer states {', '.join(invented)}, which no source contains", [])
@@ -226,28 +228,34 @@ class Assistant:
     def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
                     common: frozenset[str]) -> tuple[str, Verdict] | None:
         """The answer of a second reading, after a reply that said the sources do not answer
-        although they passed the relevance checks: the model, not offered the refusal this time,
-        answers again, and the answer and the judge's verdict on it are returned only when it is
-        an answer (not a refusal, not the question restated, no invented number) that the judge
-        finds stated for exactly what was asked. None keeps the refusal."""
+        although they passed the relevance checks: the judge model (or the generator again,
+        KBLOOP_READ_AGAIN_WITH), not offered the refusal, answers, and the answer and the judge's
+        verdict on it are returned only when it is an answer (not a refusal, not the question
+        restated, no invented number) that the judge finds stated for exactly what was asked.
+        None keeps the refusal."""
         timings["read_again"] = True
         started = time.perf_counter()
+        reader = self.second_checker.model if self.kb.settings.read_again_with == "judge" else self.generator
         again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
-                                   question, common))
+                                   question, common, reader))
         verdict = None
-        if again and not (is_refusal(again) or restates(again, question, common)
+        if again and not (is_refusal(again, question) or restates(again, question, common)
                           or invented_numbers(again, question, hits)):
             verdict = self.second_checker.check(question, again, hits)
             timings["verdict"] = verdict.verdict if verdict else None
         timings["read_again_s"] = round(time.perf_counter() - started, 4)
-        return (again, verdict) if verdict is not None and verdict.stands else None
+        if verdict is None or not verdict.stands:
+            return None
+        if reader is not self.generator:
+            timings["read_again_by"] = reader.spec
+        return again, verdict
 
     def _unsure_values(self, question: str, text: str | None, stats: dict) -> list[tuple[str, float]]:
         """The values of the answer the model gave with little confidence (KBLOOP_VALUE_CONFIDENCE),
         when ``text`` is the model's last reply as it wrote it (not a quoted sentence)."""
         threshold = self.kb.settings.value_confidence
         last = stats.get("last_reply")
-        if not threshold or not text or last is None or last[0] != text or is_refusal(text):
+        if not threshold or not text or last is None or last[0] != text or is_refusal(text, question):
             return []
         return unsure_values(last[1], question, last[2], threshold)
 
@@ -285,22 +293,24 @@ class Assistant:
         timings["asked_again"] = True
         again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
                                    question, common))
-        if not restates(again, question, common) and not is_refusal(again):
+        if not restates(again, question, common) and not is_refusal(again, question):
             return again
         if closest := closest_sentence(question, hits, common=common):
             timings["quoted"] = True
             return QUOTE.format(n=closest[0], sentence=closest[1])
-        return again if is_refusal(again) else None
+        return again if is_refusal(again, question) else None
 
     def _reply(self, messages: list[dict], stats: dict, first_token: list[float],
-               question: str | None = None, common: frozenset[str] = frozenset()) -> Generator[str, None, str]:
-        """Stream the model's reply and return it cleaned. Given the question, text that so far
-        adds nothing to it is held back, and a reply that only restates it is not shown."""
+               question: str | None = None, common: frozenset[str] = frozenset(),
+               model: Any = None) -> Generator[str, None, str]:
+        """Stream the reply of ``model`` (the generator unless given) and return it cleaned. Given
+        the question, text that so far adds nothing to it is held back, and a reply that only
+        restates it is not shown."""
         call: dict = {}
         shown, held = StopFilter(STOP_STRINGS), ""
         holding = question is not None
-        for piece in self.generator.stream(messages, stop=STOP_STRINGS, max_new_tokens=self.kb.settings.max_new_tokens,
-                                           stats=call):
+        for piece in (model or self.generator).stream(messages, stop=STOP_STRINGS,
+                                                      max_new_tokens=self.kb.settings.max_new_tokens, stats=call):
             if not first_token:
                 first_token.append(time.perf_counter())
             text = shown.feed(piece)

@@ -108,7 +108,7 @@ def write_answer(teacher: Generator, verifier: Verifier, question: str, context:
 
 def answer_problem(answer: str, question: str, hits: list[Hit]) -> str | None:
     """Why a reply cannot be an answer, before anyone checks it, or None."""
-    if is_refusal(answer):
+    if is_refusal(answer, question):
         return "the teacher found no answer in the sources"
     if restates(answer, question):
         return "the teacher only restated the question"
