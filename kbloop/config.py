@@ -114,18 +114,21 @@ class Settings(BaseModel):
     read_again: bool = Field(
         True,
         description=(
-            "When the model says the sources hold no answer although they passed the relevance checks, "
-            "ask it once more without the option to refuse; that answer is shown only when the judge model "
-            "(KBLOOP_JUDGE) finds it stated in a source for exactly what was asked and no other check "
-            "refuses it. Costs a second reply and a judge call, only for such refusals (docs/answers.md)."
+            "When the model says the sources hold no answer although they passed the relevance checks, or its "
+            "answer states a number no source holds or a value the judge doubts (KBLOOP_VALUE_CONFIDENCE), the "
+            "sources are read once more without the option to refuse (KBLOOP_READ_AGAIN_WITH); that answer is "
+            "shown only when the judge model (KBLOOP_JUDGE) finds it stated in a source for exactly what was "
+            "asked and no other check refuses it. Costs a second reply and a judge call, only for such answers "
+            "(docs/answers.md)."
         ),
     )
     read_again_with: Literal["judge", "generator"] = Field(
         "judge",
         description=(
-            "Which model reads the sources the second time (KBLOOP_READ_AGAIN): the judge model (KBLOOP_JUDGE), "
-            "larger than the default generator, which found more of the answers the generator had missed on both "
-            "development corpora; or the generator again (docs/answers.md)."
+            "Which model reads the sources again when the generator gave no answer, a refusal (KBLOOP_READ_AGAIN) "
+            "or the question restated: the judge model (KBLOOP_JUDGE), larger than the default generator, which "
+            "found more of the answers the generator had missed on both development corpora; or the generator "
+            "(docs/answers.md). With KBLOOP_READ_AGAIN=false the generator asks itself again."
         ),
     )
     rewrite_follow_ups: bool = Field(

@@ -94,8 +94,12 @@ SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*[-*#|]|\s*\d+[.)]\s)
 def word_stems(text: str, stopwords: frozenset[str] = STOPWORDS) -> set[str]:
     """The content words of ``text``, a plural or third-person "s" dropped ("listens",
     "listen"), so that the same words in another form still count as the same."""
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-            for w in content_words(text, stopwords)}
+    return {stem(w) for w in content_words(text, stopwords)}
+
+
+def stem(word: str) -> str:
+    """A normalised word without a plural or third-person "s" ("listens" -> "listen")."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def passage(text: str, query: str, limit: int = 240) -> str:

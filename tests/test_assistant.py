@@ -170,6 +170,10 @@ SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the 
 
 
 STASH = "Which of stash.showPatch and stash.showStat defaults to true?"
+YES_NO = 'Does `git cherry-pick -x` add the "(cherry picked from commit …)" line when the cherry-pick had conflicts?'
+CACHE = ("How many SQL statements does a sqlite3 connection keep in its internal statement cache unless you "
+         "pass cached_statements?")
+PLIST = "Which plist format does plistlib.dump() write when fmt is not given?"
 
 
 @pytest.mark.parametrize("question, reply, restated", [
@@ -182,8 +186,15 @@ STASH = "Which of stash.showPatch and stash.showStat defaults to true?"
     (LS_REMOTE, "I don't know.", False),
     # an answer that picks one of the things the question names adds no word, but leaves some out
     (STASH, "stash.showStat defaults to true.", False),
+    (YES_NO, "No, git cherry-pick -x does not add the line when the cherry-pick had conflicts.", False),
+    # pydev replies: to a question that offers no choice, a reply that adds nothing but
+    # framing, or the question's own words in another form, restates it though it leaves words out
+    (CACHE, "According to the sources, a sqlite3 connection keeps in its internal statement cache "
+            "unless you pass cached_statements.", True),
+    (PLIST, "plistlib.dump() writes when fmt is not given.", True),
+    (PLIST, "plistlib.dump() writes XML when fmt is not given.", False),
 ])
-def test_a_reply_that_adds_no_word_and_keeps_all_of_the_question_restates_it(question, reply, restated):
+def test_a_reply_that_adds_no_word_to_the_question_restates_it(question, reply, restated):
     from kbloop.assistant.grounding import restates
 
     assert restates(reply, question) is restated

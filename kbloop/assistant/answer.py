@@ -170,6 +170,7 @@ class Assistant:
         def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
             # an answer of the second reading is the judge model's when it read (KBLOOP_READ_AGAIN_WITH)
             by, with_adapter = (timings["read_again_by"], None) if "read_again_by" in timings else (model, adapter)
+            timings["total_s"] = round(time.perf_counter() - started, 4)
             return Answer(user_question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
                           refusal_reason, self._sources(hits, cited), by,
                           Path(with_adapter).name if with_adapter else None, timings)
@@ -189,12 +190,6 @@ class Assistant:
         if restates(text, question, common):  # held back, unshown
             text = self._ask_again(question, hits, stats, first_token, timings, common)
             yield text or NOT_IN_KB
-        if text is not None and is_refusal(text, question) and self.kb.settings.read_again:
-            yield Progress("reading again")
-            again = self._read_again(question, hits, stats, first_token, timings, common)
-            text, verdict = again or (text, None)
-        else:
-            verdict = None
         done = time.perf_counter()
         first = first_token[0] if first_token else None
         tokens = stats["completion_tokens"]
@@ -204,20 +199,20 @@ class Assistant:
             "prompt_tokens": stats["prompt_tokens"],
             "completion_tokens": tokens,
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
-            "total_s": round(done - started, 4),
         })
-        unsure = self._unsure_values(question, text, stats) if verdict is None else []
-        if (self.verifier is not None and text and verdict is None) or unsure:
+        problem = yield from self._problem(question, text, hits, stats, timings)
+        verdict = None
+        if problem and text is not None and self.kb.settings.read_again:
+            yield Progress("reading again")
+            if again := self._read_again(question, hits, stats, first_token, timings, common):
+                (text, verdict), problem = again, None
+        if problem:
+            yield answer(text or "", problem, [])
+            return
+        if self.verifier is not None and verdict is None:
             yield Progress("checking")
-        if text is None:
-            yield answer("", "the model only restated the question", [])
-        elif is_refusal(text, question):
-            yield answer(text, "the model found no answer in the sources", [])
-        elif invented := invented_numbers(text, question, hits):
-            yield answer(text, f"the answer states {', '.join(invented)}, which no source contains", [])
-        elif unsure and (doubt := self._doubt(question, text, hits, unsure, timings)):
-            yield answer(text, doubt, [])
-        elif (verdict := verdict or self._verify(question, text, hits, timings)) is not None and not verdict.stands:
+            verdict = self._verify(question, text, hits, timings)
+        if verdict is not None and not verdict.stands:
             yield answer(text, verdict.reason, [])
         else:
             cited = set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits, common))
@@ -225,17 +220,34 @@ class Assistant:
                 cited.add(verdict.passage)
             yield answer(text, None, sorted(cited))
 
+    def _problem(self, question: str, text: str | None, hits: list[Hit], stats: dict,
+                 timings: dict) -> Generator[Progress, None, str | None]:
+        """Why the reply cannot be shown as the answer, or None: it restated the question, said
+        the sources do not answer, states a number no source holds, or gives a value the model
+        was unsure of and the judge doubts. Yields the progress of that last check."""
+        if text is None:
+            return "the model only restated the question"
+        if is_refusal(text, question):
+            return "the model found no answer in the sources"
+        if invented := invented_numbers(text, question, hits):
+            return f"the answer states {', '.join(invented)}, which no source contains"
+        if unsure := self._unsure_values(question, text, stats):
+            yield Progress("checking")
+            return self._doubt(question, text, hits, unsure, timings)
+        return None
+
     def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
                     common: frozenset[str]) -> tuple[str, Verdict] | None:
-        """The answer of a second reading, after a reply that said the sources do not answer
-        although they passed the relevance checks: the judge model (or the generator again,
+        """The answer of a second reading, after a reply that could not be shown (``_problem``:
+        it said the sources do not answer although they passed the relevance checks, or its
+        value is in no source or doubted): the judge model (or the generator again,
         KBLOOP_READ_AGAIN_WITH), not offered the refusal, answers, and the answer and the judge's
         verdict on it are returned only when it is an answer (not a refusal, not the question
         restated, no invented number) that the judge finds stated for exactly what was asked.
         None keeps the refusal."""
         timings["read_again"] = True
         started = time.perf_counter()
-        reader = self.second_checker.model if self.kb.settings.read_again_with == "judge" else self.generator
+        reader = self._reader()
         again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
                                    question, common, reader))
         verdict = None
@@ -249,6 +261,13 @@ class Assistant:
         if reader is not self.generator:
             timings["read_again_by"] = reader.spec
         return again, verdict
+
+    def _reader(self) -> Any:
+        """The model that reads the sources again when the generator gave no answer: the judge
+        model, unless second readings are off or KBLOOP_READ_AGAIN_WITH says the generator."""
+        settings = self.kb.settings
+        return self.second_checker.model if settings.read_again and settings.read_again_with == "judge" \
+            else self.generator
 
     def _unsure_values(self, question: str, text: str | None, stats: dict) -> list[tuple[str, float]]:
         """The values of the answer the model gave with little confidence (KBLOOP_VALUE_CONFIDENCE),
@@ -269,7 +288,6 @@ class Assistant:
         value, probability = min(unsure, key=lambda u: u[1])
         timings.update({"value_confidence": round(probability, 4), "support": support and round(support, 4),
                         "support_s": round(time.perf_counter() - started, 4)})
-        timings["total_s"] = round(timings["total_s"] + timings["support_s"], 4)
         if support is None or support >= self.kb.settings.value_support:
             return None
         return (f"the model was unsure of {value} (probability {probability:.2f}) and the check found it unlikely "
@@ -282,18 +300,21 @@ class Assistant:
         verdict = self.verifier.check(question, text, hits)
         timings["verify_s"] = round(time.perf_counter() - started, 4)
         timings["verdict"] = verdict.verdict if verdict else None
-        timings["total_s"] = round(time.perf_counter() - started + timings["total_s"], 4)
         return verdict
 
     def _ask_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float],
                    timings: dict, common: frozenset[str]) -> str | None:
         """The answer when the first reply only restated the question: the reply to asking once
-        more, told not to; failing that, the sentence of the sources closest to the question;
-        the refusal, or None, when no sentence is close."""
+        more, told not to, by the model that reads again (KBLOOP_READ_AGAIN_WITH); failing
+        that, the sentence of the sources closest to the question; the refusal, or None, when no
+        sentence is close. The answer goes through every check of a first answer."""
         timings["asked_again"] = True
+        reader = self._reader()
         again = finish(self._reply(build_messages(question, hits, again=True), stats, first_token,
-                                   question, common))
+                                   question, common, reader))
         if not restates(again, question, common) and not is_refusal(again, question):
+            if reader is not self.generator:
+                timings["read_again_by"] = reader.spec
             return again
         if closest := closest_sentence(question, hits, common=common):
             timings["quoted"] = True

@@ -19,13 +19,20 @@ import re
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import source_heading
-from kbloop.text import LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, technical_terms, word_stems
+from kbloop.text import LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, stem, technical_terms, word_stems
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
 # stop words: "default", which a manual says of every setting. Each knowledge base adds its own
 # common words (``Manifest.common_words``: "git" in git's manual), passed as ``common``.
-UNINFORMATIVE = STOPWORDS | {"default"}
+# The words a reply frames its answer with ("According to the sources, ...", "Based on the
+# information provided, ...") say nothing of the answer either.
+UNINFORMATIVE = STOPWORDS | {"default", "according", "based", "provided", "information", "source", "sources"}
+# A question that offers its own answers: a yes/no question, or one that names the choices ("A or
+# B", "which of A and B"). Its answer may add no word to it and leave some of its words out.
+OFFERS_CHOICE = re.compile(
+    r"^\W*(?:is|are|was|were|do|does|did|can|could|should|will|would|has|have|had|must|may)\b"
+    r"|\bor\b|\bwhich\s+of\b|\beither\b", re.IGNORECASE)
 
 
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
@@ -54,16 +61,23 @@ def keyword_evidence(question: str, hit: Hit, common: frozenset[str] = frozenset
 
 
 def new_words(answer: str, question: str, common: frozenset[str] = frozenset()) -> list[str]:
-    """The words of the answer that are neither in the question nor uninformative."""
-    asked = set(normalise(question).split())
-    return [w for w in normalise(answer).split() if w not in asked and w not in UNINFORMATIVE and w not in common]
+    """The words of the answer that are neither in the question (in any form: "writes" is in
+    "which does it write?") nor uninformative."""
+    asked = {stem(w) for w in normalise(question).split()}
+    return [w for w in normalise(answer).split()
+            if stem(w) not in asked and w not in UNINFORMATIVE and w not in common]
 
 
 def restates(answer: str, question: str, common: frozenset[str] = frozenset()) -> bool:
-    """The answer only repeats the question: it adds no word to it and leaves none of its words
-    out. An answer that picks one of the things the question names leaves the others out."""
-    return not answer.strip() or (not new_words(answer, question, common)
-                                  and stems(question, common) <= stems(answer, common))
+    """The answer only repeats the question: it adds no word to it. An answer to a question
+    that offers its answers (``OFFERS_CHOICE``) may add none, and restates it only when it
+    also leaves none of its words out: "stash.showStat defaults to true." picks one of the two
+    things "Which of stash.showPatch and stash.showStat defaults to true?" names."""
+    if not answer.strip():
+        return True
+    if new_words(answer, question, common):
+        return False
+    return not OFFERS_CHOICE.search(question) or stems(question, common) <= stems(answer, common)
 
 
 def stems(text: str, common: frozenset[str] = frozenset()) -> set[str]:
