@@ -74,7 +74,7 @@ DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
 OUT_DIR = REPO / "bench" / "out"
 CHAT_DIR = REPO / "bench" / "chat"
 EMBEDDER = "local:all-minilm-l6-v2"
-DEFAULT_MODELS = "local:qwen2.5-0.5b,local:smollm2-135m"
+DEFAULT_MODELS = Settings.model_fields["generator"].default  # the default generator alone
 PIPELINES = ("kbloop", "plain")
 
 HIT_K = 5

@@ -114,11 +114,10 @@ class Settings(BaseModel):
     read_again: bool = Field(
         True,
         description=(
-            "When the model says the sources hold no answer although they passed the relevance checks, or its "
-            "answer states a number no source holds or a value the judge doubts (KBLOOP_VALUE_CONFIDENCE), the "
+            "When the model says the sources hold no answer although they passed the relevance checks, the "
             "sources are read once more without the option to refuse (KBLOOP_READ_AGAIN_WITH); that answer is "
             "shown only when the judge model (KBLOOP_JUDGE) finds it stated in a source for exactly what was "
-            "asked and no other check refuses it. Costs a second reply and a judge call, only for such answers "
+            "asked and no other check refuses it. Costs a second reply and a judge call, only for such refusals "
             "(docs/answers.md)."
         ),
     )

@@ -202,7 +202,10 @@ class Assistant:
         })
         problem = yield from self._problem(question, text, hits, stats, timings)
         verdict = None
-        if problem and text is not None and self.kb.settings.read_again:
+        # Only a refusal is read again. Read again, answers whose value failed a check (no source
+        # holds it, or the judge doubts it) became invented answers to unanswerable questions on
+        # both development corpora (docs/benchmarks.md).
+        if text is not None and is_refusal(text, question) and self.kb.settings.read_again:
             yield Progress("reading again")
             if again := self._read_again(question, hits, stats, first_token, timings, common):
                 (text, verdict), problem = again, None
@@ -238,9 +241,8 @@ class Assistant:
 
     def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
                     common: frozenset[str]) -> tuple[str, Verdict] | None:
-        """The answer of a second reading, after a reply that could not be shown (``_problem``:
-        it said the sources do not answer although they passed the relevance checks, or its
-        value is in no source or doubted): the judge model (or the generator again,
+        """The answer of a second reading, after a reply that said the sources do not answer
+        although they passed the relevance checks: the judge model (or the generator again,
         KBLOOP_READ_AGAIN_WITH), not offered the refusal, answers, and the answer and the judge's
         verdict on it are returned only when it is an answer (not a refusal, not the question
         restated, no invented number) that the judge finds stated for exactly what was asked.
