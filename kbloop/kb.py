@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from kbloop import models
 from kbloop.config import Home, Settings
 from kbloop.daemon_state import daemon_status
-from kbloop.errors import KbloopError
 from kbloop.ingest.indexer import CheckReport, IngestCounts, Indexer
 from kbloop.ingest.manifest import Hit, Manifest
 from kbloop.retrieval import Retriever

@@ -137,20 +137,24 @@ def test_a_reply_that_only_restates_the_question_is_asked_again_unshown(sample_h
     assert final.timings["completion_tokens"] == 8 + 8  # both replies, one NDJSON line per word
 
 
+@pytest.mark.parametrize("judge_reads", [True, False])
 def test_with_second_readings_on_the_judge_model_answers_a_question_the_generator_only_restated(
-        sample_home, open_kb):
+        sample_home, open_kb, judge_reads):
     question = "Which port does Harbor listen on by default?"
-    replies = {"qwen3:4b": question, "judge:1b": "Harbor listens on TCP port 8735 by default."}
-    with FakeOllama(models=("qwen3:4b", "judge:1b"), reply=lambda body: replies[body["model"]]) as server:
+    answer = "Harbor listens on TCP port 8735 by default."
+    turns = iter([question, answer])  # the generator's, when it is asked again itself (an evaluation)
+    replies = {"qwen3:4b": lambda: next(turns), "judge:1b": lambda: answer}
+    with FakeOllama(models=("qwen3:4b", "judge:1b"), reply=lambda body: replies[body["model"]]()) as server:
         kb = open_kb(sample_home, read_again=True, read_again_with="judge", judge="ollama:judge:1b",
                      ollama_url=server.url)
         kb.ingest()
         gen = models.create("generator", "ollama:qwen3:4b", ollama_settings(server))
-        *pieces, final = Assistant(kb, gen).stream(question)
+        *pieces, final = Assistant(kb, gen, judge_reads=judge_reads).stream(question)
         asked = [body["model"] for path, body in server.requests if path == "/api/chat"]
-    assert asked == ["qwen3:4b", "judge:1b"]
-    assert "".join(pieces) == final.answer == replies["judge:1b"] and not final.refused
-    assert final.timings["asked_again"] is True and final.model == "ollama:judge:1b" and final.adapter is None
+    reader = "judge:1b" if judge_reads else "qwen3:4b"
+    assert asked == ["qwen3:4b", reader]
+    assert "".join(pieces) == final.answer == answer and not final.refused
+    assert final.timings["asked_again"] is True and final.model == f"ollama:{reader}"
 
 
 @pytest.mark.parametrize("second", ["I don't know.", "Which port does Harbor listen on by default?"])

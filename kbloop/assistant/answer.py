@@ -98,15 +98,17 @@ def fold_query(question: str, history: list[tuple[str, str]] | None) -> str:
 
 class Assistant:
     def __init__(self, kb, generator=None, verifier: Verifier | None | bool = True,
-                 second_checker: Verifier | None = None, corrections: bool = True):
+                 second_checker: Verifier | None = None, corrections: bool = True, judge_reads: bool = True):
         """``verifier`` True takes the knowledge base's (None when KBLOOP_VERIFY_ANSWERS is off);
         None or False answers unchecked. A second reading (KBLOOP_READ_AGAIN) is checked by
         ``second_checker`` (a server passes one for all its requests), else by the verifier, else
         by a judge of this assistant's own, made on the first refusal that needs it. Users'
         corrections are among the sources (KBLOOP_CORRECTIONS_AS_SOURCES) unless ``corrections``
-        is False, as in evaluations, which measure what the model knows."""
+        is False, as in evaluations, which measure what the model knows; for the same reason
+        ``judge_reads`` False has the generator, not the judge, read again."""
         self.kb = kb
         self.corrections = corrections and kb.settings.corrections_as_sources
+        self.judge_reads = judge_reads
         self._generator = generator
         self.verifier = kb.verifier if verifier is True else verifier or None
         self._second_checker = second_checker or self.verifier
@@ -268,8 +270,8 @@ class Assistant:
         """The model that reads the sources again when the generator gave no answer: the judge
         model, unless second readings are off or KBLOOP_READ_AGAIN_WITH says the generator."""
         settings = self.kb.settings
-        return self.second_checker.model if settings.read_again and settings.read_again_with == "judge" \
-            else self.generator
+        judge = self.judge_reads and settings.read_again and settings.read_again_with == "judge"
+        return self.second_checker.model if judge else self.generator
 
     def _unsure_values(self, question: str, text: str | None, stats: dict) -> list[tuple[str, float]]:
         """The values of the answer the model gave with little confidence (KBLOOP_VALUE_CONFIDENCE),

@@ -67,7 +67,8 @@ def answer_all(kb, adapter: Path | None, items: list[EvalItem], progress: bool, 
     """Each item answered by the generator with ``adapter`` (None: the base model)."""
     generator = kb.model("generator")  # its own instance, dropped below with its weights
     generator.use_adapter(adapter)
-    assistant = Assistant(kb, generator, corrections=False)  # what the model knows, not what users told it
+    # what the model knows: not what users told it, nor what the judge reads again for it
+    assistant = Assistant(kb, generator, corrections=False, judge_reads=False)
     out = {}
     for item in progress_bar(items, show=progress, desc=f"answers ({label})", unit="q"):
         ans = assistant.ask(item.question)
