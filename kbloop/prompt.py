@@ -84,14 +84,13 @@ def is_refusal(answer: str, question: str = "") -> bool:
     fmt is not given" answers "Which format does it write when fmt is not given?"."""
     head = re.split(r"(?<=[.!?])\s", answer.strip(), maxsplit=1)[0]
     asked = " ".join(question.lower().split())
-    return not answer.strip() or any(not (asked and copied(head, match, asked)) for match in REFUSAL.finditer(head))
+    return not answer.strip() or any(not copied(head, match, asked) for match in REFUSAL.finditer(head))
 
 
 def copied(text: str, match: re.Match, asked: str) -> bool:
-    """The refusal phrase ``match`` of ``text`` stands in ``asked`` too, with the two words
-    before it: the answer repeats the question there."""
-    before = text[:match.start()].split()[-2:]
-    return " ".join([*before, *match.group(0).lower().split()]).lower() in asked
+    """The refusal phrase ``match`` of ``text`` stands in ``asked`` (lower case, single spaces)
+    too, with the two words before it: the answer repeats the question there."""
+    return " ".join([*text[:match.start()].split()[-2:], *match.group(0).split()]).lower() in asked
 
 
 def cited_numbers(answer: str, n_sources: int) -> list[int]:

@@ -21,6 +21,8 @@ from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_number
                            is_refusal)
 from kbloop.text import StopFilter
 
+# Why a reply that says the sources do not answer is refused; such a refusal is read again.
+FOUND_NO_ANSWER = "the model found no answer in the sources"
 # When the model can only restate the question, though a source holds most of its words.
 QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
 
@@ -207,7 +209,7 @@ class Assistant:
         # Only a refusal is read again. Read again, answers whose value failed a check (no source
         # holds it, or the judge doubts it) became invented answers to unanswerable questions on
         # both development corpora (docs/benchmarks.md).
-        if text is not None and is_refusal(text, question) and self.kb.settings.read_again:
+        if problem == FOUND_NO_ANSWER and self.kb.settings.read_again:
             yield Progress("reading again")
             if again := self._read_again(question, hits, stats, first_token, timings, common):
                 (text, verdict), problem = again, None
@@ -233,7 +235,7 @@ class Assistant:
         if text is None:
             return "the model only restated the question"
         if is_refusal(text, question):
-            return "the model found no answer in the sources"
+            return FOUND_NO_ANSWER
         if invented := invented_numbers(text, question, hits):
             return f"the answer states {', '.join(invented)}, which no source contains"
         if unsure := self._unsure_values(question, text, stats):

@@ -231,14 +231,16 @@ class TransformersGenerator(Generator):
 def digit_probabilities(tokenizer: Any, generated: list[int],
                         chosen: list[tuple[int, float]]) -> list[tuple[int, int, float]]:
     """(offset, length, probability) of each generated token that holds a digit, offsets in the
-    decoded reply; ``chosen`` is the greedy choice and its probability at each step."""
-    found, position = [], 0
+    decoded reply; ``chosen`` is the greedy choice and its probability at each step. Only the
+    tokens that hold a digit alone (a digit is never part of a longer character) are placed in
+    the reply, by decoding the reply up to them."""
+    found = []
     for step, (token, (pick, probability)) in enumerate(zip(generated, chosen)):
+        if token != pick or not any(ch.isdigit() for ch in tokenizer.decode([token], skip_special_tokens=True)):
+            continue
+        position = len(tokenizer.decode(generated[:step], skip_special_tokens=True))
         text = tokenizer.decode(generated[:step + 1], skip_special_tokens=True)
-        piece = text[position:]
-        if token == pick and any(ch.isdigit() for ch in piece):
-            found.append((position, len(piece), probability))
-        position = len(text)
+        found.append((position, len(text) - position, probability))
     return found
 
 
