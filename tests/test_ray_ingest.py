@@ -215,12 +215,14 @@ def test_the_ray_engine_indexes_exactly_as_the_local_engine(tmp_path, ray_cluste
     """Two ingests of the same changes, with each engine: the same counts, skips with the same
     reasons, and the same files, chunks, hashes, vector ids and vectors."""
     homes = {engine: init_home(tmp_path / engine) for engine in ("local", "ray")}
+    # One corpus copied to both homes: a .docx written twice holds two zip timestamps, so two hashes.
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus)
+    (corpus / "empty.md").write_text("")
+    (corpus / "data.bin").write_bytes(b"\x00\x01")
+    (corpus / "gone.md").write_text("# Gone\n\nA file that cannot be read when it is parsed again.\n")
     for home in homes.values():
-        docs = home.root / "docs"
-        write_corpus(docs)
-        (docs / "empty.md").write_text("")
-        (docs / "data.bin").write_bytes(b"\x00\x01")
-        (docs / "gone.md").write_text("# Gone\n\nA file that cannot be read when it is parsed again.\n")
+        shutil.copytree(corpus, home.root / "docs", dirs_exist_ok=True)
     settings = {"local": {}, "ray": {"ingest_engine": "ray", "ray_address": ray_cluster.address}}
     kbs = {engine: open_kb(home, embedder, **settings[engine]) for engine, home in homes.items()}
 
