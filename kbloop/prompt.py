@@ -27,10 +27,11 @@ SYSTEM = f"{ANSWER_RULES} If the sources do not contain the answer, reply exactl
 READ_AGAIN_SYSTEM = f"{ANSWER_RULES} Answer with what the sources say."
 
 # What small models say when the sources do not hold the answer, in their many phrasings.
+_HEDGE = r"(?:explicitly\s+|directly\s+|clearly\s+|specifically\s+)?"  # "not explicitly stated"
 REFUSAL = re.compile(
-    r"\b(i\s+don'?t\s+know|i\s+do\s+not\s+know|not\s+(?:mentioned|provided|stated|specified|given|"
-    r"found|included|available|listed|present)\b|(?:does|do)\s+not\s+(?:contain|mention|say|specify|provide|state)|"
-    r"doesn'?t\s+(?:contain|mention|say|specify|provide|state)|no\s+information|cannot\s+(?:be\s+)?"
+    r"\b(i\s+don'?t\s+know|i\s+do\s+not\s+know|not\s+" + _HEDGE + r"(?:mentioned|provided|stated|specified|given|"
+    r"found|included|available|listed|present)\b|(?:(?:does|do)\s+not|doesn'?t)\s+" + _HEDGE +
+    r"(?:contain|mention|say|specify|provide|state)|no\s+information|cannot\s+(?:be\s+)?"
     r"(?:determined|answered|found|determine|answer|find)|can'?t\s+(?:determine|answer|find|tell)|"
     r"unable\s+to\s+(?:determine|answer|find))",
     re.IGNORECASE,

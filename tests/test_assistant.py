@@ -86,6 +86,10 @@ def test_prompt_numbers_sources_and_cites(assistant):
     ("", True),
     ("The default port is 8735 [1].", False),
     ("Run harbor restore --snapshot <id>. It does not delete newer files [2].", False),
+    # a hedged refusal is a refusal, whatever follows it
+    ("The default port is not explicitly stated in the sources. However, it may be 8080.", True),
+    ("The sources do not directly mention the port.", True),
+    ("The sources doesn't specifically say.", True),
 ])
 def test_refusal_detection(text, refused):
     assert is_refusal(text) is refused
@@ -198,6 +202,32 @@ def test_a_reply_that_adds_no_word_to_the_question_restates_it(question, reply, 
     from kbloop.assistant.grounding import restates
 
     assert restates(reply, question) is restated
+
+
+PICKLE = "Starting with which Python version is pickle protocol 4 the default?"
+
+
+@pytest.mark.parametrize("question, reply, unanswered", [
+    # replies of qwen2.5-0.5b that state no number, or only the question's own
+    (CACHE, "According to the sources, a sqlite3 connection keeps them in its internal statement cache.", True),
+    (PICKLE, "The default protocol version used for pickling is 4.", True),
+    ("Which version of the TOML specification does tomllib implement?",
+     "tomllib implements the well-specified format for application configuration files.", True),
+    (PICKLE, "1. Open the file.\n2. Call pickle.dump().", True),  # list markers state no number
+    # a number in digits, in words, in a version, or that there is no limit
+    (CACHE, "It keeps 128 statements [1].", False),
+    (CACHE, "It keeps a hundred and twenty-eight statements.", False),
+    (CACHE, "There is no limit on the statements it keeps.", False),
+    (PICKLE, "Since Python 3.8 [2].", False),
+    ("Which version of the TOML specification does tomllib implement?", "It implements TOML v1.0.0.", False),
+    ("How long does connect() wait for a lock?", "It waits five seconds.", False),
+    # a question that asks for no number may be answered without one
+    ("Which shelve.open() parameter caches the entries?", "The writeback parameter.", False),
+])
+def test_a_reply_without_a_number_does_not_answer_a_question_that_asks_for_one(question, reply, unanswered):
+    from kbloop.assistant.grounding import gives_no_number
+
+    assert gives_no_number(reply, question) is unanswered
 
 
 def test_the_closest_sentence_is_the_one_sharing_most_words_with_the_question():

@@ -187,6 +187,31 @@ def test_a_refusal_is_read_again_and_the_answer_stands_only_when_the_judge_confi
         assert final.refusal_reason == "the model found no answer in the sources"
 
 
+@pytest.mark.parametrize("second, stands", [
+    ("An invitation expires after 72 hours.", True),
+    ("An invitation expires after a while.", False),  # still no number: the first reply is refused
+])
+def test_a_reply_without_the_number_asked_for_is_read_again(sample_home, open_kb, second, stands):
+    question = "How long does a Harbor invitation last before it expires?"
+    replies = iter(["A Harbor invitation expires after some time.", second])
+    judge = judge_naming("72", "stated")
+    with FakeOllama(models=("qwen3:4b", "judge:1b"),
+                    reply=lambda body: judge(body) if "JSON" in body["messages"][0]["content"]
+                    else next(replies)) as server:
+        kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        *pieces, final = Assistant(kb, gen).stream(question)
+        asked = [body["model"] for path, body in server.requests
+                 if path == "/api/chat" and "JSON" not in body["messages"][0]["content"]]
+    assert asked == ["qwen3:4b", "judge:1b"] and Progress("reading again") in pieces
+    if stands:
+        assert not final.refused and final.answer == second and final.model == "ollama:judge:1b"
+    else:
+        assert final.refused and final.answer == NOT_IN_KB
+        assert final.refusal_reason == "the answer gives no number, and the question asks for one"
+
+
 def test_an_answer_whose_number_no_source_holds_is_refused_without_a_second_reading(sample_home, open_kb):
     with FakeOllama(models=("qwen3:4b", "judge:1b"), reply=lambda body: "Harbor listens on port 9999.") as server:
         kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)

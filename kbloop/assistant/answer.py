@@ -13,16 +13,21 @@ from pathlib import Path
 from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
-from kbloop.assistant.grounding import (attribute, closest_sentence, invented_numbers, keyword_evidence, mentioned,
-                                       new_words, restates, unmentioned_terms, unsure_values)
+from kbloop.assistant.grounding import (attribute, closest_sentence, gives_no_number, invented_numbers,
+                                       keyword_evidence, mentioned, new_words, restates, unmentioned_terms,
+                                       unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
                            is_refusal)
 from kbloop.text import StopFilter
 
-# Why a reply that says the sources do not answer is refused; such a refusal is read again.
+# Why a reply is refused that says the sources do not answer, or that gives no number where the
+# question asks for one; either is read again.
 FOUND_NO_ANSWER = "the model found no answer in the sources"
+NO_NUMBER = "the answer gives no number, and the question asks for one"
+# The problems a second reading may solve: the model gave no answer to what was asked.
+UNANSWERED = (FOUND_NO_ANSWER, NO_NUMBER)
 # When the model can only restate the question, though a source holds most of its words.
 QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
 
@@ -206,10 +211,10 @@ class Assistant:
         })
         problem = yield from self._problem(question, text, hits, stats, timings)
         verdict = None
-        # Only a refusal is read again. Read again, answers whose value failed a check (no source
-        # holds it, or the judge doubts it) became invented answers to unanswerable questions on
-        # both development corpora (docs/benchmarks.md).
-        if problem == FOUND_NO_ANSWER and self.kb.settings.read_again:
+        # Only a reply that answered nothing is read again. Read again, answers whose value failed a
+        # check (no source holds it, or the judge doubts it) became invented answers to unanswerable
+        # questions on both development corpora (docs/benchmarks.md).
+        if problem in UNANSWERED and self.kb.settings.read_again:
             yield Progress("reading again")
             if again := self._read_again(question, hits, stats, first_token, timings, common):
                 (text, verdict), problem = again, None
@@ -230,12 +235,15 @@ class Assistant:
     def _problem(self, question: str, text: str | None, hits: list[Hit], stats: dict,
                  timings: dict) -> Generator[Progress, None, str | None]:
         """Why the reply cannot be shown as the answer, or None: it restated the question, said
-        the sources do not answer, states a number no source holds, or gives a value the model
-        was unsure of and the judge doubts. Yields the progress of that last check."""
+        the sources do not answer, gives no number for a question that asks for one, states a
+        number no source holds, or gives a value the model was unsure of and the judge doubts.
+        Yields the progress of that last check."""
         if text is None:
             return "the model only restated the question"
         if is_refusal(text, question):
             return FOUND_NO_ANSWER
+        if gives_no_number(text, question):
+            return NO_NUMBER
         if invented := invented_numbers(text, question, hits):
             return f"the answer states {', '.join(invented)}, which no source contains"
         if unsure := self._unsure_values(question, text, stats):
@@ -258,7 +266,7 @@ class Assistant:
                                    question, common, reader))
         verdict = None
         if again and not (is_refusal(again, question) or restates(again, question, common)
-                          or invented_numbers(again, question, hits)):
+                          or gives_no_number(again, question) or invented_numbers(again, question, hits)):
             verdict = self.second_checker.check(question, again, hits)
             timings["verdict"] = verdict.verdict if verdict else None
         timings["read_again_s"] = round(time.perf_counter() - started, 4)

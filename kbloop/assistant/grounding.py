@@ -103,6 +103,28 @@ def closest_sentence(question: str, hits: list[Hit], longest: int = 500,
     return best[1], sentence
 
 
+# A question that asks for a count, an amount, a duration or a version: its answer is a number
+# ("How many rows ...?", "Since which Python version ...?").
+ASKS_FOR_NUMBER = re.compile(
+    r"\bhow\s+(?:many|much|long)\b|\b(?:which|what)\s+(?:\w+\s+)?(?:version|year)s?\b", re.IGNORECASE)
+# Words that state a number in prose ("five seconds", "twice"), or that there is none to state.
+NUMBER_WORDS = frozenset(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred thousand million "
+    "billion half quarter once twice double dozen unlimited infinite indefinitely forever".split())
+NO_LIMIT = re.compile(r"\bno\s+(?:limit|maximum|minimum|timeout|fixed|upper|lower)\b", re.IGNORECASE)
+
+
+def gives_no_number(answer: str, question: str) -> bool:
+    """The question asks for a number (``ASKS_FOR_NUMBER``) and the answer states none besides
+    the question's own, in digits, in words or as "no limit": "Starting with which Python
+    version is protocol 4 the default?" is not answered by "The default protocol is 4."."""
+    if not ASKS_FOR_NUMBER.search(question):
+        return False
+    said = set(normalise(LIST_MARKER.sub(" ", answer)).split()) - set(normalise(question).split())
+    return not NO_LIMIT.search(answer) and not any(w in NUMBER_WORDS or any(c.isdigit() for c in w) for w in said)
+
+
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     """The numbers the answer states when not one of them is in the question or a source
     (heading included); empty when the answer states none, or any of them is grounded, so

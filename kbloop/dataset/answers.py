@@ -7,8 +7,8 @@ own prompt builder (``kbloop.prompt.build_messages``). Its reply, citing the sou
 the record's answer, and that context is the record's knowledge, so the record teaches
 answering from retrieved sources in the assistant's own shape.
 
-A reply is kept only when it answers (no refusal, not the question again, no number that no
-source states) and the verifier (``kbloop.assistant.verify``) finds it stated by the source
+A reply is kept only when it answers (no refusal, not the question again, a number when one is
+asked for, no number that no source states) and the verifier (``kbloop.assistant.verify``) finds it stated by the source
 chunk for exactly what was asked. kbloop writes the citation itself, from that verdict: asked
 to cite [n], small models answer with a bare "[1]" (``kbloop.prompt``).
 """
@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from kbloop.assistant.grounding import invented_numbers, restates
+from kbloop.assistant.grounding import gives_no_number, invented_numbers, restates
 from kbloop.assistant.verify import Verifier
 from kbloop.dataset.extractive import Pair
 from kbloop.dataset.filters import length_problem, supported
@@ -114,6 +114,8 @@ def answer_problem(answer: str, question: str, hits: list[Hit]) -> str | None:
         return "the teacher only restated the question"
     if problem := length_problem(question, answer):
         return problem
+    if gives_no_number(answer, question):
+        return "the answer gives no number, and the question asks for one"
     if invented := invented_numbers(answer, question, hits):
         return f"the answer states {', '.join(invented)}, which no source contains"
     return None
