@@ -59,6 +59,35 @@ def numbers(text: str) -> set[str]:
     return {n.replace(",", "") for n in NUMBER.findall(LIST_MARKER.sub(" ", text))}
 
 
+# Numbers as manuals spell them out ("Default five seconds.", "Twenty rows are sampled."). "one"
+# is left out: as often as not it is a pronoun ("the one that ...").
+UNITS = "two three four five six seven eight nine".split()
+TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+SPELLED_VALUES = {"zero": 0, **{w: i for i, w in enumerate(UNITS, start=2)},
+                  **{w: i for i, w in enumerate(TEENS, start=10)}, **{w: 10 * i for i, w in enumerate(TENS, start=2)}}
+SPELLED = re.compile(r"\b(%s)(?:-(one|%s))?\b" % ("|".join(SPELLED_VALUES), "|".join(UNITS)), re.IGNORECASE)
+
+
+def value(number: str) -> str:
+    """One way to write the value of a number from ``numbers``: "5.0" and "5.00" are 5; a version
+    such as "3.10" or "2.30.0" is left as written."""
+    whole, dot, fraction = number.partition(".")
+    return (whole.lstrip("0") or "0") if dot and not fraction.strip("0") else number
+
+
+def values(text: str, spelled: bool = False) -> set[str]:
+    """The values of the numbers ``text`` states (``value``); with ``spelled``, also those it
+    writes as words: "five" is 5 and "twenty-eight" 28. Ask it of sources: an answer's "one" is
+    often no number."""
+    found = {value(n) for n in numbers(text)}
+    if spelled:
+        for match in SPELLED.finditer(text):
+            tens, unit = match.group(1).lower(), (match.group(2) or "").lower()
+            found.add(str(SPELLED_VALUES[tens] + (1 if unit == "one" else SPELLED_VALUES.get(unit, 0))))
+    return found
+
+
 def technical_terms(text: str) -> list[str]:
     """The exact technical terms ``text`` names, lower-cased, sorted, each once."""
     return sorted({t.lower().rstrip(".") for t in TERM.findall(text)})

@@ -160,6 +160,24 @@ def test_numbers_that_no_source_holds_are_invented(reply, invented):
     assert invented_numbers(reply, question, [POST_BUFFER]) == invented
 
 
+def test_a_number_counts_as_grounded_in_any_form_the_source_writes_it():
+    from kbloop.assistant.grounding import invented_numbers
+    from kbloop.assistant.verify import carries_values
+
+    question = "How long does sqlite3.connect() wait for a lock by default?"
+    source = hit("timeout (float) - How many seconds the connection waits for a lock. Default five seconds.",
+                 "sqlite3.txt")
+    for reply in ("It waits 5.0 seconds.", "It waits 5 seconds [1].", "It waits five seconds."):
+        assert invented_numbers(reply, question, [source]) == []
+        assert carries_values(reply, source.text, question)
+    assert invented_numbers("It waits 50 seconds.", question, [source]) == ["50"]
+    assert not carries_values("It waits 15 seconds.", source.text, question)
+    sampled = hit("Twenty-eight rows are sampled; version 3.10 added it.", "csv.md")
+    assert invented_numbers("It samples 28 rows.", "How many rows?", [sampled]) == []
+    assert invented_numbers("It samples 2 rows.", "How many rows?", [sampled]) == ["2"]
+    assert invented_numbers("Since 3.1.", "Since when?", [sampled]) == ["3.1"]  # a version is no decimal
+
+
 def test_a_page_number_in_the_source_heading_counts_as_grounded():
     from kbloop.assistant.grounding import invented_numbers
 

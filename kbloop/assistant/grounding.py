@@ -19,7 +19,8 @@ import re
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import source_heading
-from kbloop.text import LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, stem, technical_terms, word_stems
+from kbloop.text import (LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, stem, technical_terms, values,
+                         word_stems)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
@@ -127,10 +128,12 @@ def gives_no_number(answer: str, question: str) -> bool:
 
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     """The numbers the answer states when not one of them is in the question or a source
-    (heading included); empty when the answer states none, or any of them is grounded, so
-    "900 seconds (15 minutes)" stands on its 900."""
-    stated = numbers(answer) - numbers(question)
-    grounded = set().union(*(numbers(f"{source_heading(n, h)}\n{h.text}") for n, h in enumerate(hits, start=1)))
+    (heading included), compared by value: "5.0" is in "Default five seconds.". Empty when the
+    answer states none, or any of them is grounded, so "900 seconds (15 minutes)" stands on its
+    900."""
+    stated = values(answer) - values(question)
+    grounded = set().union(*(values(f"{source_heading(n, h)}\n{h.text}", spelled=True)
+                             for n, h in enumerate(hits, start=1)))
     return [] if stated & grounded else sorted(stated)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kbloop.errors import BackendUnavailable
 from kbloop.ingest.manifest import Hit
 from kbloop.models.jsonout import JsonOutputError
-from kbloop.text import SENTENCE_BREAK, numbers
+from kbloop.text import SENTENCE_BREAK, values
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ def support_sentences(question: str, answer: str, hits: list[Hit], count: int = 
 
 
 def carries_values(answer: str, quote: str, question: str) -> bool:
-    """The numbers the answer states beyond the question's are in the quote (when it states any)."""
-    stated = numbers(answer) - numbers(question)
-    return not stated or bool(stated & numbers(quote))
+    """The numbers the answer states beyond the question's are in the quote (when it states any),
+    in any form: "5.0 seconds" is carried by "Default five seconds."."""
+    stated = values(answer) - values(question)
+    return not stated or bool(stated & values(quote, spelled=True))
