@@ -6,7 +6,7 @@ the 40 answerable and 8 unanswerable questions with the same retrieval and promp
 the base model and once with the adapter applied, and print accuracy, refusal and false
 refusal side by side (graded as in bench/answers.py).
 
-    python bench/finetune_gain.py [--model local:smollm2-135m] [--max-records 320] [--epochs 1]
+    python bench/finetune_gain.py [--model MODEL] [--max-records 320] [--epochs 1]
                                   [--lr LR] [--oracle-p P] [--no-base] [--workdir DIR] [--keep]
     python bench/finetune_gain.py --reuse DIR [--no-base]    # ask again with DIR's adapter, no training
 
@@ -39,7 +39,8 @@ KBDEV = Path(__file__).resolve().parent.parent.parent / "shared" / "kbdev"
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="local:smollm2-135m")
+    parser.add_argument("--model", default=Settings().generator,
+                        help="the model to fine-tune and ask (default: the default generator, %(default)s)")
     parser.add_argument("--max-records", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=None)
