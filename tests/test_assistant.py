@@ -160,22 +160,25 @@ def test_numbers_that_no_source_holds_are_invented(reply, invented):
     assert invented_numbers(reply, question, [POST_BUFFER]) == invented
 
 
-def test_a_number_counts_as_grounded_in_any_form_the_source_writes_it():
+def test_numbers_compare_by_value_and_the_named_sentence_may_spell_them_out():
     from kbloop.assistant.grounding import invented_numbers
     from kbloop.assistant.verify import carries_values
 
     question = "How long does sqlite3.connect() wait for a lock by default?"
-    source = hit("timeout (float) - How many seconds the connection waits for a lock. Default five seconds.",
-                 "sqlite3.txt")
+    signature = hit("sqlite3.connect(database, timeout=5, detect_types=0)", "sqlite3.txt")
     for reply in ("It waits 5.0 seconds.", "It waits 5 seconds [1].", "It waits five seconds."):
-        assert invented_numbers(reply, question, [source]) == []
-        assert carries_values(reply, source.text, question)
-    assert invented_numbers("It waits 50 seconds.", question, [source]) == ["50"]
-    assert not carries_values("It waits 15 seconds.", source.text, question)
-    sampled = hit("Twenty-eight rows are sampled; version 3.10 added it.", "csv.md")
-    assert invented_numbers("It samples 28 rows.", "How many rows?", [sampled]) == []
-    assert invented_numbers("It samples 2 rows.", "How many rows?", [sampled]) == ["2"]
-    assert invented_numbers("Since 3.1.", "Since when?", [sampled]) == ["3.1"]  # a version is no decimal
+        assert invented_numbers(reply, question, [signature]) == []
+    assert invented_numbers("It waits 50 seconds.", question, [signature]) == ["50"]
+    # the sentence the judge names holds the value, spelled out or not
+    sentence = "timeout (float) - How many seconds the connection waits for a lock. Default five seconds."
+    for reply in ("It waits 5.0 seconds.", "It waits 5 seconds [1].", "It waits five seconds."):
+        assert carries_values(reply, sentence, question)
+    assert not carries_values("It waits 15 seconds.", sentence, question)
+    assert carries_values("It samples 28 rows.", "Twenty-eight rows are sampled.", "How many rows?")
+    # but a number spelled out anywhere in the sources grounds no answer: "two" is in most passages
+    prose = hit("The two readers sample twenty rows; version 3.10 added it.", "csv.md")
+    assert invented_numbers("It samples 2 rows.", "How many rows?", [prose]) == ["2"]
+    assert invented_numbers("Since 3.1.", "Since when?", [prose]) == ["3.1"]  # a version is no decimal
 
 
 def test_a_page_number_in_the_source_heading_counts_as_grounded():
