@@ -189,6 +189,20 @@ def test_a_page_number_in_the_source_heading_counts_as_grounded():
     assert invented_numbers("See page 7 of gitcredentials.pdf.", "Where is it?", [source]) == ["7"]
 
 
+def test_a_reply_that_copies_a_source_heading_pasted_a_source_block():
+    from kbloop.assistant.grounding import pastes_heading
+
+    sources = [POST_BUFFER, hit("filecmp.DEFAULT_IGNORES lists the directories ignored by dircmp.", "filecmp.html")]
+    # replies of qwen2.5-0.5b to pydev's unanswerable questions: the prompt's heading, then a passage
+    assert pastes_heading("The directory names listed in filecmp.DEFAULT_IGNORES are:\n\n"
+                          "[2] filecmp.html (Navigation > filecmp)\ndircmp.common_dirs", sources)
+    assert pastes_heading("> [1] gitfaq.txt\nhttp.postBuffer ...", sources)
+    # a citation, or a numbered line that names no source file, is an answer
+    assert not pastes_heading("It ignores RCS and CVS [2].", sources)
+    assert not pastes_heading("[1] Run git config http.postBuffer 524288000.", sources)
+    assert not pastes_heading("[3] other.txt holds it.", sources)
+
+
 LS_REMOTE = "With --exit-code, which exit status does `git ls-remote` use when no matching refs are found?"
 SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the interactive shell aborted) "
          "to refuse interactive logins?")

@@ -212,6 +212,29 @@ def test_a_reply_without_the_number_asked_for_is_read_again(sample_home, open_kb
         assert final.refusal_reason == "the answer gives no number, and the question asks for one"
 
 
+@pytest.mark.parametrize("second, stands", [
+    ("Harbor listens on TCP port 8735 by default.", True),
+    ("[1] getting-started.md\nHarbor listens on TCP port 8735.", False),  # pasted again: refused
+])
+def test_a_reply_that_pastes_a_source_block_is_read_again(sample_home, open_kb, second, stands):
+    replies = iter(["The port is:\n\n[1] getting-started.md\nHarbor listens", second])
+    judge = judge_naming("8735", "stated")
+    with FakeOllama(models=("qwen3:4b", "judge:1b"),
+                    reply=lambda body: judge(body) if "JSON" in body["messages"][0]["content"]
+                    else next(replies)) as server:
+        kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        *pieces, final = Assistant(kb, gen).stream(QUESTION)
+    assert Progress("reading again") in pieces and final.timings["read_again"] is True
+    assert final.retracts("".join(p for p in pieces if isinstance(p, str)))
+    if stands:
+        assert not final.refused and final.answer == second
+    else:
+        assert final.refused and final.answer == NOT_IN_KB
+        assert final.refusal_reason == "the answer pastes a source block instead of answering"
+
+
 def test_an_answer_whose_number_no_source_holds_is_refused_without_a_second_reading(sample_home, open_kb):
     with FakeOllama(models=("qwen3:4b", "judge:1b"), reply=lambda body: "Harbor listens on port 9999.") as server:
         kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)

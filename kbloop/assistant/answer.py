@@ -14,20 +14,21 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (attribute, closest_sentence, gives_no_number, invented_numbers,
-                                       keyword_evidence, mentioned, new_words, restates, unmentioned_terms,
-                                       unsure_values)
+                                       keyword_evidence, mentioned, new_words, pastes_heading, restates,
+                                       unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
                            is_refusal)
 from kbloop.text import StopFilter
 
-# Why a reply is refused that says the sources do not answer, or that gives no number where the
-# question asks for one; either is read again.
+# Why a reply is refused that says the sources do not answer, that gives no number where the
+# question asks for one, or that pastes a source block; each is read again.
 FOUND_NO_ANSWER = "the model found no answer in the sources"
 NO_NUMBER = "the answer gives no number, and the question asks for one"
+PASTED = "the answer pastes a source block instead of answering"
 # The problems a second reading may solve: the model gave no answer to what was asked.
-UNANSWERED = (FOUND_NO_ANSWER, NO_NUMBER)
+UNANSWERED = (FOUND_NO_ANSWER, NO_NUMBER, PASTED)
 # When the model can only restate the question, though a source holds most of its words.
 QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
 
@@ -235,13 +236,16 @@ class Assistant:
     def _problem(self, question: str, text: str | None, hits: list[Hit], stats: dict,
                  timings: dict) -> Generator[Progress, None, str | None]:
         """Why the reply cannot be shown as the answer, or None: it restated the question, said
-        the sources do not answer, gives no number for a question that asks for one, states a
+        the sources do not answer, pasted a source block (its heading line), gives no number for a
+        question that asks for one, states a
         number no source holds, or gives a value the model was unsure of and the judge doubts.
         Yields the progress of that last check."""
         if text is None:
             return "the model only restated the question"
         if is_refusal(text, question):
             return FOUND_NO_ANSWER
+        if pastes_heading(text, hits):
+            return PASTED
         if gives_no_number(text, question):
             return NO_NUMBER
         if invented := invented_numbers(text, question, hits):
@@ -257,7 +261,8 @@ class Assistant:
         although they passed the relevance checks: the judge model (or the generator again,
         KBLOOP_READ_AGAIN_WITH), not offered the refusal, answers, and the answer and the judge's
         verdict on it are returned only when it is an answer (not a refusal, not the question
-        restated, no invented number) that the judge finds stated for exactly what was asked.
+        restated, no pasted source block, no invented number) that the judge finds stated for
+        exactly what was asked.
         None keeps the refusal."""
         timings["read_again"] = True
         started = time.perf_counter()
@@ -266,7 +271,8 @@ class Assistant:
                                    question, common, reader))
         verdict = None
         if again and not (is_refusal(again, question) or restates(again, question, common)
-                          or gives_no_number(again, question) or invented_numbers(again, question, hits)):
+                          or pastes_heading(again, hits) or gives_no_number(again, question)
+                          or invented_numbers(again, question, hits)):
             verdict = self.second_checker.check(question, again, hits)
             timings["verdict"] = verdict.verdict if verdict else None
         timings["read_again_s"] = round(time.perf_counter() - started, 4)

@@ -126,6 +126,18 @@ def gives_no_number(answer: str, question: str) -> bool:
     return not NO_LIMIT.search(answer) and not any(w in NUMBER_WORDS or any(c.isdigit() for c in w) for w in said)
 
 
+# A line that begins as the prompt's source headings do: "[4] filecmp.html (Navigation > …)".
+HEADING_LINE = re.compile(r"^[\s>*_`-]*\[(\d{1,2})\]\s+(\S+)", re.MULTILINE)
+
+
+def pastes_heading(answer: str, hits: list[Hit]) -> bool:
+    """The answer copies a source's heading line from the prompt (its number and file): the model
+    pasted a source block instead of answering, as it does when no source holds the answer
+    ("The directory names listed in filecmp.DEFAULT_IGNORES are:\n\n[4] filecmp.html (…)")."""
+    paths = {h.path for h in hits}
+    return any(match.group(2) in paths for match in HEADING_LINE.finditer(answer))
+
+
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     """The numbers the answer states when not one of them is in the question or a source
     (heading included), compared by value ("5.0" is in "timeout=5"). Empty when the answer states

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from kbloop.assistant.grounding import gives_no_number, invented_numbers, restates
+from kbloop.assistant.grounding import gives_no_number, invented_numbers, pastes_heading, restates
 from kbloop.assistant.verify import Verifier
 from kbloop.dataset.extractive import Pair
 from kbloop.dataset.filters import length_problem, supported
@@ -112,6 +112,8 @@ def answer_problem(answer: str, question: str, hits: list[Hit]) -> str | None:
         return "the teacher found no answer in the sources"
     if restates(answer, question):
         return "the teacher only restated the question"
+    if pastes_heading(answer, hits):
+        return "the teacher pasted a source block"
     if problem := length_problem(question, answer):
         return problem
     if gives_no_number(answer, question):
