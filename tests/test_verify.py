@@ -187,14 +187,12 @@ def test_a_refusal_is_read_again_and_the_answer_stands_only_when_the_judge_confi
         assert final.refusal_reason == "the model found no answer in the sources"
 
 
-@pytest.mark.parametrize("second, stands", [
-    ("An invitation expires after 72 hours.", True),
-    ("An invitation expires after a while.", False),  # still no number: the first reply is refused
-])
-def test_a_reply_without_the_number_asked_for_is_read_again(sample_home, open_kb, second, stands):
-    question = "How long does a Harbor invitation last before it expires?"
-    replies = iter(["A Harbor invitation expires after some time.", second])
-    judge = judge_naming("72", "stated")
+def read_twice(sample_home, open_kb, question: str, first: str, second: str, value: str):
+    """Ask ``question`` of a generator that replies ``first`` then ``second``, with a judge
+    that finds ``value`` stated: the stream's pieces, the final answer, and the models that
+    answered."""
+    replies = iter([first, second])
+    judge = judge_naming(value, "stated")
     with FakeOllama(models=("qwen3:4b", "judge:1b"),
                     reply=lambda body: judge(body) if "JSON" in body["messages"][0]["content"]
                     else next(replies)) as server:
@@ -204,6 +202,17 @@ def test_a_reply_without_the_number_asked_for_is_read_again(sample_home, open_kb
         *pieces, final = Assistant(kb, gen).stream(question)
         asked = [body["model"] for path, body in server.requests
                  if path == "/api/chat" and "JSON" not in body["messages"][0]["content"]]
+    return pieces, final, asked
+
+
+@pytest.mark.parametrize("second, stands", [
+    ("An invitation expires after 72 hours.", True),
+    ("An invitation expires after a while.", False),  # still no number: the first reply is refused
+])
+def test_a_reply_without_the_number_asked_for_is_read_again(sample_home, open_kb, second, stands):
+    question = "How long does a Harbor invitation last before it expires?"
+    pieces, final, asked = read_twice(sample_home, open_kb, question,
+                                      "A Harbor invitation expires after some time.", second, "72")
     assert asked == ["qwen3:4b", "judge:1b"] and Progress("reading again") in pieces
     if stands:
         assert not final.refused and final.answer == second and final.model == "ollama:judge:1b"
@@ -217,17 +226,10 @@ def test_a_reply_without_the_number_asked_for_is_read_again(sample_home, open_kb
     ("[1] getting-started.md\nHarbor listens on TCP port 8735.", False),  # pasted again: refused
 ])
 def test_a_reply_that_pastes_a_source_block_is_read_again(sample_home, open_kb, second, stands):
-    replies = iter(["The port is:\n\n[1] getting-started.md\nHarbor listens", second])
-    judge = judge_naming("8735", "stated")
-    with FakeOllama(models=("qwen3:4b", "judge:1b"),
-                    reply=lambda body: judge(body) if "JSON" in body["messages"][0]["content"]
-                    else next(replies)) as server:
-        kb = open_kb(sample_home, read_again=True, judge="ollama:judge:1b", ollama_url=server.url)
-        kb.ingest()
-        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
-        *pieces, final = Assistant(kb, gen).stream(QUESTION)
-    assert Progress("reading again") in pieces and final.timings["read_again"] is True
-    assert final.retracts("".join(p for p in pieces if isinstance(p, str)))
+    pieces, final, asked = read_twice(sample_home, open_kb, QUESTION,
+                                      "The port is:\n\n[1] getting-started.md\nHarbor listens", second, "8735")
+    assert asked == ["qwen3:4b", "judge:1b"] and Progress("reading again") in pieces
+    assert final.timings["read_again"] is True and final.retracts("".join(p for p in pieces if isinstance(p, str)))
     if stands:
         assert not final.refused and final.answer == second
     else:
