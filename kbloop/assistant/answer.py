@@ -237,8 +237,8 @@ class Assistant:
                  timings: dict) -> Generator[Progress, None, str | None]:
         """Why the reply cannot be shown as the answer, or None: it restated the question, said
         the sources do not answer, pasted a source block (its heading line), gives no number for a
-        question that asks for one, states a
-        number no source holds, or gives a value the model was unsure of and the judge doubts.
+        question that asks for one, states a number no source holds, or gives a value the model
+        was unsure of and the judge doubts.
         Yields the progress of that last check."""
         if text is None:
             return "the model only restated the question"

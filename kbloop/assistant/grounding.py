@@ -127,7 +127,7 @@ def gives_no_number(answer: str, question: str) -> bool:
 
 
 # A line that begins as the prompt's source headings do: "[4] filecmp.html (Navigation > …)".
-HEADING_LINE = re.compile(r"^[\s>*_`-]*\[(\d{1,2})\]\s+(\S+)", re.MULTILINE)
+HEADING_LINE = re.compile(r"^[\s>*_`-]*\[\d{1,2}\]\s+(\S+)", re.MULTILINE)
 
 
 def pastes_heading(answer: str, hits: list[Hit]) -> bool:
@@ -135,7 +135,7 @@ def pastes_heading(answer: str, hits: list[Hit]) -> bool:
     pasted a source block instead of answering, as it does when no source holds the answer
     ("The directory names listed in filecmp.DEFAULT_IGNORES are:\n\n[4] filecmp.html (…)")."""
     paths = {h.path for h in hits}
-    return any(match.group(2) in paths for match in HEADING_LINE.finditer(answer))
+    return any(match.group(1) in paths for match in HEADING_LINE.finditer(answer))
 
 
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
