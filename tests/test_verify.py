@@ -291,7 +291,8 @@ def test_only_the_answers_own_values_given_with_little_confidence_are_unsure():
     probabilities = [(0, 1, 0.2), (at["50"], 2, 0.45), (at["6700"], 2, 0.99), (at["2.3"], 1, 0.3),
                      (reply.index("[2]") + 1, 1, 0.1), (reply.index("[1]") + 1, 1, 0.1)]
     # the list markers and citation marks are not values; 2.3 is in the question; 6700 was read with confidence
-    assert unsure_values(reply, "What did version 2.3 set?", probabilities, 0.6) == [("50", 0.45)]
+    [unsure] = unsure_values(reply, "What did version 2.3 set?", probabilities, 0.6)
+    assert (unsure.value, unsure.probability, reply[unsure.start:unsure.end]) == ("50", 0.45, "50")
     assert unsure_values(reply, "What did version 2.3 set?", probabilities, 0.4) == []
 
 
@@ -344,8 +345,15 @@ def test_a_value_read_with_confidence_is_not_sent_to_the_judge(sample_home, open
 
 @pytest.mark.slow
 def test_the_packaged_judge_doubts_a_neighbouring_settings_value(packaged_judge):
-    for setting, right, neighbours in (("gc.autoPackLimit", 50, 6700), ("gc.auto", 6700, 50)):
+    # The judge reads the sentences and would write the value itself: the value of the setting
+    # asked about gets nearly all its probability, the neighbour's almost none, and a setting
+    # the sources do not describe gets neither.
+    support = {}
+    for setting in ("gc.autoPackLimit", "gc.auto", "gc.autoDetach"):
         question = f"What is the default value of {setting}?"
-        support = {value: packaged_judge.support(question, f"The default value of {setting} is {value}.", GC)
-                   for value in (right, neighbours)}
-        assert support[right] > support[neighbours]
+        for value in ("50", "6700"):
+            answer = f"The default value of {setting} is {value}."
+            support[setting, value] = packaged_judge.support(question, answer, GC, (answer[:-len(value) - 1], value))
+    assert min(support["gc.autoPackLimit", "50"], support["gc.auto", "6700"]) > 0.9
+    assert max(support["gc.autoPackLimit", "6700"], support["gc.auto", "50"]) < 0.05
+    assert max(support["gc.autoDetach", "50"], support["gc.autoDetach", "6700"]) < 0.5

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
-from kbloop.assistant.grounding import (attribute, closest_sentence, gives_no_number, invented_numbers,
-                                       keyword_evidence, mentioned, new_words, pastes_heading, restates,
-                                       unmentioned_terms, unsure_values)
+from kbloop.assistant.grounding import (Unsure, attribute, closest_sentence, gives_no_number,
+                                       invented_numbers, keyword_evidence, mentioned, new_words, pastes_heading,
+                                       restates, unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -252,7 +252,7 @@ class Assistant:
             return f"the answer states {', '.join(invented)}, which no source contains"
         if unsure := self._unsure_values(question, text, stats):
             yield Progress("checking")
-            return self._doubt(question, text, hits, unsure, timings)
+            return self._doubt(question, text, hits, unsure, stats, timings)
         return None
 
     def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
@@ -289,7 +289,7 @@ class Assistant:
         judge = self.judge_reads and settings.read_again and settings.read_again_with == "judge"
         return self.second_checker.model if judge else self.generator
 
-    def _unsure_values(self, question: str, text: str | None, stats: dict) -> list[tuple[str, float]]:
+    def _unsure_values(self, question: str, text: str | None, stats: dict) -> list[Unsure]:
         """The values of the answer the model gave with little confidence (KBLOOP_VALUE_CONFIDENCE),
         when ``text`` is the model's last reply as it wrote it (not a quoted sentence)."""
         threshold = self.kb.settings.value_confidence
@@ -298,20 +298,22 @@ class Assistant:
             return []
         return unsure_values(last[1], question, last[2], threshold)
 
-    def _doubt(self, question: str, text: str, hits: list[Hit], unsure: list[tuple[str, float]],
+    def _doubt(self, question: str, text: str, hits: list[Hit], unsure: list[Unsure], stats: dict,
                timings: dict) -> str | None:
-        """Why an answer with a value the model was unsure of is refused: the judge found it
-        unlikely that a source states it for what was asked (KBLOOP_VALUE_SUPPORT). None lets it
+        """Why an answer with a value the model was unsure of is refused: the judge, reading the
+        sources, would hardly write that value there itself (KBLOOP_VALUE_SUPPORT). None lets it
         stand, also when the judge gave no answer."""
         started = time.perf_counter()
-        support = self.second_checker.support(question, text, hits)
-        value, probability = min(unsure, key=lambda u: u[1])
-        timings.update({"value_confidence": round(probability, 4), "support": support and round(support, 4),
+        doubted = min(unsure, key=lambda u: u.probability)
+        written = stats["last_reply"][1]
+        value = (written[:doubted.start], written[doubted.start:doubted.end])
+        support = self.second_checker.support(question, text, hits, value)
+        timings.update({"value_confidence": round(doubted.probability, 4), "support": support and round(support, 4),
                         "support_s": round(time.perf_counter() - started, 4)})
         if support is None or support >= self.kb.settings.value_support:
             return None
-        return (f"the model was unsure of {value} (probability {probability:.2f}) and the check found it unlikely "
-                f"that a source states it for what was asked ({support:.2f})")
+        return (f"the model was unsure of {doubted.value} (probability {doubted.probability:.2f}) and the check found "
+                f"it unlikely that a source states it for what was asked ({support:.2f})")
 
     def _verify(self, question: str, text: str, hits: list[Hit], timings: dict) -> Verdict | None:
         if self.verifier is None:

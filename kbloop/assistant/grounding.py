@@ -16,6 +16,7 @@ and "... is 10.".
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import source_heading
@@ -149,13 +150,24 @@ def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     return [] if stated & grounded else sorted(stated)
 
 
+class Unsure(NamedTuple):
+    """A number of a reply that the model gave with little confidence."""
+
+    value: str
+    probability: float
+    """The probability of its first token."""
+    start: int
+    end: int
+    """Where it stands in the reply, as written."""
+
+
 def unsure_values(reply: str, question: str, digit_probabilities: list[tuple[int, int, float]],
-                  threshold: float) -> list[tuple[str, float]]:
+                  threshold: float) -> list[Unsure]:
     """The numbers of ``reply`` (the model's text as generated) that the question does not hold
-    and whose first token the model gave with a probability under ``threshold``, each with that
-    probability. ``digit_probabilities`` are (offset, length, probability) of its tokens that
-    hold a digit. A value read from a source comes with a probability near 1; one chosen for a
-    setting the sources do not describe is often a guess between candidates."""
+    and whose first token the model gave with a probability under ``threshold``. ``digit_probabilities``
+    are (offset, length, probability) of its tokens that hold a digit. A value read from a
+    source comes with a probability near 1; one chosen for a setting the sources do not
+    describe is often a guess between candidates."""
     asked = numbers(question)
     text = LIST_MARKER.sub(lambda m: " " * len(m.group()), reply)
     unsure = []
@@ -164,7 +176,7 @@ def unsure_values(reply: str, question: str, digit_probabilities: list[tuple[int
         start = match.start()
         probability = next((p for offset, length, p in digit_probabilities if offset <= start < offset + length), None)
         if value not in asked and probability is not None and probability < threshold:
-            unsure.append((value, probability))
+            unsure.append(Unsure(value, probability, start, match.end()))
     return unsure
 
 

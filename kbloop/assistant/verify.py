@@ -48,6 +48,11 @@ Proposed answer: {answer}
 
 Does the documentation above give this answer to exactly this question, and not to a similar question \
 about a different setting, option, function or case? Reply Yes or No."""
+READ_SYSTEM = "You answer questions from documentation."
+READ_PROMPT = """Documentation:
+{sentences}
+
+Question: {question}"""
 SUPPORT_SENTENCES = 4
 WORD = re.compile(r"[a-z0-9_.]+")
 
@@ -112,14 +117,26 @@ class Verifier:
             return Verdict("not_stated", source)
         return Verdict(reply["verdict"], source)
 
-    def support(self, question: str, answer: str, hits: list[Hit]) -> float | None:
-        """The judge's probability that the sources state ``answer`` for exactly what was asked,
-        shown the sentences where it would be stated; None when the judge gave none (logged)."""
+    def support(self, question: str, answer: str, hits: list[Hit],
+                value: tuple[str, str] | None = None) -> float | None:
+        """How likely the sources state ``answer`` for exactly what was asked, shown the
+        sentences where it would be stated; None when the judge gave nothing (logged).
+
+        With ``value`` (the reply up to a value, and the value as written), the judge reads the
+        sentences and the question, and this is the probability it gives to writing that value
+        itself after the same words: a value taken from a neighbouring setting's sentence gets
+        almost none. An engine that reads no probabilities (Ollama) answers Yes or No instead."""
         listed = "\n".join(f"- {text}" for text in support_sentences(question, answer, hits))
-        messages = [{"role": "system", "content": SUPPORT_SYSTEM},
-                    {"role": "user", "content": SUPPORT_PROMPT.format(sentences=listed, question=question,
-                                                                      answer=answer)}]
         try:
+            if value is not None:
+                reading = [{"role": "system", "content": READ_SYSTEM},
+                           {"role": "user", "content": READ_PROMPT.format(sentences=listed, question=question)}]
+                probability = self.model.continuation_probability(reading, *value)
+                if probability is not None:
+                    return probability
+            messages = [{"role": "system", "content": SUPPORT_SYSTEM},
+                        {"role": "user", "content": SUPPORT_PROMPT.format(sentences=listed, question=question,
+                                                                          answer=answer)}]
             return self.model.yes_probability(messages)
         except (JsonOutputError, BackendUnavailable) as exc:
             log.warning("answer's value not checked: %s", exc)

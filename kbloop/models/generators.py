@@ -15,7 +15,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from kbloop.errors import ConfigError, KbloopError
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
@@ -82,6 +82,12 @@ class Generator(ABC):
         reply = self.complete_json(messages[-1]["content"], YES_NO, max_new_tokens=16,
                                    system=next((m["content"] for m in messages if m["role"] == "system"), None))
         return 1.0 if reply["answer"] == "yes" else 0.0
+
+    def continuation_probability(self, messages: Messages, prefix: str, continuation: str) -> float | None:
+        """The probability that the model, replying to ``messages`` and having written ``prefix``,
+        writes ``continuation`` next: the product of its tokens' probabilities. None from an
+        engine that reads no probabilities (Ollama)."""
+        return None
 
     def complete_json(self, prompt: str, schema: dict, *, system: str | None = None,
                       max_new_tokens: int = 512) -> Any:
@@ -156,6 +162,18 @@ class TransformersGenerator(Generator):
                 self._model = with_adapter(base, adapter).eval()
             self.adapter = adapter
 
+    def continuation_probability(self, messages: Messages, prefix: str, continuation: str) -> float:
+        import torch
+
+        model, tokenizer = self.load()
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        head, tail = split_tokens(lambda text: tokenizer.encode(text, add_special_tokens=False), prefix, continuation)
+        ids = tokenizer.encode(prompt, add_special_tokens=False) + head + tail
+        with self._lock, torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[0, len(ids) - len(tail) - 1:-1]
+        chosen = torch.softmax(logits.float(), -1)[torch.arange(len(tail)), torch.tensor(tail)]
+        return float(chosen.prod())
+
     def stream(self, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,
                stop: list[str] | None = None, stats: dict | None = None) -> Iterator[str]:
         from transformers import (LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
@@ -226,6 +244,16 @@ class TransformersGenerator(Generator):
                     stats["digit_probabilities"] = digit_probabilities(tokenizer, generated, chosen)
         if failure:
             raise failure[0]
+
+
+def split_tokens(tokenize: Callable[[str], list[int]], prefix: str, continuation: str) -> tuple[list[int], list[int]]:
+    """The tokens of ``prefix + continuation`` split where the prefix's own tokens end: a token
+    that spans the boundary (" 6" of "is 6700") counts as the continuation's."""
+    whole, head = tokenize(prefix + continuation), tokenize(prefix) if prefix else []
+    shared = 0
+    while shared < min(len(whole), len(head)) and whole[shared] == head[shared]:
+        shared += 1
+    return whole[:shared], whole[shared:]
 
 
 def digit_probabilities(tokenizer: Any, generated: list[int],

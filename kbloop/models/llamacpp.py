@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 
 from kbloop.errors import BackendUnavailable
 from kbloop.fsutil import exclusive
-from kbloop.models.generators import Generator, Messages, is_looping
+from kbloop.models.generators import Generator, Messages, is_looping, split_tokens
 from kbloop.models.lora_gguf import BaseArchitecture, ensure_gguf
 from kbloop.models.registry import ModelSpec
 from kbloop.text import StopFilter
@@ -343,6 +343,22 @@ class LlamaCppGenerator(Generator):
             weights = np.exp(logits - logits.max())
             yes, no = (sum(weights[i] for i in self._first_tokens(llm, words)) for words in (YES, NO))
             return float(yes / (yes + no)) if yes + no > 0 else 0.5
+
+    def continuation_probability(self, messages: Messages, prefix: str, continuation: str) -> float:
+        with self._lock:
+            llm = self.load()
+            head, tail = split_tokens(lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
+                                      prefix, continuation)
+            tokens = self.prompt_tokens(messages) + head
+            if len(tokens) + len(tail) >= CONTEXT_TOKENS:
+                raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
+            llm.reset()
+            llm.eval(tokens)
+            probability = 1.0
+            for token in tail:
+                probability *= self._probability(llm, token)
+                llm.eval([token])
+            return probability
 
     @staticmethod
     def _first_tokens(llm: Any, words: tuple[str, ...]) -> set[int]:
