@@ -105,10 +105,11 @@ class Settings(BaseModel):
         ),
     )
     value_support: float = Field(
-        0.75, ge=0.0, le=1.0,
+        0.2, ge=0.0, le=1.0,
         description=(
             "An answer whose value the model was unsure of (KBLOOP_VALUE_CONFIDENCE) stands only when the judge "
-            "model's probability that a source states it for exactly what was asked is at least this."
+            "model, reading the sources and the question, would write that value itself after the same words "
+            "with at least this probability (an Ollama judge, which gives no probabilities, answers yes or no)."
         ),
     )
     read_again: bool = Field(

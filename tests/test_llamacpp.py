@@ -4,6 +4,7 @@ grammar-constrained JSON, and LoRA adapters converted to GGUF and switched in pl
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from kbloop import models
 from kbloop.config import Settings
 from kbloop.errors import BackendUnavailable
 from kbloop.models import llamacpp, local
-from kbloop.models.generators import PackagedGenerator
+from kbloop.models.generators import PackagedGenerator, split_tokens
 from kbloop.models.llamacpp import LlamaCppGenerator, Utf8Stream
 from kbloop.models.lora_gguf import GGUF_NAME, AdapterConversionError, BaseArchitecture, ensure_gguf
 
@@ -94,6 +95,30 @@ def test_it_records_how_sure_the_model_was_of_each_digit_it_wrote(engine, model_
     assert digits and sum(ch.isdigit() for ch in text) >= len(digits)
     for offset, length, probability in digits:
         assert any(ch.isdigit() for ch in text[offset:offset + length]) and 0.0 < probability <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["llamacpp", pytest.param("transformers", marks=pytest.mark.slow)])
+def test_the_probability_of_what_follows_a_started_reply_is_read_from_the_model(engine, model_cache, kind):
+    if kind == "transformers":
+        engine = models.create("generator", "local:smollm2-135m",
+                               Settings(model_cache=str(model_cache), engine="transformers"))
+    count = [{"role": "user", "content": "Count from 1 to 12, separated by commas."}]
+    five, nine = (engine.continuation_probability(count, "1, 2, 3, 4, ", value) for value in ("5", "9"))
+    assert five > 0.5 and nine < 0.05
+    # one more token can only make it less likely, and the same question gets the same answer
+    assert engine.continuation_probability(count, "1, 2, 3, 4, ", "5, 6") <= five
+    assert engine.continuation_probability(count, "1, 2, 3, 4, ", "5") == pytest.approx(five)
+
+
+def test_a_token_that_spans_the_end_of_the_prefix_belongs_to_the_continuation():
+    vocabulary: dict[str, int] = {}
+
+    def tokenize(text: str) -> list[int]:
+        return [vocabulary.setdefault(piece, len(vocabulary)) for piece in re.findall(r" ?\w+|\s|\S", text)]
+
+    head, tail = split_tokens(tokenize, "It is ", "6700.")
+    assert [head, tail] == [tokenize("It is"), tokenize(" 6700.")]
+    assert split_tokens(tokenize, "", "50") == ([], tokenize("50"))
 
 
 def test_the_probability_of_a_yes_is_read_from_the_model(engine):

@@ -304,10 +304,12 @@ def test_the_judge_is_shown_the_sentences_where_the_answer_would_be_stated():
 
 
 def test_a_judge_that_only_says_yes_or_no_gives_a_certain_support(sample_home, open_kb):
+    # Ollama gives no probabilities, so the judge says whether the sources state the value
     question = "What is the default of gc.autoPackLimit?"
     with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": "no"})) as server:
         judge = models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url))
-        assert Verifier(judge).support(question, "It is 6700.", GC) == 0.0
+        assert judge.continuation_probability([{"role": "user", "content": question}], "It is ", "6700") is None
+        assert Verifier(judge).support(question, "It is 6700.", GC, ("It is ", "6700")) == 0.0
     with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": "yes"})) as server:
         judge = models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url))
         assert Verifier(judge).support(question, "It is 50.", GC) == 1.0
