@@ -203,6 +203,27 @@ def test_a_reply_that_copies_a_source_heading_pasted_a_source_block():
     assert not pastes_heading("[3] other.txt holds it.", sources)
 
 
+def test_every_reader_of_the_sources_is_held_to_the_same_reply_checks():
+    from kbloop.assistant import grounding
+    from kbloop.dataset.answers import answer_problem
+
+    sources = [hit("The default value of gc.autoPackLimit is 50.", "git-gc.html")]
+    question = "How many packs does gc.autoPackLimit allow by default?"
+    replies = {
+        "The knowledge base does not contain the answer to this question.": grounding.FOUND_NO_ANSWER,
+        "How many packs does gc.autoPackLimit allow by default?": grounding.RESTATED,
+        "The packs are:\n\n[1] git-gc.html\nThe default value": grounding.PASTED,
+        "It allows packs up to the limit set by gc.autoPackLimit.": grounding.NO_NUMBER,
+        "It allows 60 packs by default.": "the answer states 60, which no source contains",
+        "It allows 50 packs by default [1].": None,
+    }
+    for reply, reason in replies.items():
+        # the assistant (the generator and a second reading) and the teacher share one list
+        assert grounding.reply_problem(reply, question, sources) == reason
+        assert answer_problem(reply, question, sources) == reason
+    assert "too long" in answer_problem("It allows 50 packs by default. " * 60, question, sources)
+
+
 LS_REMOTE = "With --exit-code, which exit status does `git ls-remote` use when no matching refs are found?"
 SHELL = ("With git-shell, which command in ~/git-shell-commands is run (and the interactive shell aborted) "
          "to refuse interactive logins?")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
-from kbloop.assistant.grounding import (Unsure, attribute, closest_sentence, gives_no_number,
-                                       invented_numbers, keyword_evidence, mentioned, new_words, pastes_heading,
+from kbloop.assistant.grounding import (FOUND_NO_ANSWER, NO_NUMBER, PASTED, RESTATED, Unsure, attribute,
+                                       closest_sentence, keyword_evidence, mentioned, new_words, reply_problem,
                                        restates, unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
@@ -22,11 +22,6 @@ from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_number
                            is_refusal)
 from kbloop.text import StopFilter
 
-# Why a reply is refused that says the sources do not answer, that gives no number where the
-# question asks for one, or that pastes a source block; each is read again.
-FOUND_NO_ANSWER = "the model found no answer in the sources"
-NO_NUMBER = "the answer gives no number, and the question asks for one"
-PASTED = "the answer pastes a source block instead of answering"
 # The problems a second reading may solve: the model gave no answer to what was asked.
 UNANSWERED = (FOUND_NO_ANSWER, NO_NUMBER, PASTED)
 # When the model can only restate the question, though a source holds most of its words.
@@ -235,21 +230,13 @@ class Assistant:
 
     def _problem(self, question: str, text: str | None, hits: list[Hit], stats: dict,
                  timings: dict) -> Generator[Progress, None, str | None]:
-        """Why the reply cannot be shown as the answer, or None: it restated the question, said
-        the sources do not answer, pasted a source block (its heading line), gives no number for a
-        question that asks for one, states a number no source holds, or gives a value the model
-        was unsure of and the judge doubts.
+        """Why the reply cannot be shown as the answer, or None: a problem of any model's reply
+        (``reply_problem``), or a value the model was unsure of that the judge doubts.
         Yields the progress of that last check."""
         if text is None:
-            return "the model only restated the question"
-        if is_refusal(text, question):
-            return FOUND_NO_ANSWER
-        if pastes_heading(text, hits):
-            return PASTED
-        if gives_no_number(text, question):
-            return NO_NUMBER
-        if invented := invented_numbers(text, question, hits):
-            return f"the answer states {', '.join(invented)}, which no source contains"
+            return RESTATED
+        if problem := reply_problem(text, question, hits):
+            return problem
         if unsure := self._unsure_values(question, text, stats):
             yield Progress("checking")
             return self._doubt(question, text, hits, unsure, stats, timings)
@@ -270,9 +257,7 @@ class Assistant:
         again = finish(self._reply(build_messages(question, hits, may_refuse=False), stats, first_token,
                                    question, common, reader))
         verdict = None
-        if again and not (is_refusal(again, question) or restates(again, question, common)
-                          or pastes_heading(again, hits) or gives_no_number(again, question)
-                          or invented_numbers(again, question, hits)):
+        if again and reply_problem(again, question, hits, common) is None:
             verdict = self.second_checker.check(question, again, hits)
             timings["verdict"] = verdict.verdict if verdict else None
         timings["read_again_s"] = round(time.perf_counter() - started, 4)

@@ -19,7 +19,7 @@ import re
 from typing import NamedTuple
 
 from kbloop.ingest.manifest import Hit
-from kbloop.prompt import source_heading
+from kbloop.prompt import is_refusal, source_heading
 from kbloop.text import (LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, stem, technical_terms, values,
                          word_stems)
 
@@ -148,6 +148,31 @@ def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     stated = values(answer) - values(question)
     grounded = set().union(*(values(f"{source_heading(n, h)}\n{h.text}") for n, h in enumerate(hits, start=1)))
     return [] if stated & grounded else sorted(stated)
+
+
+# Why a reply is not an answer. The first three are read again: the model answered nothing.
+FOUND_NO_ANSWER = "the model found no answer in the sources"
+NO_NUMBER = "the answer gives no number, and the question asks for one"
+PASTED = "the answer pastes a source block instead of answering"
+RESTATED = "the model only restated the question"
+
+
+def reply_problem(reply: str, question: str, hits: list[Hit], common: frozenset[str] = frozenset()) -> str | None:
+    """Why a model's reply cannot stand as an answer, whichever model wrote it (the generator,
+    a second reading, the teacher), or None: it says the sources do not answer, only restates
+    the question, pastes a source block, gives no number for a question that asks for one, or
+    states a number no source holds."""
+    if is_refusal(reply, question):
+        return FOUND_NO_ANSWER
+    if restates(reply, question, common):
+        return RESTATED
+    if pastes_heading(reply, hits):
+        return PASTED
+    if gives_no_number(reply, question):
+        return NO_NUMBER
+    if invented := invented_numbers(reply, question, hits):
+        return f"the answer states {', '.join(invented)}, which no source contains"
+    return None
 
 
 class Unsure(NamedTuple):

@@ -21,13 +21,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from kbloop.assistant.grounding import gives_no_number, invented_numbers, pastes_heading, restates
+from kbloop.assistant.grounding import reply_problem
 from kbloop.assistant.verify import Verifier
 from kbloop.dataset.extractive import Pair
 from kbloop.dataset.filters import length_problem, supported
 from kbloop.dataset.records import Knowledge, Record, SourceChunk, Split, assemble_in_order
 from kbloop.ingest.manifest import Hit
-from kbloop.prompt import CITATION, STOP_STRINGS, build_messages, clean_answer, is_refusal
+from kbloop.prompt import CITATION, STOP_STRINGS, build_messages, clean_answer
 
 if TYPE_CHECKING:
     from kbloop.dataset.counts import BuildCounts
@@ -108,19 +108,7 @@ def write_answer(teacher: Generator, verifier: Verifier, question: str, context:
 
 def answer_problem(answer: str, question: str, hits: list[Hit]) -> str | None:
     """Why a reply cannot be an answer, before anyone checks it, or None."""
-    if is_refusal(answer, question):
-        return "the teacher found no answer in the sources"
-    if restates(answer, question):
-        return "the teacher only restated the question"
-    if pastes_heading(answer, hits):
-        return "the teacher pasted a source block"
-    if problem := length_problem(question, answer):
-        return problem
-    if gives_no_number(answer, question):
-        return "the answer gives no number, and the question asks for one"
-    if invented := invented_numbers(answer, question, hits):
-        return f"the answer states {', '.join(invented)}, which no source contains"
-    return None
+    return reply_problem(answer, question, hits) or length_problem(question, answer)
 
 
 class TeacherAnswers:
