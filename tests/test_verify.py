@@ -312,9 +312,9 @@ def test_a_judge_that_only_says_yes_or_no_gives_a_certain_support(sample_home, o
         assert Verifier(judge).support(question, "It is 6700.", GC, ("It is ", "6700")) == 0.0
     with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": "yes"})) as server:
         judge = models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url))
-        assert Verifier(judge).support(question, "It is 50.", GC) == 1.0
+        assert Verifier(judge).support(question, "It is 50.", GC, ("It is ", "50")) == 1.0
     missing = models.create("judge", "ollama:judge:1b", Settings(ollama_url="http://127.0.0.1:9"))
-    assert Verifier(missing).support(question, "It is 50.", GC) is None
+    assert Verifier(missing).support(question, "It is 50.", GC, ("It is ", "50")) is None
 
 
 @pytest.mark.parametrize("verdict", ["yes", "no"])

@@ -117,23 +117,21 @@ class Verifier:
             return Verdict("not_stated", source)
         return Verdict(reply["verdict"], source)
 
-    def support(self, question: str, answer: str, hits: list[Hit],
-                value: tuple[str, str] | None = None) -> float | None:
-        """How likely the sources state ``answer`` for exactly what was asked, shown the
-        sentences where it would be stated; None when the judge gave nothing (logged).
+    def support(self, question: str, answer: str, hits: list[Hit], value: tuple[str, str]) -> float | None:
+        """How likely the sources state ``answer``'s ``value`` (the reply up to the value, and the
+        value as written) for exactly what was asked; None when the judge gave nothing (logged).
 
-        With ``value`` (the reply up to a value, and the value as written), the judge reads the
-        sentences and the question, and this is the probability it gives to writing that value
-        itself after the same words: a value taken from a neighbouring setting's sentence gets
-        almost none. An engine that reads no probabilities (Ollama) answers Yes or No instead."""
+        The judge reads the sentences where it would be stated and the question, and this is the
+        probability it gives to writing that value itself after the same words: a value taken
+        from a neighbouring setting's sentence gets almost none. A judge that reads no
+        probabilities (Ollama) answers Yes or No instead."""
         listed = "\n".join(f"- {text}" for text in support_sentences(question, answer, hits))
         try:
-            if value is not None:
-                reading = [{"role": "system", "content": READ_SYSTEM},
-                           {"role": "user", "content": READ_PROMPT.format(sentences=listed, question=question)}]
-                probability = self.model.continuation_probability(reading, *value)
-                if probability is not None:
-                    return probability
+            reading = [{"role": "system", "content": READ_SYSTEM},
+                       {"role": "user", "content": READ_PROMPT.format(sentences=listed, question=question)}]
+            probability = self.model.continuation_probability(reading, *value)
+            if probability is not None:
+                return probability
             messages = [{"role": "system", "content": SUPPORT_SYSTEM},
                         {"role": "user", "content": SUPPORT_PROMPT.format(sentences=listed, question=question,
                                                                           answer=answer)}]

@@ -328,17 +328,21 @@ class LlamaCppGenerator(Generator):
         logits = self._last_logits(llm)
         return float(1.0 / np.exp(logits - logits[token]).sum())
 
+    def _read(self, llm: Any, tokens: list[int], then: int = 0) -> None:
+        """Evaluate ``tokens`` from an empty cache, leaving room for ``then`` more, so that the
+        logits of their last position are the model's next-token distribution."""
+        if len(tokens) + then >= CONTEXT_TOKENS:
+            raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
+        llm.reset()
+        llm.eval(tokens)
+
     def yes_probability(self, messages: Messages) -> float:
         """P(yes) / (P(yes) + P(no)) for the reply's first token: how sure the model is of a yes."""
         import numpy as np
 
         with self._lock:
             llm = self.load()
-            tokens = self.prompt_tokens(messages)
-            if len(tokens) >= CONTEXT_TOKENS:
-                raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
-            llm.reset()
-            llm.eval(tokens)
+            self._read(llm, self.prompt_tokens(messages))
             logits = self._last_logits(llm)
             weights = np.exp(logits - logits.max())
             yes, no = (sum(weights[i] for i in self._first_tokens(llm, words)) for words in (YES, NO))
@@ -349,11 +353,7 @@ class LlamaCppGenerator(Generator):
             llm = self.load()
             head, tail = split_tokens(lambda text: llm.tokenize(text.encode("utf-8"), add_bos=False, special=False),
                                       prefix, continuation)
-            tokens = self.prompt_tokens(messages) + head
-            if len(tokens) + len(tail) >= CONTEXT_TOKENS:
-                raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
-            llm.reset()
-            llm.eval(tokens)
+            self._read(llm, self.prompt_tokens(messages) + head, then=len(tail))
             probability = 1.0
             for token in tail:
                 probability *= self._probability(llm, token)
