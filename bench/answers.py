@@ -152,6 +152,8 @@ class Reply:
     asked_as: str | None = None  # kbloop: a chat follow-up as rewritten to stand alone
     value_confidence: float | None = None  # kbloop: the least sure value of an answer the judge then checked
     support: float | None = None  # kbloop: the judge's probability that a source states that value
+    least_sure_word: str | None = None  # kbloop: the word of the answer the model was least sure of
+    word_confidence: float | None = None  # kbloop: the probability of that word's first token
 
 
 def grade(item: dict, reply: Reply) -> bool:
@@ -228,6 +230,7 @@ class KbloopPipeline:
             steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
             asked_as=timings.get("asked_as"),
             value_confidence=timings.get("value_confidence"), support=timings.get("support"),
+            least_sure_word=timings.get("least_sure_word"), word_confidence=timings.get("word_confidence"),
         )
 
     def close(self) -> None:
@@ -352,6 +355,7 @@ def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: 
         "answer": reply.answer, "correct": grade(item, reply), "refused": reply.refused,
         "refusal_reason": reply.refusal_reason, "steps": reply.steps, "asked_as": reply.asked_as,
         "value_confidence": reply.value_confidence, "support": reply.support,
+        "least_sure_word": reply.least_sure_word, "word_confidence": reply.word_confidence,
         "gold_sources": gold, "type": item.get("type"),
         # kbloop cites some of its sources; the plain pipeline shows all it was given.
         "cited_gold": bool(gold) and any(file_name(src["path"]) in gold for src in reply.sources

@@ -84,17 +84,20 @@ def test_it_streams_counts_tokens_and_stops_at_the_limit(engine):
 
 
 @pytest.mark.parametrize("kind", ["llamacpp", pytest.param("transformers", marks=pytest.mark.slow)])
-def test_it_records_how_sure_the_model_was_of_each_digit_it_wrote(engine, model_cache, kind):
+def test_it_records_how_sure_the_model_was_of_each_token_it_wrote(engine, model_cache, kind):
     if kind == "transformers":
         engine = models.create("generator", "local:smollm2-135m",
                                Settings(model_cache=str(model_cache), engine="transformers"))
     stats: dict = {}
     count = [{"role": "user", "content": "Count from 1 to 12, separated by commas."}]
     text = "".join(engine.stream(count, max_new_tokens=40, stats=stats))
-    digits = stats["digit_probabilities"]
-    assert digits and sum(ch.isdigit() for ch in text) >= len(digits)
-    for offset, length, probability in digits:
-        assert any(ch.isdigit() for ch in text[offset:offset + length]) and 0.0 < probability <= 1.0
+    tokens = stats["token_probabilities"]
+    # the tokens tile the reply: each starts where the one before it ended
+    assert tokens and tokens[0][0] == 0 and sum(length for _, length, _ in tokens) == len(text)
+    assert all(a[0] + a[1] == b[0] for a, b in zip(tokens, tokens[1:]))
+    assert all(0.0 < probability <= 1.0 for _, _, probability in tokens)
+    # a count read off the question is written with near certainty
+    assert max(p for offset, length, p in tokens if "12" in text[offset:offset + length] or "1" == text[offset:offset + length].strip()) > 0.5
 
 
 @pytest.mark.parametrize("kind", ["llamacpp", pytest.param("transformers", marks=pytest.mark.slow)])

@@ -14,7 +14,7 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (FOUND_NO_ANSWER, NO_NUMBER, PASTED, RESTATED, Unsure, attribute,
-                                       closest_sentence, keyword_evidence, mentioned, new_words, reply_problem,
+                                       closest_sentence, keyword_evidence, least_sure_word, mentioned, new_words, reply_problem,
                                        restates, unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
@@ -237,6 +237,9 @@ class Assistant:
             return RESTATED
         if problem := reply_problem(text, question, hits):
             return problem
+        last = stats.get("last_reply")
+        if last and last[0] == text and (least := least_sure_word(last[1], question, last[2])):
+            timings["least_sure_word"], timings["word_confidence"] = least[0], round(least[1], 4)
         if unsure := self._unsure_values(question, text, stats):
             yield Progress("checking")
             return self._doubt(question, text, hits, unsure, stats, timings)
@@ -355,7 +358,7 @@ class Assistant:
         stats["prompt_tokens"] += call.get("prompt_tokens") or 0
         stats["completion_tokens"] += call.get("completion_tokens") or 0
         reply = clean_answer(shown.text)
-        stats["last_reply"] = (reply, shown.text, call.get("digit_probabilities") or [])
+        stats["last_reply"] = (reply, shown.text, call.get("token_probabilities") or [])
         if held and not (holding and restates(reply, question, common)):
             yield held
         return reply

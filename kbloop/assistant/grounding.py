@@ -186,11 +186,11 @@ class Unsure(NamedTuple):
     """Where it stands in the reply, as written."""
 
 
-def unsure_values(reply: str, question: str, digit_probabilities: list[tuple[int, int, float]],
+def unsure_values(reply: str, question: str, token_probabilities: list[tuple[int, int, float]],
                   threshold: float) -> list[Unsure]:
     """The numbers of ``reply`` (the model's text as generated) that the question does not hold
-    and whose first token the model gave with a probability under ``threshold``. ``digit_probabilities``
-    are (offset, length, probability) of its tokens that hold a digit. A value read from a
+    and whose first token the model gave with a probability under ``threshold``. ``token_probabilities``
+    are (offset, length, probability) of its tokens. A value read from a
     source comes with a probability near 1; one chosen for a setting the sources do not
     describe is often a guess between candidates."""
     asked = numbers(question)
@@ -199,10 +199,33 @@ def unsure_values(reply: str, question: str, digit_probabilities: list[tuple[int
     for match in NUMBER.finditer(text):
         value = match.group().replace(",", "")
         start = match.start()
-        probability = next((p for offset, length, p in digit_probabilities if offset <= start < offset + length), None)
+        probability = at(token_probabilities, start)
         if value not in asked and probability is not None and probability < threshold:
             unsure.append(Unsure(value, probability, start, match.end()))
     return unsure
+
+
+def at(token_probabilities: list[tuple[int, int, float]], offset: int) -> float | None:
+    """The probability of the token that holds the character at ``offset``, when one does."""
+    return next((p for start, length, p in token_probabilities if start <= offset < start + length), None)
+
+
+def least_sure_word(reply: str, question: str, token_probabilities: list[tuple[int, int, float]],
+                    common: frozenset[str] = frozenset()) -> tuple[str, float] | None:
+    """The word of ``reply`` (the model's text as generated) that adds to the question and whose
+    first token the model gave with the least probability, with that probability; None when
+    the reply adds no word or no probabilities were recorded."""
+    added = set(new_words(reply, question, common))
+    least = None
+    for match in re.finditer(r"\S+", reply):
+        word = match.group()
+        if not added & set(normalise(word).split()):
+            continue
+        start = match.start() + next((i for i, ch in enumerate(word) if ch.isalnum()), 0)
+        probability = at(token_probabilities, start)
+        if probability is not None and (least is None or probability < least[1]):
+            least = (word, probability)
+    return least
 
 
 def attribute(answer: str, question: str, hits: list[Hit], common: frozenset[str] = frozenset()) -> list[int]:

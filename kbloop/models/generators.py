@@ -241,7 +241,7 @@ class TransformersGenerator(Generator):
                     generated = result[0][0, prompt_length:].tolist()
                     stats["prompt_tokens"] = int(prompt_length)
                     stats["completion_tokens"] = len(generated)
-                    stats["digit_probabilities"] = digit_probabilities(tokenizer, generated, chosen)
+                    stats["token_probabilities"] = token_probabilities(tokenizer, generated, chosen)
         if failure:
             raise failure[0]
 
@@ -256,19 +256,18 @@ def split_tokens(tokenize: Callable[[str], list[int]], prefix: str, continuation
     return whole[:shared], whole[shared:]
 
 
-def digit_probabilities(tokenizer: Any, generated: list[int],
+def token_probabilities(tokenizer: Any, generated: list[int],
                         chosen: list[tuple[int, float]]) -> list[tuple[int, int, float]]:
-    """(offset, length, probability) of each generated token that holds a digit, offsets in the
-    decoded reply; ``chosen`` is the greedy choice and its probability at each step. Only the
-    tokens that hold a digit alone (a digit is never part of a longer character) are placed in
-    the reply, by decoding the reply up to them."""
+    """(offset, length, probability) of each generated token that decodes to text of its own,
+    offsets in the decoded reply; ``chosen`` is the greedy choice and its probability at each
+    step. Tokens are placed in the reply by decoding the reply up to them."""
     found = []
+    position = 0
     for step, (token, (pick, probability)) in enumerate(zip(generated, chosen)):
-        if token != pick or not any(ch.isdigit() for ch in tokenizer.decode([token], skip_special_tokens=True)):
-            continue
-        position = len(tokenizer.decode(generated[:step], skip_special_tokens=True))
-        text = tokenizer.decode(generated[:step + 1], skip_special_tokens=True)
-        found.append((position, len(text) - position, probability))
+        end = len(tokenizer.decode(generated[:step + 1], skip_special_tokens=True))
+        if token == pick and end > position:
+            found.append((position, end - position, probability))
+        position = max(position, end)
     return found
 
 

@@ -287,7 +287,7 @@ class LlamaCppGenerator(Generator):
             generated: list[int] = []
             text, stops = Utf8Stream(), StopFilter(stop or [])
             sampling = {"temp": temperature} if temperature > 0 else {"temp": 0.0, "top_k": 1}
-            digits: list[tuple[int, int, float]] = []
+            probabilities: list[tuple[int, int, float]] = []
             position = 0
             try:
                 for token in llm.generate(tokens, reset=True, grammar=grammar, **sampling):
@@ -295,8 +295,8 @@ class LlamaCppGenerator(Generator):
                         break
                     generated.append(token)
                     decoded = text.push(llm.detokenize([token]))
-                    if stats is not None and any(ch.isdigit() for ch in decoded):
-                        digits.append((position, len(decoded), self._probability(llm, token)))
+                    if stats is not None and decoded:
+                        probabilities.append((position, len(decoded), self._probability(llm, token)))
                     position += len(decoded)
                     piece = stops.feed(decoded)
                     if piece:
@@ -311,7 +311,7 @@ class LlamaCppGenerator(Generator):
                 if stats is not None:
                     stats["prompt_tokens"] = len(tokens)
                     stats["completion_tokens"] = len(generated)
-                    stats["digit_probabilities"] = digits
+                    stats["token_probabilities"] = probabilities
 
     @staticmethod
     def _last_logits(llm: Any) -> Any:
