@@ -112,6 +112,16 @@ class Settings(BaseModel):
             "with at least this probability (an Ollama judge, which gives no probabilities, answers yes or no)."
         ),
     )
+    answer_confidence: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description=(
+            "When the generator wrote a word of its answer (one the question does not hold) with less than this "
+            "probability, the judge model (KBLOOP_JUDGE) answers from the same sources instead, and its answer "
+            "goes through every check; it may also say that the sources hold no answer. Costs the judge's reply "
+            "for those answers only (about a third on the development corpora). 0 turns this off. Local "
+            "generators only: an Ollama generator reports no probabilities (docs/answers.md)."
+        ),
+    )
     read_again: bool = Field(
         True,
         description=(

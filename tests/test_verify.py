@@ -11,7 +11,7 @@ import pytest
 from fake_ollama import FakeOllama
 from kbloop import models
 from kbloop.assistant.answer import Assistant, Progress
-from kbloop.assistant.grounding import unsure_values
+from kbloop.assistant.grounding import least_sure_word, unsure_values
 from kbloop.assistant.verify import Verifier, numbered_sentences, support_sentences
 from kbloop.config import Settings
 from kbloop.ingest.manifest import Hit
@@ -296,6 +296,18 @@ def test_only_the_answers_own_values_given_with_little_confidence_are_unsure():
     assert unsure_values(reply, "What did version 2.3 set?", probabilities, 0.4) == []
 
 
+def test_the_least_sure_word_is_one_the_answer_adds_to_the_question():
+    reply = "The default value of gc.auto is `6700`, see [1]."
+    at = {word: reply.index(word) for word in ("The", "default", "gc.auto", "6700", "see")}
+    probabilities = [(at["The"], 3, 0.1), (at["default"] - 1, 8, 0.2), (at["gc.auto"] - 1, 3, 0.3),
+                     (at["6700"], 2, 0.6), (at["see"] - 1, 4, 0.9)]
+    # "The" and "default" add nothing, gc.auto is the question's own: 6700 (from its backtick on) is least sure
+    assert least_sure_word(reply, "What is the default value of gc.auto?", probabilities) == ("`6700`,", 0.6)
+    assert least_sure_word("The default value of gc.auto.", "What is the default value of gc.auto?",
+                           probabilities) is None
+    assert least_sure_word(reply, "What is the default value of gc.auto?", []) is None
+
+
 def test_the_judge_is_shown_the_sentences_where_the_answer_would_be_stated():
     sentences = support_sentences("What is the default of gc.autoPackLimit?", "The default is 50.", GC, count=4)
     # the sentence holding the answer's value, after the one before it, which names its setting
@@ -359,3 +371,38 @@ def test_the_packaged_judge_doubts_a_neighbouring_settings_value(packaged_judge)
     assert min(support["gc.autoPackLimit", "50"], support["gc.auto", "6700"]) > 0.9
     assert max(support["gc.autoPackLimit", "6700"], support["gc.auto", "50"]) < 0.05
     assert max(support["gc.autoDetach", "50"], support["gc.autoDetach", "6700"]) < 0.5
+
+
+# -- answers the generator was unsure of, read by the judge model ------------------------------
+
+@pytest.mark.parametrize("second", ["Harbor listens on TCP port 8735 by default.", "I don't know."])
+def test_an_answer_the_generator_was_unsure_of_is_replaced_by_the_judge_models(
+        sample_home, open_kb, generator, second):
+    # At a threshold of 1 every answer of the real model counts as unsure, so the judge model
+    # answers the same prompt, and its reply goes through the checks of a first answer.
+    kb = open_kb(sample_home, answer_confidence=1.0, value_confidence=0.0, read_again=True,
+                 read_again_with="judge")
+    kb.ingest()
+    with FakeOllama(models=("judge:1b",), reply=lambda body: second) as server:
+        judge = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url)))
+        *pieces, final = Assistant(kb, generator, None, second_checker=judge, corrections=False).stream(QUESTION)
+        chats = [body for path, body in server.requests if path == "/api/chat"]
+    # one reading by the judge, given the prompt the generator was given, refusal allowed
+    assert len(chats) == 1 and "I don't know" in chats[0]["messages"][0]["content"]
+    assert Progress("reading again") in pieces
+    assert final.timings["reread_unsure"] is True and 0.0 < final.timings["word_confidence"] < 1.0
+    streamed = "".join(p for p in pieces if isinstance(p, str))
+    assert streamed and final.retracts(streamed)
+    if second.startswith("Harbor"):
+        assert not final.refused and final.answer == second and final.model == "ollama:judge:1b"
+    else:
+        assert final.refused and final.answer == NOT_IN_KB
+        assert final.refusal_reason == "the model found no answer in the sources"
+
+
+def test_an_answer_written_with_confidence_is_not_read_again(sample_home, open_kb, generator):
+    kb = open_kb(sample_home, answer_confidence=0.0, value_confidence=0.0)  # the reading is off
+    kb.ingest()
+    missing = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url="http://127.0.0.1:9")))
+    final = Assistant(kb, generator, None, second_checker=missing, corrections=False).ask(QUESTION)
+    assert "reread_unsure" not in final.timings and final.timings["word_confidence"] > 0.0

@@ -205,12 +205,15 @@ class Assistant:
             "completion_tokens": tokens,
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
         })
+        if self._unsure_of_answer(question, text, hits, stats, timings, common):
+            yield Progress("reading again")
+            text = self._read_unsure(question, hits, stats, first_token, timings, common)
         problem = yield from self._problem(question, text, hits, stats, timings)
         verdict = None
         # Only a reply that answered nothing is read again. Read again, answers whose value failed a
         # check (no source holds it, or the judge doubts it) became invented answers to unanswerable
         # questions on both development corpora (docs/benchmarks.md).
-        if problem in UNANSWERED and self.kb.settings.read_again:
+        if problem in UNANSWERED and self.kb.settings.read_again and not timings.get("read_again"):
             yield Progress("reading again")
             if again := self._read_again(question, hits, stats, first_token, timings, common):
                 (text, verdict), problem = again, None
@@ -237,13 +240,40 @@ class Assistant:
             return RESTATED
         if problem := reply_problem(text, question, hits):
             return problem
-        last = stats.get("last_reply")
-        if last and last[0] == text and (least := least_sure_word(last[1], question, last[2])):
-            timings["least_sure_word"], timings["word_confidence"] = least[0], round(least[1], 4)
         if unsure := self._unsure_values(question, text, stats):
             yield Progress("checking")
             return self._doubt(question, text, hits, unsure, stats, timings)
         return None
+
+    def _unsure_of_answer(self, question: str, text: str | None, hits: list[Hit], stats: dict, timings: dict,
+                          common: frozenset[str]) -> bool:
+        """The generator answered, but wrote a word that its answer adds to the question with a
+        probability under KBLOOP_ANSWER_CONFIDENCE: a guess among candidates, not a word read off a
+        source. The word and its probability are kept in ``timings`` for every answer."""
+        last = stats.get("last_reply")
+        if not text or not last or last[0] != text or reply_problem(text, question, hits, common):
+            return False
+        if "read_again_by" in timings:  # the judge wrote it, asked again after a restated question
+            return False
+        least = least_sure_word(last[1], question, last[2], common)
+        if least is None:
+            return False
+        timings["least_sure_word"], timings["word_confidence"] = least[0], round(least[1], 4)
+        threshold = self.kb.settings.answer_confidence
+        return bool(threshold) and least[1] < threshold and self._reader() is not self.generator
+
+    def _read_unsure(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
+                     common: frozenset[str]) -> str | None:
+        """The judge model's reply to the same prompt, which replaces an answer the generator was
+        unsure of (``_unsure_of_answer``) and goes through every check of a first answer; it may say
+        that the sources hold no answer. None when it only restated the question."""
+        timings["read_again"] = timings["reread_unsure"] = True
+        started = time.perf_counter()
+        reader = self._reader()
+        again = finish(self._reply(build_messages(question, hits), stats, first_token, question, common, reader))
+        timings["read_again_by"] = reader.spec
+        timings["read_again_s"] = round(time.perf_counter() - started, 4)
+        return None if restates(again, question, common) else again
 
     def _read_again(self, question: str, hits: list[Hit], stats: dict, first_token: list[float], timings: dict,
                     common: frozenset[str]) -> tuple[str, Verdict] | None:
