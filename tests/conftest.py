@@ -33,11 +33,13 @@ def clean_environment(monkeypatch):
             monkeypatch.delenv(key)
     # Keep test processes from fighting over the 2 cores.
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    # The answer check, the second reading of a refusal and the check of a value the model was
-    # unsure of load the 1.5B judge; their own tests turn them on, whatever the defaults.
+    # The answer check, the second reading of a refusal or of an answer the model was unsure of,
+    # and the check of a value it was unsure of load the 1.5B judge; their own tests turn them
+    # on, whatever the defaults.
     monkeypatch.setenv("KBLOOP_VERIFY_ANSWERS", "false")
     monkeypatch.setenv("KBLOOP_READ_AGAIN", "false")
     monkeypatch.setenv("KBLOOP_VALUE_CONFIDENCE", "0")
+    monkeypatch.setenv("KBLOOP_ANSWER_CONFIDENCE", "0")
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +106,7 @@ def cli_env(home: Path | None = None, **extra: str) -> dict[str, str]:
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["KBLOOP_VERIFY_ANSWERS"] = "false"
     env["KBLOOP_VALUE_CONFIDENCE"] = "0"  # its own tests turn it on
+    env["KBLOOP_ANSWER_CONFIDENCE"] = "0"  # likewise: a judge model's answer would replace the generator's
     if home is not None:
         env["KBLOOP_HOME"] = str(home)
     env.update(extra)

@@ -56,7 +56,8 @@ def make_home(root: Path, embedder) -> Home:
 def serving(home: Home, embedder, generator, **settings):
     """A real server for ``home`` on a free loopback port; yields (base URL, service)."""
     config = home.load_settings(environ={}).model_copy(
-        update={"generator": generator.spec, "verify_answers": False, "value_confidence": 0.0, **settings})
+        update={"generator": generator.spec, "verify_answers": False, "value_confidence": 0.0,
+                "answer_confidence": 0.0, **settings})
     service = Service(home, config, embedder=embedder, ingest_embedder=embedder, generator=generator)
     with running(create_app(service)) as url:
         yield url, service
