@@ -14,8 +14,8 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (FOUND_NO_ANSWER, NO_NUMBER, PASTED, RESTATED, Unsure, attribute,
-                                       closest_sentence, keyword_evidence, least_sure_word, mentioned, new_words, reply_problem,
-                                       restates, unmentioned_terms, unsure_values)
+                                       closest_sentence, keyword_evidence, least_sure_word, mentioned, new_words,
+                                       reply_problem, restates, unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -212,7 +212,8 @@ class Assistant:
         verdict = None
         # Only a reply that answered nothing is read again. Read again, answers whose value failed a
         # check (no source holds it, or the judge doubts it) became invented answers to unanswerable
-        # questions on both development corpora (docs/benchmarks.md).
+        # questions on both development corpora (docs/benchmarks.md). A reply the judge model
+        # already wrote (``_read_unsure``) is not read a second time.
         if problem in UNANSWERED and self.kb.settings.read_again and not timings.get("read_again"):
             yield Progress("reading again")
             if again := self._read_again(question, hits, stats, first_token, timings, common):
