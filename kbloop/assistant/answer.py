@@ -251,12 +251,13 @@ class Assistant:
         """The generator answered, but wrote a word that its answer adds to the question with a
         probability under KBLOOP_ANSWER_CONFIDENCE: a guess among candidates, not a word read off a
         source. The word and its probability are kept in ``timings`` for every answer."""
-        last = stats.get("last_reply")
-        if not text or not last or last[0] != text or reply_problem(text, question, hits, common):
+        written = self._as_written(text, stats)
+        if written is None or reply_problem(text, question, hits, common):
             return False
         if "read_again_by" in timings:  # the judge wrote it, asked again after a restated question
             return False
-        least = least_sure_word(last[1], question, last[2], common)
+        reply, probabilities = written
+        least = least_sure_word(reply, question, probabilities, common)
         if least is None:
             return False
         timings["least_sure_word"], timings["word_confidence"] = least[0], round(least[1], 4)
@@ -312,10 +313,18 @@ class Assistant:
         """The values of the answer the model gave with little confidence (KBLOOP_VALUE_CONFIDENCE),
         when ``text`` is the model's last reply as it wrote it (not a quoted sentence)."""
         threshold = self.kb.settings.value_confidence
-        last = stats.get("last_reply")
-        if not threshold or not text or last is None or last[0] != text or is_refusal(text, question):
+        written = self._as_written(text, stats)
+        if not threshold or written is None or is_refusal(text, question):
             return []
-        return unsure_values(last[1], question, last[2], threshold)
+        reply, probabilities = written
+        return unsure_values(reply, question, probabilities, threshold)
+
+    @staticmethod
+    def _as_written(text: str | None, stats: dict) -> tuple[str, list[tuple[int, int, float]]] | None:
+        """The model's last reply as it wrote it, and the probabilities of its tokens, when ``text``
+        is that reply cleaned (not a quoted sentence, not another model's); None otherwise."""
+        last = stats.get("last_reply")
+        return (last[1], last[2]) if text and last is not None and last[0] == text else None
 
     def _doubt(self, question: str, text: str, hits: list[Hit], unsure: list[Unsure], stats: dict,
                timings: dict) -> str | None:
