@@ -222,15 +222,6 @@ class Settings(BaseModel):
             "better on one and worse on the other, so 1 stays (docs/answers.md)."
         ),
     )
-    sentence_weight: float = Field(
-        1.0, ge=0.0, le=100.0,
-        description=(
-            "How much a chunk's best sentence counts when the first 20 chunks found are ranked again: the most "
-            "question words one of its sentences holds, fused with the ranking by embedding and keywords. 1 "
-            "counts them alike, 0 skips this. It put more of the benchmark questions' evidence among the sources "
-            "read on both development corpora (docs/answers.md)."
-        ),
-    )
     vector_store: Literal["faiss", "qdrant"] = Field(
         "faiss",
         description=(

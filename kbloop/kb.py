@@ -142,7 +142,7 @@ class KnowledgeBase:
     @cached_property
     def retriever(self) -> Retriever:
         return Retriever(self.manifest, self.store, lambda: self.embedder, self.settings.search_k,
-                         self.settings.keyword_weight, self.settings.sentence_weight)
+                         self.settings.keyword_weight)
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
         """The k chunks that best answer ``query`` (see ``kbloop.retrieval``)."""

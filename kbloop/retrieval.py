@@ -9,12 +9,7 @@ The assistant, dataset building and evaluation all search through one ``Retrieve
    bench/retrieval.py and docs/answers.md say what other weights do);
 4. each hit carries its cosine similarity to the query, whichever ranking found it, so scores
    mean the same thing everywhere (the refusal threshold reads them);
-5. chunks that contain the exact technical terms the question names come first;
-6. the first ``RERANK_POOL`` are ranked again by their best sentence: the ranking so far and the
-   ranking by the most question words one sentence holds (``best_sentence_overlap``) are fused,
-   the second weighing ``KBLOOP_SENTENCE_WEIGHT`` (0 skips this). A whole chunk's embedding and
-   its bag of words both blur the one sentence that answers; on both development corpora this
-   put more of the questions' evidence among the sources read (bench/retrieval.py).
+5. chunks that contain the exact technical terms the question names come first.
 """
 
 from __future__ import annotations
@@ -23,10 +18,9 @@ from typing import Any, Callable
 
 from kbloop.errors import KbloopError
 from kbloop.ingest.manifest import Hit, Manifest
-from kbloop.text import UNINFORMATIVE, best_sentence_overlap, technical_terms, word_stems
+from kbloop.text import technical_terms
 
 RRF_K = 60
-RERANK_POOL = 20
 
 
 def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K,
@@ -48,13 +42,12 @@ class Retriever:
     """
 
     def __init__(self, manifest: Manifest, store: Callable[[], Any], embedder: Callable[[], Any],
-                 default_k: int, keyword_weight: float = 1.0, sentence_weight: float = 0.0):
+                 default_k: int, keyword_weight: float = 1.0):
         self.manifest = manifest
         self._store = store
         self._embedder = embedder
         self.default_k = default_k
         self.keyword_weight = keyword_weight
-        self.sentence_weight = sentence_weight
 
     def search(self, query: str, k: int | None = None) -> list[Hit]:
         """The k chunks that best answer ``query``, best first."""
@@ -65,8 +58,7 @@ class Retriever:
         if store is None or len(store) == 0:
             return []
         vector = self._embedder().embed_query(query)
-        pool = max(k, RERANK_POOL) if self.sentence_weight > 0 else k
-        depth = max(4 * pool, 20)
+        depth = max(4 * k, 20)
         dense = dict(store.search(vector, depth))
         keyword = self.manifest.keyword_search(query, depth) if self.keyword_weight > 0 else []
         scored = []
@@ -78,19 +70,7 @@ class Retriever:
         terms = technical_terms(query)
         if terms:
             hits.sort(key=lambda h: -sum(term in h.text.lower() for term in terms))  # stable
-        if self.sentence_weight > 0:
-            hits = self._by_best_sentence(query, hits[:pool])
         return hits[:k]
-
-    def _by_best_sentence(self, query: str, hits: list[Hit]) -> list[Hit]:
-        """``hits`` in the order that fuses theirs with the order of their best sentence's overlap
-        with the query (step 6)."""
-        stopwords = UNINFORMATIVE | self.manifest.common_words()
-        asked = word_stems(query, stopwords)
-        overlap = [best_sentence_overlap(h.text, asked, stopwords) for h in hits]
-        by_sentence = sorted(range(len(hits)), key=lambda i: -overlap[i])  # stable: ties keep their order
-        order = reciprocal_rank_fusion([list(range(len(hits))), by_sentence], weights=[1.0, self.sentence_weight])
-        return [hits[i] for i in order]
 
 
 def _cosine(store: Any, vid: int, query: Any) -> float | None:

@@ -21,13 +21,6 @@ STOPWORDS = frozenset(
     "then there they this to was what when where which who why will with you your".split()
 )
 
-# Words that tell neither one source from another nor an answer from the question, besides the
-# stop words: "default", which a manual says of every setting. Each knowledge base adds its own
-# common words (``Manifest.common_words``: "git" in git's manual), passed as ``common``.
-# The words a reply frames its answer with ("According to the sources, ...", "Based on the
-# information provided, ...") say nothing of the answer either.
-UNINFORMATIVE = STOPWORDS | {"default", "according", "based", "provided", "information", "source", "sources"}
-
 # A number as written in prose: 900, 6,700, 2.30.0; not a citation "[2]" nor part of a name
 # ("ipv6", "sha256").
 NUMBER = re.compile(r"(?<![\w.\[])\d+(?:[.,]\d+)*(?![\w\]])")
@@ -136,13 +129,6 @@ def word_stems(text: str, stopwords: frozenset[str] = STOPWORDS) -> set[str]:
 def stem(word: str) -> str:
     """A normalised word without a plural or third-person "s" ("listens" -> "listen")."""
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
-
-
-def best_sentence_overlap(text: str, asked: set[str], stopwords: frozenset[str] = STOPWORDS) -> int:
-    """The most of the words ``asked`` (``word_stems``) that one sentence of ``text`` holds: a
-    chunk whose one sentence holds most of a question's words states its answer more likely than
-    one that holds them scattered over a page."""
-    return max((len(asked & word_stems(s, stopwords)) for s in SENTENCE_BREAK.split(text) if s), default=0)
 
 
 def passage(text: str, query: str, limit: int = 240) -> str:

@@ -115,3 +115,15 @@ def test_a_method_documented_under_its_module_counts_as_mentioned():
     # two-part names stay exact: a near-miss setting is not its neighbour
     assert unmentioned_terms("What is the default of csv.field_size_limit?", [chunk]) == ["csv.field_size_limit"]
     assert unmentioned_terms("What does csv.Sniffer.sniff_rows do?", [chunk]) == ["csv.sniffer.sniff_rows"]
+
+
+def test_a_file_name_the_question_names_is_not_required_of_the_sources():
+    from kbloop.assistant.grounding import names_file, unmentioned_terms
+
+    chunk = Hit(0, 0.7, "tarfile.txt", "For modes 'w:xz' and 'x:xz', tarfile.open() accepts the keyword argument preset.", {})
+    question = "I create an .tar.xz with tarfile.open(name, 'w:xz'). Which preset is used?"
+    assert unmentioned_terms(question, [chunk]) == []
+    # a setting's name is still required, whatever it ends in
+    assert unmentioned_terms("What is the default of tarfile.xz_preset?", [chunk]) == ["tarfile.xz_preset"]
+    assert names_file("archive.tar.gz") and names_file("libpq.so") and names_file("backup.zip")
+    assert not any(map(names_file, ["core.compression", "os.path", "zlib.decompress", "http.postbuffer"]))

@@ -21,10 +21,16 @@ from typing import NamedTuple
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import is_refusal, source_heading
-from kbloop.text import (LIST_MARKER, NUMBER, UNINFORMATIVE, normalise, numbers, stem, technical_terms, values,
+from kbloop.text import (LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, stem, technical_terms, values,
                          word_stems)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+# Words that tell neither one source from another nor an answer from the question, besides the
+# stop words: "default", which a manual says of every setting. Each knowledge base adds its own
+# common words (``Manifest.common_words``: "git" in git's manual), passed as ``common``.
+# The words a reply frames its answer with ("According to the sources, ...", "Based on the
+# information provided, ...") say nothing of the answer either.
+UNINFORMATIVE = STOPWORDS | {"default", "according", "based", "provided", "information", "source", "sources"}
 # A question that offers its own answers: a yes/no question, or one that names the choices ("A or
 # B", "which of A and B"). Its answer may add no word to it and leave some of its words out.
 OFFERS_CHOICE = re.compile(
@@ -42,7 +48,7 @@ FILE_TYPES = mimetypes.MimeTypes()  # Python's own table, the same on every mach
 
 
 def names_file(term: str) -> bool:
-    """``term`` ends in an extension of a known file type ("archive.tar.xz", "libpq.so"): a
+    """``term`` ends in the extension of a known file type ("archive.tar.xz", "libpq.so"): a
     question names such a file where the manual describes the format or the library without
     naming a file of it ("I create an .tar.xz" against "for mode 'w:xz'"), so its absence
     from the sources says nothing."""
