@@ -113,7 +113,7 @@ class Settings(BaseModel):
         ),
     )
     answer_confidence: float = Field(
-        0.5, ge=0.0, le=1.0,
+        0.7, ge=0.0, le=1.0,
         description=(
             "When the generator wrote a word of its answer (one the question does not hold) with less than this "
             "probability, the judge model (KBLOOP_JUDGE) answers from the same sources instead, and its answer "

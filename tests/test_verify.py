@@ -406,3 +406,19 @@ def test_an_answer_written_with_confidence_is_not_read_again(sample_home, open_k
     missing = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url="http://127.0.0.1:9")))
     final = Assistant(kb, generator, None, second_checker=missing, corrections=False).ask(QUESTION)
     assert "reread_unsure" not in final.timings and final.timings["word_confidence"] > 0.0
+
+
+def test_a_value_the_check_refused_is_not_read_again_by_the_judge(sample_home, open_kb, generator):
+    # Every word and every value counts as unsure at thresholds of 1. The judge doubts the value,
+    # so the answer is refused, and the judge is not asked to answer instead: on an unanswerable
+    # question it would give a neighbouring setting's value with confidence.
+    kb = open_kb(sample_home, answer_confidence=1.0, value_confidence=1.0, read_again=True, read_again_with="judge")
+    kb.ingest()
+    with FakeOllama(models=("judge:1b",), reply=lambda body: json.dumps({"answer": "no"})) as server:
+        judge = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url)))
+        final = Assistant(kb, generator, None, second_checker=judge, corrections=False).ask(
+            "Which TCP port does Harbor listen on by default?")
+        chats = [body for path, body in server.requests if path == "/api/chat"]
+    assert final.refused and "unsure of" in final.refusal_reason
+    assert len(chats) == 1 and "Reply Yes or No" in chats[0]["messages"][-1]["content"]
+    assert "reread_unsure" not in final.timings

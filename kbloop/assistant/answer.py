@@ -205,10 +205,16 @@ class Assistant:
             "completion_tokens": tokens,
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
         })
-        if self._unsure_of_answer(question, text, hits, stats, timings, common):
+        problem = yield from self._problem(question, text, hits, stats, timings)
+        # An answer that passed the checks but that the generator was unsure of is answered by the
+        # judge model instead. A value the check refused stays refused: on an unanswerable question
+        # the larger model answers a neighbouring setting's value with confidence (docs/benchmarks.md).
+        if problem is None and self._unsure_of_answer(question, text, hits, stats, timings, common):
             yield Progress("reading again")
             text = self._read_unsure(question, hits, stats, first_token, timings, common)
-        problem = yield from self._problem(question, text, hits, stats, timings)
+            for key in ("value_confidence", "support", "support_s"):  # they described the first answer
+                timings.pop(key, None)
+            problem = yield from self._problem(question, text, hits, stats, timings)
         verdict = None
         # Only a reply that answered nothing is read again. Read again, answers whose value failed a
         # check (no source holds it, or the judge doubts it) became invented answers to unanswerable
@@ -250,7 +256,8 @@ class Assistant:
                           common: frozenset[str]) -> bool:
         """The generator answered, but wrote a word that its answer adds to the question with a
         probability under KBLOOP_ANSWER_CONFIDENCE: a guess among candidates, not a word read off a
-        source. The word and its probability are kept in ``timings`` for every answer."""
+        source. The word and its probability are kept in ``timings`` for every answer that passed
+        the checks of ``_problem``."""
         written = self._as_written(text, stats)
         if written is None or reply_problem(text, question, hits, common):
             return False
