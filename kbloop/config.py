@@ -116,9 +116,10 @@ class Settings(BaseModel):
         0.7, ge=0.0, le=1.0,
         description=(
             "When the generator wrote a word of its answer (one the question does not hold) with less than this "
-            "probability, the judge model (KBLOOP_JUDGE) answers from the same sources instead, and its answer "
-            "goes through every check; it may also say that the sources hold no answer. Costs the judge's reply "
-            "for those answers only (about a third on the development corpora). 0 turns this off, as do "
+            "probability, and the answer passed the checks (a value the value check refused stays refused), the "
+            "judge model (KBLOOP_JUDGE) answers from the same sources instead, and its answer goes through every "
+            "check; it may also say that the sources hold no answer. Costs the judge's reply for those answers "
+            "only (about a third on the development corpora). 0 turns this off, as do "
             "KBLOOP_READ_AGAIN=false and KBLOOP_READ_AGAIN_WITH=generator. Local "
             "generators only: an Ollama generator reports no probabilities (docs/answers.md)."
         ),
