@@ -15,6 +15,7 @@ and "... is 10.".
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import re
 from typing import NamedTuple
@@ -44,7 +45,11 @@ def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     return [t for t in technical_terms(question) if not mentioned(t, text) and not names_file(t)]
 
 
-FILE_TYPES = mimetypes.MimeTypes()  # Python's own table, the same on every machine
+@functools.cache
+def file_types() -> mimetypes.MimeTypes:
+    """Python's own table of file types, the same on every machine; made on first use, since
+    making it also reads the system's tables into the module's global one."""
+    return mimetypes.MimeTypes()
 
 
 def names_file(term: str) -> bool:
@@ -52,7 +57,7 @@ def names_file(term: str) -> bool:
     question names such a file where the manual describes the format or the library without
     naming a file of it ("I create an .tar.xz" against "for mode 'w:xz'"), so its absence
     from the sources says nothing."""
-    kind, encoding = FILE_TYPES.guess_type(term, strict=False)
+    kind, encoding = file_types().guess_type(term, strict=False)
     return bool(kind or encoding)
 
 
