@@ -148,7 +148,7 @@ class Reply:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     refusal_reason: str | None = None
-    steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted", "read_again"
+    steps: list[str] = field(default_factory=list)  # kbloop: "asked_again", "quoted", "read_again", ...
     asked_as: str | None = None  # kbloop: a chat follow-up as rewritten to stand alone
     value_confidence: float | None = None  # kbloop: the least sure value of an answer the judge then checked
     support: float | None = None  # kbloop: the judge's probability that a source states that value
@@ -227,7 +227,8 @@ class KbloopPipeline:
             first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
             prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
             refusal_reason=ans.refusal_reason,
-            steps=[k for k in ("asked_again", "quoted", "read_again") if timings.get(k)],
+            steps=[k for k in ("asked_again", "quoted", "read_again", "reread_unsure", "judge_found_no_answer")
+                   if timings.get(k)],
             asked_as=timings.get("asked_as"),
             value_confidence=timings.get("value_confidence"), support=timings.get("support"),
             least_sure_word=timings.get("least_sure_word"), word_confidence=timings.get("word_confidence"),

@@ -387,8 +387,12 @@ def test_an_answer_the_generator_was_unsure_of_is_replaced_by_the_judge_models(
         judge = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url)))
         *pieces, final = Assistant(kb, generator, None, second_checker=judge, corrections=False).stream(QUESTION)
         chats = [body for path, body in server.requests if path == "/api/chat"]
-    # one reading by the judge, given the prompt the generator was given, refusal allowed
-    assert len(chats) == 1 and "I don't know" in chats[0]["messages"][0]["content"]
+    # one reading by the judge, given the prompt the generator was given, refusal allowed; after a
+    # refusal the judge is asked to check the generator's answer (and asked once more, since it
+    # gives no verdict here), so the refusal stands
+    readings = [body for body in chats if "JSON" not in body["messages"][0]["content"]]
+    assert len(readings) == 1 and "I don't know" in readings[0]["messages"][0]["content"]
+    assert len(chats) - len(readings) == (0 if second.startswith("Harbor") else 2)
     assert Progress("reading again") in pieces
     assert final.timings["reread_unsure"] is True and 0.0 < final.timings["word_confidence"] < 1.0
     streamed = "".join(p for p in pieces if isinstance(p, str))
@@ -398,6 +402,38 @@ def test_an_answer_the_generator_was_unsure_of_is_replaced_by_the_judge_models(
     else:
         assert final.refused and final.answer == NOT_IN_KB
         assert final.refusal_reason == "the model found no answer in the sources"
+
+
+@pytest.mark.parametrize("verdict", ["stated", "other_subject"])
+def test_where_the_judge_model_finds_no_answer_it_checks_the_generators(sample_home, open_kb, generator, verdict):
+    # The judge model, reading an answer the generator was unsure of, says the sources do not
+    # answer. That alone does not refuse: the judge then checks the generator's answer against the
+    # sources, and the answer stands when the judge finds it stated for what was asked.
+    kb = open_kb(sample_home, answer_confidence=1.0, value_confidence=0.0, read_again=True,
+                 read_again_with="judge")
+    kb.ingest()
+    check = judge_naming("8735", verdict)
+    with FakeOllama(models=("judge:1b",), reply=lambda body: check(body) if "JSON" in body["messages"][0]["content"]
+                    else "I don't know.") as server:
+        judge = Verifier(models.create("judge", "ollama:judge:1b", Settings(ollama_url=server.url)))
+        *pieces, final = Assistant(kb, generator, None, second_checker=judge, corrections=False).stream(
+            "Which TCP port does Harbor listen on by default?")
+        chats = [body for path, body in server.requests if path == "/api/chat"]
+    # it read, then checked; the stream said so
+    assert ["JSON" in body["messages"][0]["content"] for body in chats] == [False, True]
+    assert Progress("reading again") in pieces and Progress("checking") in pieces
+    assert final.timings["verdict"] == verdict
+    streamed = "".join(p for p in pieces if isinstance(p, str))
+    assert "8735" in streamed
+    if verdict == "stated":
+        assert not final.refused and "8735" in final.answer and final.answer in streamed
+        assert final.timings["judge_found_no_answer"] is True and not final.retracts(streamed)
+        assert final.model == generator.spec and "read_again_by" not in final.timings
+        assert [s.path for s in final.sources if s.cited] == ["getting-started.md"]
+    else:
+        assert final.refused and final.answer == NOT_IN_KB and final.retracts(streamed)
+        assert final.refusal_reason == "the model found no answer in the sources"
+        assert "judge_found_no_answer" not in final.timings
 
 
 def test_an_answer_written_with_confidence_is_not_read_again(sample_home, open_kb, generator):

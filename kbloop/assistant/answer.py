@@ -206,16 +206,28 @@ class Assistant:
             "tokens_per_s": round(max(tokens - 1, 0) / (done - first), 2) if first and done > first else None,
         })
         problem = yield from self._problem(question, text, hits, stats, timings)
+        verdict = None
         # An answer that passed the checks but that the generator was unsure of is answered by the
         # judge model instead. A value the check refused stays refused: on an unanswerable question
         # the larger model answers a neighbouring setting's value with confidence (docs/benchmarks.md).
         if problem is None and self._unsure_of_answer(question, text, hits, stats, timings, common):
             yield Progress("reading again")
+            unsure = text
             text = self._read_unsure(question, hits, stats, first_token, timings, common)
             for key in ("value_confidence", "support", "support_s"):  # they described the first answer
                 timings.pop(key, None)
             problem = yield from self._problem(question, text, hits, stats, timings)
-        verdict = None
+            # One model's "no answer" does not refuse another's answer that passed the checks: where
+            # the judge model found none, the generator's answer stands if the judge, checking it
+            # against the sources, finds it stated for exactly what was asked.
+            if problem in (FOUND_NO_ANSWER, RESTATED):
+                yield Progress("checking")
+                verdict = self._verify(question, unsure, hits, timings, self.second_checker)
+                if verdict is not None and verdict.stands:
+                    text, problem = unsure, None
+                    for key in ("read_again", "read_again_by"):  # the answer is the generator's, as streamed
+                        timings.pop(key, None)
+                    timings["judge_found_no_answer"] = True
         # Only a reply that answered nothing is read again. Read again, answers whose value failed a
         # check (no source holds it, or the judge doubts it) became invented answers to unanswerable
         # questions on both development corpora (docs/benchmarks.md). A reply the judge model
@@ -350,11 +362,13 @@ class Assistant:
         return (f"the model was unsure of {doubted.value} (probability {doubted.probability:.2f}) and the check found "
                 f"it unlikely that a source states it for what was asked ({support:.2f})")
 
-    def _verify(self, question: str, text: str, hits: list[Hit], timings: dict) -> Verdict | None:
-        if self.verifier is None:
+    def _verify(self, question: str, text: str, hits: list[Hit], timings: dict,
+                verifier: Verifier | None = None) -> Verdict | None:
+        verifier = verifier or self.verifier
+        if verifier is None:
             return None
         started = time.perf_counter()
-        verdict = self.verifier.check(question, text, hits)
+        verdict = verifier.check(question, text, hits)
         timings["verify_s"] = round(time.perf_counter() - started, 4)
         timings["verdict"] = verdict.verdict if verdict else None
         return verdict
