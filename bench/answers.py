@@ -5,6 +5,10 @@ with the same embedding model (local:all-minilm-l6-v2) and the same generator ob
 
 - ``kbloop``: a kbloop home holding the corpus, ingested once; ``Assistant(kb).ask(question)``.
   Retrieval is measured with ``kb.search(question, 5)``.
+- ``api`` (on request): the same kbloop home answered through ``kbloop serve``'s app on a
+  loopback port, as a chat client meets it: a non-streamed POST to the OpenAI-compatible
+  ``/v1/chat/completions`` per question, graded on the reply's message content, its cited
+  sources read from the reply's ``kbloop`` field, retrieval measured with ``/api/search``.
 - ``plain``: stock LangChain parts: one langchain-community loader per format (TextLoader for
   .md/.txt, BSHTMLLoader for .html, PyPDFLoader for .pdf, Docx2txtLoader for .docx),
   RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=150), a langchain-community
@@ -40,7 +44,7 @@ Run it from the repository root:
     pip install -r bench/requirements.txt
     python bench/answers.py [--models local:qwen2.5-0.5b,local:qwen2.5-1.5b@retrieve_k=2]
                             [--engine llamacpp|transformers]
-                            [--pipelines kbloop,plain] [--limit N]
+                            [--pipelines kbloop,plain,api] [--limit N]
                             [--workdir DIR] [--keep] [--json]
 
 A model entry may carry kbloop settings for its run after ``@``, such as
@@ -61,12 +65,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import httpx
+
 from kbloop import models
 from kbloop.assistant.answer import Assistant
 from kbloop.config import Home, Settings
 from kbloop.evaluate.metrics import UNANSWERABLE, matches, reference_forms
 from kbloop.kb import KnowledgeBase
 from kbloop.prompt import is_refusal
+from kbloop.server.app import MODEL_ID, create_app, running
+from kbloop.server.service import Service
 from workdir import bench_workdir, corpus_home
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +83,8 @@ OUT_DIR = REPO / "bench" / "out"
 CHAT_DIR = REPO / "bench" / "chat"
 EMBEDDER = "local:all-minilm-l6-v2"
 DEFAULT_MODELS = Settings.model_fields["generator"].default  # the default generator alone
-PIPELINES = ("kbloop", "plain")
+PIPELINES = ("kbloop", "plain", "api")
+DEFAULT_PIPELINES = ("kbloop", "plain")
 
 HIT_K = 5
 PLAIN_CONTEXT_K = 4
@@ -179,6 +188,24 @@ def stream_timed(pieces: Iterator[str], stats: dict) -> tuple[str, float | None,
 
 # -- the kbloop pipeline ---------------------------------------------------------------------
 
+STEPS = ("asked_again", "quoted", "read_again", "reread_unsure", "judge_found_no_answer")
+
+
+def kbloop_reply(answer: dict) -> Reply:
+    """A Reply from kbloop's answer as ``Answer.as_dict`` gives it, in process or in the
+    ``kbloop`` field of an API reply."""
+    timings = answer["timings"]
+    return Reply(
+        answer=answer["answer"], refused=answer["refused"],
+        sources=[{"path": s["path"], "score": s["score"], "cited": s["cited"]} for s in answer["sources"]],
+        first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
+        prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
+        refusal_reason=answer["refusal_reason"], steps=[k for k in STEPS if timings.get(k)],
+        asked_as=timings.get("asked_as"),
+        value_confidence=timings.get("value_confidence"), support=timings.get("support"),
+        least_sure_word=timings.get("least_sure_word"), word_confidence=timings.get("word_confidence"),
+    )
+
 def ingest_kbloop(home: Home, embedder: Any) -> dict:
     with KnowledgeBase(home, embedder=embedder) as kb:
         started = time.perf_counter()
@@ -219,23 +246,47 @@ class KbloopPipeline:
         return [file_name(h.path) for h in self.kb.search(question, HIT_K)]
 
     def answer(self, question: str, history: list[tuple[str, str]] | None = None) -> Reply:
-        ans = self.assistant.ask(question, history)
-        timings = ans.timings
-        return Reply(
-            answer=ans.answer, refused=ans.refused,
-            sources=[{"path": s.path, "score": s.score, "cited": s.cited} for s in ans.sources],
-            first_token_s=timings.get("first_token_s"), tokens_per_s=timings.get("tokens_per_s"),
-            prompt_tokens=timings.get("prompt_tokens"), completion_tokens=timings.get("completion_tokens"),
-            refusal_reason=ans.refusal_reason,
-            steps=[k for k in ("asked_again", "quoted", "read_again", "reread_unsure", "judge_found_no_answer")
-                   if timings.get(k)],
-            asked_as=timings.get("asked_as"),
-            value_confidence=timings.get("value_confidence"), support=timings.get("support"),
-            least_sure_word=timings.get("least_sure_word"), word_confidence=timings.get("word_confidence"),
-        )
+        return kbloop_reply(self.assistant.ask(question, history).as_dict())
 
     def close(self) -> None:
         self.kb.close()
+
+
+class ApiPipeline:
+    """kbloop as a chat client meets it: ``kbloop serve``'s app (the same Service and routes)
+    on a loopback port of this process, each question a non-streamed POST to the OpenAI-compatible
+    ``/v1/chat/completions``, graded on the reply's message content, with the sources it cites read
+    from the reply's ``kbloop`` field. The earlier turns of a chat go as earlier messages."""
+
+    name = "api"
+
+    def __init__(self, home: Home, embedder: Any, generator: Any, settings: Settings):
+        self.service = Service(home, settings, embedder=embedder, generator=generator)
+        self._serving = running(create_app(self.service))
+        self.url = self._serving.__enter__()
+        key = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self.client = httpx.Client(base_url=self.url, headers=key, timeout=httpx.Timeout(10.0, read=900.0))
+
+    def top_files(self, question: str) -> list[str]:
+        found = self.client.post("/api/search", json={"query": question, "k": HIT_K})
+        found.raise_for_status()
+        return [file_name(hit["path"]) for hit in found.json()["hits"]]
+
+    def answer(self, question: str, history: list[tuple[str, str]] | None = None) -> Reply:
+        messages = [m for q, a in history or [] for m in ({"role": "user", "content": q},
+                                                          {"role": "assistant", "content": a})]
+        messages.append({"role": "user", "content": question})
+        reply = self.client.post("/v1/chat/completions", json={"model": MODEL_ID, "messages": messages})
+        reply.raise_for_status()
+        body = reply.json()
+        graded = kbloop_reply(body["kbloop"])
+        graded.answer = body["choices"][0]["message"]["content"]
+        return graded
+
+    def close(self) -> None:
+        self.client.close()
+        self._serving.__exit__(None, None, None)
+        self.service.close()
 
 
 # -- the plain LangChain pipeline ------------------------------------------------------------
@@ -343,9 +394,12 @@ class Context:
 
 
 def open_pipeline(name: str, ctx: Context, generator: Any, settings: Settings) -> Any:
-    if name == "kbloop":
-        return KbloopPipeline(ctx.home, ctx.embedder, generator, settings)
+    if name in PIPELINE_CLASSES:
+        return PIPELINE_CLASSES[name](ctx.home, ctx.embedder, generator, settings)
     return PlainPipeline(ctx.store, generator)
+
+
+PIPELINE_CLASSES = {"kbloop": KbloopPipeline, "api": ApiPipeline}
 
 
 def item_record(item: dict, pipeline: str, model: str, reply: Reply, top_files: list[str], seconds: float) -> dict:
@@ -497,7 +551,7 @@ def summary_table(rows: list[dict]) -> str:
 def prepare(ctx: Context, pipelines: list[str], corpus: Path) -> dict:
     """Index the corpus once for each pipeline."""
     info = {}
-    if "kbloop" in pipelines:
+    if {"kbloop", "api"} & set(pipelines):
         info["kbloop"] = ingest_kbloop(ctx.home, ctx.embedder)
         print(f"kbloop: ingested {info['kbloop']['files']} files, {info['kbloop']['chunks']} chunks "
               f"({info['kbloop']['failed']} failed) in {info['kbloop']['seconds']:.1f} s")
@@ -538,7 +592,7 @@ def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
                 pipeline = open_pipeline(name, ctx, generator, run_settings)
                 try:
                     records = run_pipeline(pipeline, model, ctx, out)
-                    chat = run_chats(pipeline, model, chats, out) if name == "kbloop" and chats else None
+                    chat = run_chats(pipeline, model, chats, out) if name != "plain" and chats else None
                 finally:
                     pipeline.close()
                 rows.append({"model": model, "pipeline": name, "summary": summarise(records),
@@ -563,8 +617,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=comma_list, default=comma_list(DEFAULT_MODELS),
                         help=f"generator specs, comma-separated (default: {DEFAULT_MODELS})")
-    parser.add_argument("--pipelines", type=comma_list, default=list(PIPELINES),
-                        help="pipelines to run, comma-separated: kbloop, plain (default: both)")
+    parser.add_argument("--pipelines", type=comma_list, default=list(DEFAULT_PIPELINES),
+                        help="pipelines to run, comma-separated: kbloop, plain, api (kbloop through "
+                             "kbloop serve's OpenAI-compatible API) (default: kbloop,plain)")
     parser.add_argument("--engine", choices=["llamacpp", "transformers"], default=None,
                         help="engine for local: models (default: KBLOOP_ENGINE, llamacpp)")
     parser.add_argument("--limit", type=int, default=None,
@@ -576,7 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "deleted at the end unless --keep; a folder given here is kept)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--chat-only", action="store_true",
-                        help="run only the chat scenario (kbloop pipeline), not the question sets")
+                        help="run only the chat scenario (kbloop and api pipelines), not the question sets")
     parser.add_argument("--json", action="store_true", help="also print the summary as JSON")
     args = parser.parse_args(argv)
     unknown = [p for p in args.pipelines if p not in PIPELINES]

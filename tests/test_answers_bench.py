@@ -1,0 +1,77 @@
+"""bench/answers.py's ``api`` pipeline: kbloop through ``kbloop serve``'s OpenAI-compatible API
+answers as the in-process pipeline does, so that a measurement made through the API (as a chat
+client meets kbloop) and one made in process can be compared question by question.
+
+Real parts: the bundled sample manual, the packaged embedder, the smallest packaged chat model,
+and a real HTTP server on a loopback port."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from kbloop.config import init_home
+from kbloop.kb import KnowledgeBase
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def answers():
+    """bench/answers.py as a module (it imports its sibling ``workdir`` as a script would)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_answers", REPO / "bench" / "answers.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up by name
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("bench_answers", None)
+        sys.path.remove(str(REPO / "bench"))
+
+
+@pytest.fixture
+def sample_kb(tmp_path, embedder):
+    home = init_home(tmp_path / "kb")
+    for item in resources.files("kbloop.samples").iterdir():
+        if item.name.endswith((".md", ".txt", ".html")):
+            with resources.as_file(item) as src:
+                shutil.copyfile(src, home.root / "docs" / item.name)
+    with KnowledgeBase(home, home.load_settings(), embedder=embedder) as kb:
+        kb.ingest()
+    return home
+
+
+def test_the_api_pipeline_answers_as_the_in_process_pipeline(answers, sample_kb, embedder, generator):
+    settings = sample_kb.load_settings().model_copy(update={"generator": generator.spec, "max_new_tokens": 40})
+    question = "Which port does Harbor listen on by default?"
+    follow_up = [(question, "8080")]
+    replies = {}
+    for cls in (answers.KbloopPipeline, answers.ApiPipeline):
+        pipeline = cls(sample_kb, embedder, generator, settings)
+        try:
+            replies[pipeline.name] = (pipeline.top_files(question), pipeline.answer(question),
+                                      pipeline.answer("And how do I change it?", follow_up))
+        finally:
+            pipeline.close()
+    in_process, api = replies["kbloop"], replies["api"]
+    assert api[0] == in_process[0] and api[0], "/api/search ranks the files as kb.search does"
+    for got, expected in zip(api[1:], in_process[1:]):
+        assert got.answer == expected.answer and got.answer.strip()
+        assert (got.refused, got.refusal_reason, got.steps) == (expected.refused, expected.refusal_reason, expected.steps)
+        assert got.sources == expected.sources and got.sources
+        assert got.prompt_tokens == expected.prompt_tokens > 0
+
+
+def test_the_api_pipeline_is_offered_and_unknown_pipelines_are_refused(answers, capsys):
+    assert answers.parse_args(["--pipelines", "api"]).pipelines == ["api"]
+    assert answers.parse_args([]).pipelines == ["kbloop", "plain"]
+    with pytest.raises(SystemExit):
+        answers.parse_args(["--pipelines", "kbloop,served"])
+    assert "expected some of kbloop, plain, api" in capsys.readouterr().err
