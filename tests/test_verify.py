@@ -303,9 +303,21 @@ def test_the_least_sure_word_is_one_the_answer_adds_to_the_question():
                      (at["6700"], 2, 0.6), (at["see"] - 1, 4, 0.9)]
     # "The" and "default" add nothing, gc.auto is the question's own: 6700 (from its backtick on) is least sure
     assert least_sure_word(reply, "What is the default value of gc.auto?", probabilities) == ("`6700`,", 0.6)
-    assert least_sure_word("The default value of gc.auto.", "What is the default value of gc.auto?",
-                           probabilities) is None
     assert least_sure_word(reply, "What is the default value of gc.auto?", []) is None
+
+
+def test_an_answer_that_picks_one_of_the_questions_options_counts_by_its_least_sure_token():
+    question = "Which of stash.showPatch and stash.showStat defaults to true?"
+    reply = "stash.showPatch defaults to true."
+    at = reply.index("Patch")
+    # stash . show | Patch (the choice, 0.45) | defaults | to | true .
+    probabilities = [(0, 5, 0.99), (5, 1, 0.99), (6, 4, 0.99), (at, 5, 0.45), (at + 5, 9, 0.95),
+                     (at + 14, 3, 0.98), (at + 17, 5, 0.8), (at + 22, 1, 0.99)]
+    assert least_sure_word(reply, question, probabilities) == ("stash.showPatch", 0.45)
+    # an answer that adds a word still counts by the first token of the words it adds
+    added = "stash.showPatch defaults to false; stash.showStat defaults to true."
+    probabilities = [(added.index("false"), 5, 0.9), (added.index("Patch"), 5, 0.1)]
+    assert least_sure_word(added, question, probabilities) == ("false;", 0.9)
 
 
 def test_the_judge_is_shown_the_sentences_where_the_answer_would_be_stated():

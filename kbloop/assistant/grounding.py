@@ -232,15 +232,24 @@ def least_sure_word(reply: str, question: str, token_probabilities: list[tuple[i
                     common: frozenset[str] = frozenset()) -> tuple[str, float] | None:
     """The word of ``reply`` (the model's text as generated) that adds to the question and whose
     first token the model gave with the least probability, with that probability; None when
-    the reply adds no word or no probabilities were recorded."""
+    no probabilities were recorded or the reply is empty.
+
+    A reply that adds no word to the question picks one of the things it names (``restates``):
+    the choice is made at the token where the options part, often inside a word
+    (stash.show|Stat against stash.show|Patch), so each of its words counts by its least sure
+    token."""
     added = set(new_words(reply, question, common))
     least = None
     for match in re.finditer(r"\S+", reply):
         word = match.group()
-        if not added & set(normalise(word).split()):
+        if added and not added & set(normalise(word).split()):
             continue
-        start = match.start() + next((i for i, ch in enumerate(word) if ch.isalnum()), 0)
-        probability = at(token_probabilities, start)
+        if added:
+            start = match.start() + next((i for i, ch in enumerate(word) if ch.isalnum()), 0)
+            probability = at(token_probabilities, start)
+        else:
+            probability = min((p for start, length, p in token_probabilities
+                               if start < match.end() and start + length > match.start()), default=None)
         if probability is not None and (least is None or probability < least[1]):
             least = (word, probability)
     return least
