@@ -206,6 +206,7 @@ def kbloop_reply(answer: dict) -> Reply:
         least_sure_word=timings.get("least_sure_word"), word_confidence=timings.get("word_confidence"),
     )
 
+
 def ingest_kbloop(home: Home, embedder: Any) -> dict:
     with KnowledgeBase(home, embedder=embedder) as kb:
         started = time.perf_counter()
