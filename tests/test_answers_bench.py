@@ -8,14 +8,11 @@ and a real HTTP server on a loopback port."""
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from kbloop.config import init_home
 from kbloop.kb import KnowledgeBase
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,15 +34,11 @@ def answers():
 
 
 @pytest.fixture
-def sample_kb(tmp_path, embedder):
-    home = init_home(tmp_path / "kb")
-    for item in resources.files("kbloop.samples").iterdir():
-        if item.name.endswith((".md", ".txt", ".html")):
-            with resources.as_file(item) as src:
-                shutil.copyfile(src, home.root / "docs" / item.name)
-    with KnowledgeBase(home, home.load_settings(), embedder=embedder) as kb:
+def sample_kb(sample_home, embedder):
+    """The bundled sample manual (conftest's ``sample_home``), ingested."""
+    with KnowledgeBase(sample_home, sample_home.load_settings(), embedder=embedder) as kb:
         kb.ingest()
-    return home
+    return sample_home
 
 
 def test_the_api_pipeline_answers_as_the_in_process_pipeline(answers, sample_kb, embedder, generator):

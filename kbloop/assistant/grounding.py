@@ -242,9 +242,9 @@ def least_sure_word(reply: str, question: str, token_probabilities: list[tuple[i
     least = None
     for match in re.finditer(r"\S+", reply):
         word = match.group()
-        if added and not added & set(normalise(word).split()):
-            continue
         if added:
+            if not added & set(normalise(word).split()):
+                continue
             start = match.start() + next((i for i, ch in enumerate(word) if ch.isalnum()), 0)
             probability = at(token_probabilities, start)
         else:
