@@ -312,8 +312,7 @@ class Assistant:
                                    question, common, reader))
         verdict = None
         if again and reply_problem(again, question, hits, common) is None:
-            verdict = self.second_checker.check(question, again, hits)
-            timings["verdict"] = verdict.verdict if verdict else None
+            verdict = self._verify(question, again, hits, timings, self.second_checker)
         timings["read_again_s"] = round(time.perf_counter() - started, 4)
         if verdict is None or not verdict.stands:
             return None
