@@ -51,6 +51,30 @@ def test_without_llama_cpp_local_models_fall_back_to_transformers(model_cache, m
     assert "transformers engine" in caplog.text
 
 
+def test_requirements_build_llama_cpp_without_amx_kernels():
+    # llama.cpp's AMX matrix kernels crash on the first prompt on some CPUs (this project's own
+    # machines among them), so requirements.txt compiles them out; -march=native would add them.
+    import llama_cpp
+
+    assert not llamacpp.has_amx_kernels(llama_cpp), llama_cpp.llama_print_system_info().decode()
+
+
+def test_a_build_with_amx_kernels_loads_models_without_repacked_weights(model_cache, monkeypatch, caplog):
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: (info + "AMX_INT8 = 1 | ").encode())
+    gen = models.create("generator", "local:smollm2-135m", Settings(model_cache=str(model_cache)))
+    try:
+        assert gen.load().model_params.use_extra_bufts is False
+        assert gen.generate(QUESTION, max_new_tokens=8).strip()
+    finally:
+        gen.close()
+    assert "AMX kernels" in caplog.text and "reinstall" in caplog.text
+    # Only that load was changed: llama.cpp's defaults are back for every other.
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts is True
+
+
 def test_fast_weights_are_a_quantisation_made_once_and_packaged_runs_the_file_as_shipped(model_cache):
     settings = Settings(model_cache=str(model_cache), llamacpp_weights="fast")
     fast = models.create("generator", "local:qwen2.5-0.5b", settings)

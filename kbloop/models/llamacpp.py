@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -52,6 +52,38 @@ def _import() -> Any:
     import llama_cpp
 
     return llama_cpp
+
+
+def has_amx_kernels(llama_cpp: Any) -> bool:
+    """Whether this llama-cpp-python build runs matrix products with Intel AMX. Those kernels
+    crash with a segmentation fault on the first prompt on some Sapphire Rapids machines and
+    virtual machines (llama.cpp issue 20824, not fixed), so requirements.txt builds without
+    them; a build made otherwise (an earlier cached wheel, a user's own) is caught here."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+_PARAMS = threading.Lock()
+
+
+@contextmanager
+def _without_weight_repacking(llama_cpp: Any) -> Iterator[None]:
+    """Models loaded inside keep their weights in plain CPU buffers: llama.cpp's extra buffer
+    types (AMX, and the AVX2 repacking that comes with them) are off. ``llama_cpp.Llama`` takes
+    no such argument, so its default model parameters are swapped for the duration."""
+    module = llama_cpp.llama_cpp
+    default = module.llama_model_default_params
+
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    with _PARAMS:
+        module.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            module.llama_model_default_params = default
 
 
 def requantize(source: Path, target: Path, kind: str) -> Path:
@@ -185,9 +217,15 @@ class LlamaCppGenerator(Generator):
                 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
                 path = self.model_file()
+                amx = has_amx_kernels(llama_cpp)
+                if amx:
+                    log.warning("this llama-cpp-python build has AMX kernels, which crash on some CPUs: "
+                                "loading %s without repacked weights (slower prompts); reinstall it with "
+                                "pip install --no-cache-dir --force-reinstall --no-deps -r requirements.txt", path.name)
                 try:
-                    llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=self.threads,
-                                          n_threads_batch=self.threads, verbose=False)
+                    with _without_weight_repacking(llama_cpp) if amx else nullcontext():
+                        llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=self.threads,
+                                              n_threads_batch=self.threads, verbose=False)
                 except (ValueError, RuntimeError) as exc:
                     raise BackendUnavailable(f"llama.cpp could not load {path}: {exc}") from None
                 template = llm.metadata.get("tokenizer.chat_template")
