@@ -322,3 +322,16 @@ def test_a_term_the_first_retrieval_missed_is_searched_for_alone(sample_home, op
     hits = Assistant(kb, generator).retrieve(question)
     assert len(hits) == 2
     assert {"listen_port", "max_parallel_transfers"} <= {t for h in hits for t in technical_terms(h.text)}
+
+
+def test_a_command_the_question_quotes_that_the_first_retrieval_missed_is_searched_for_alone(
+        sample_home, open_kb, generator):
+    """A quoted command is no exact term (no dot, no dash), but names what the question is about
+    as surely: with room for one source, the other command's source is found by its name."""
+    kb = open_kb(sample_home, retrieve_k=1)
+    kb.ingest()
+    question = "What does `harbor setup` create, and what does `harbor snapshots list` show?"
+    hits = Assistant(kb, generator).retrieve(question)
+    assert len(hits) == 2
+    text = " ".join(h.text for h in hits)
+    assert "harbor setup" in text and "harbor snapshots list" in text

@@ -107,6 +107,7 @@ def test_keyword_evidence_does_not_count_a_word_every_chunk_has():
     assert not keyword_evidence(question, chunk, frozenset({"harbor"}))
 
 
+
 def test_a_method_documented_under_its_module_counts_as_mentioned():
     from kbloop.assistant.grounding import unmentioned_terms
 
@@ -127,3 +128,16 @@ def test_a_file_name_the_question_names_is_not_required_of_the_sources():
     assert unmentioned_terms("What is the default of tarfile.xz_preset?", [chunk]) == ["tarfile.xz_preset"]
     assert names_file("archive.tar.gz") and names_file("libpq.so") and names_file("backup.zip")
     assert not any(map(names_file, ["core.compression", "os.path", "zlib.decompress", "http.postbuffer"]))
+
+
+def test_names_the_question_quotes_direct_a_search_but_no_refusal():
+    from kbloop.assistant.grounding import unmentioned_names, unmentioned_terms
+
+    chunk = Hit(0, 0.7, "http-backend.txt", "GIT_HTTP_EXPORT_ALL bypasses the check, as git\n  daemon does "
+                "for zlib.decompress.", {})
+    question = ("Which `git daemon` option matches `GIT_HTTP_EXPORT_ALL`, and does `git gc --auto` or "
+                "`git repack` call `zlib.decompress()`? See `git repack`.")
+    # a command across a line break is mentioned; one name is looked up once; a quoted exact term
+    # ("--auto", "zlib.decompress") is looked up as a term, not a second time as a quoted name
+    assert unmentioned_names(question, [chunk]) == ["--auto", "git gc --auto", "git repack"]
+    assert unmentioned_terms(question, [chunk]) == ["--auto"]  # what a refusal may name

@@ -15,7 +15,8 @@ from typing import Any, Generator, Iterator
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (FOUND_NO_ANSWER, NO_NUMBER, PASTED, RESTATED, Unsure, attribute,
                                        closest_sentence, keyword_evidence, least_sure_word, mentioned, new_words,
-                                       reply_problem, restates, unmentioned_terms, unsure_values)
+                                       reply_problem, restates, unmentioned_names, unmentioned_terms,
+                                       unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -129,11 +130,11 @@ class Assistant:
         return self._generator
 
     def retrieve(self, question: str, history: list[tuple[str, str]] | None = None) -> list[Hit]:
-        """The best chunks for the question; then, for each exact term the question names that
-        none of them mentions (a question that needs two facts from two places), the best chunk
-        that does, searched for that term alone."""
+        """The best chunks for the question; then, for each exact term or quoted name the question
+        names that none of them mentions (a question that needs two facts from two places), the
+        best chunk that does, searched for that term alone."""
         hits = self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
-        for term in unmentioned_terms(question, hits):
+        for term in unmentioned_names(question, hits):
             seen = {h.vector_id for h in hits}
             found = [h for h in self.kb.search(term, 3) if h.vector_id not in seen and mentioned(term, h.text.lower())]
             hits += found[:1]

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import is_refusal, source_heading
-from kbloop.text import (LIST_MARKER, NUMBER, STOPWORDS, normalise, numbers, stem, technical_terms, values,
+from kbloop.text import (LIST_MARKER, NUMBER, SPACE, STOPWORDS, normalise, numbers, stem, technical_terms, values,
                          word_stems)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
@@ -45,6 +45,22 @@ def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     return [t for t in technical_terms(question) if not mentioned(t, text) and not names_file(t)]
 
 
+# A name the question quotes as code: `git daemon`, `python -m gzip`.
+QUOTED = re.compile(r"`([^`\n]{2,60})`")
+
+
+def unmentioned_names(question: str, hits: list[Hit]) -> list[str]:
+    """What the question names that no retrieved source contains: its technical terms
+    (``unmentioned_terms``), and then the names it quotes as code that are no such term, such as a
+    command (`git daemon`). A source need not mention a quoted name for the question to be
+    answerable, so these only direct a further search, never a refusal."""
+    text = " ".join(h.text for h in hits).lower()
+    terms = unmentioned_terms(question, hits)
+    quoted = [SPACE.sub(" ", q.strip().lower()).removesuffix("()") for q in QUOTED.findall(question)]
+    return terms + [q for q in dict.fromkeys(quoted)
+                    if q not in terms and q not in technical_terms(q) and not mentioned(q, text)]
+
+
 @functools.cache
 def file_types() -> mimetypes.MimeTypes:
     """Python's own table of file types, the same on every machine; made on first use, since
@@ -65,6 +81,8 @@ def mentioned(term: str, text: str) -> bool:
     """``term`` is in ``text``, or, for a qualified name of three parts or more
     ("pathlib.path.home"), the name without its first part ("path.home"): reference manuals
     document a method under its module without repeating the module's name."""
+    if " " in term:  # a quoted command: "git daemon" across a line break is still mentioned
+        text = SPACE.sub(" ", text)
     return term in text or (term.count(".") >= 2 and term.split(".", 1)[1] in text)
 
 
