@@ -52,8 +52,8 @@ def test_without_llama_cpp_local_models_fall_back_to_transformers(model_cache, m
 
 
 def test_requirements_build_llama_cpp_without_amx_kernels():
-    # llama.cpp's AMX matrix kernels crash on the first prompt on some CPUs (this project's own
-    # machines among them), so requirements.txt compiles them out; -march=native would add them.
+    # llama.cpp's AMX matrix kernels crash on the first prompt on some CPUs that have AMX, so
+    # requirements.txt compiles them out; -march=native alone would build them in.
     import llama_cpp
 
     assert not llamacpp.has_amx_kernels(llama_cpp), llama_cpp.llama_print_system_info().decode()

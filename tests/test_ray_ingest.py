@@ -71,6 +71,10 @@ class RayCluster:
                 pass
         node.wait(timeout=30)
 
+    def kill_all(self) -> None:
+        for name in list(self.nodes):
+            self.kill(name)
+
     def actors_on(self, name: str) -> list[str]:
         """The process titles of the embedding actors on one node."""
         titles = []
@@ -125,19 +129,36 @@ def ray_cluster(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     # Ray's sockets live under the temp dir, and a Unix socket path is at most 107 bytes.
     temp = Path(tempfile.mkdtemp(prefix="kbray", dir="/tmp"))
+    try:
+        # A second try on fresh ports: a port free_port() handed out can be taken by another
+        # process before Ray binds it, and the head node then never listens.
+        for attempt in (1, 2):
+            cluster = start_cluster(temp / f"try{attempt}")
+            try:
+                wait_for_nodes(cluster.address, 2)
+                break
+            except AssertionError:
+                cluster.kill_all()
+                if attempt == 2:
+                    raise
+        try:
+            yield cluster
+        finally:
+            cluster.kill_all()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def start_cluster(temp: Path) -> RayCluster:
+    """A head node on 127.0.0.2 and a worker node on 127.0.0.3, started, not yet waited for."""
+    temp.mkdir(parents=True)
     port = free_port()
     address = f"127.0.0.2:{port}"
     nodes = {"head": start_node(temp, "127.0.0.2", "--head", f"--port={port}", "--include-dashboard=false",
                                 f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}")}
     cluster = RayCluster(address, nodes)
-    try:
-        nodes["worker"] = start_node(temp, "127.0.0.3", f"--address={address}")
-        wait_for_nodes(address, 2)
-        yield cluster
-    finally:
-        for name in list(nodes):
-            cluster.kill(name)
-        shutil.rmtree(temp, ignore_errors=True)
+    nodes["worker"] = start_node(temp, "127.0.0.3", f"--address={address}")
+    return cluster
 
 
 def open_kb(home, embedder, **settings) -> KnowledgeBase:
