@@ -220,7 +220,7 @@ class LlamaCppGenerator(Generator):
                 amx = has_amx_kernels(llama_cpp)
                 if amx:
                     log.warning("this llama-cpp-python build has AMX kernels, which crash on some CPUs: "
-                                "loading %s without repacked weights (slower prompts); reinstall it with "
+                                "loading %s without repacking its weights; rebuild it with "
                                 "pip install --no-cache-dir --force-reinstall --no-deps -r requirements.txt", path.name)
                 try:
                     with _without_weight_repacking(llama_cpp) if amx else nullcontext():
