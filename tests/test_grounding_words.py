@@ -107,7 +107,6 @@ def test_keyword_evidence_does_not_count_a_word_every_chunk_has():
     assert not keyword_evidence(question, chunk, frozenset({"harbor"}))
 
 
-
 def test_a_method_documented_under_its_module_counts_as_mentioned():
     from kbloop.assistant.grounding import unmentioned_terms
 

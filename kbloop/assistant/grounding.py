@@ -57,8 +57,7 @@ def unmentioned_names(question: str, hits: list[Hit]) -> list[str]:
     text = " ".join(h.text for h in hits).lower()
     terms = unmentioned_terms(question, hits)
     quoted = [SPACE.sub(" ", q.strip().lower()).removesuffix("()") for q in QUOTED.findall(question)]
-    return terms + [q for q in dict.fromkeys(quoted)
-                    if q not in terms and q not in technical_terms(q) and not mentioned(q, text)]
+    return terms + [q for q in dict.fromkeys(quoted) if q not in technical_terms(q) and not mentioned(q, text)]
 
 
 @functools.cache
