@@ -220,8 +220,9 @@ class LlamaCppGenerator(Generator):
                 amx = has_amx_kernels(llama_cpp)
                 if amx:
                     log.warning("this llama-cpp-python build has AMX kernels, which crash on some CPUs: "
-                                "loading %s without repacking its weights; rebuild it with "
-                                "pip install --no-cache-dir --force-reinstall --no-deps -r requirements.txt", path.name)
+                                "loading %s without repacking its weights; rebuild it with: pip cache remove "
+                                "llama_cpp_python && pip uninstall -y llama-cpp-python && pip install -r requirements.txt",
+                                path.name)
                 try:
                     with _without_weight_repacking(llama_cpp) if amx else nullcontext():
                         llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=self.threads,
