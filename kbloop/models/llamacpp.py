@@ -186,9 +186,10 @@ class LlamaCppGenerator(Generator):
 
     def __init__(self, spec: ModelSpec, gguf: Callable[[], Path], *, threads: int = 0,
                  base_model_dir: Callable[[], Path] | None = None,
-                 ollama_base: Callable[[], Path] | None = None):
+                 ollama_base: Callable[[], Path] | None = None, repack: bool = True):
         super().__init__(spec)
         self._gguf, self._base_model_dir, self._ollama_base = gguf, base_model_dir, ollama_base
+        self.repack = repack  # False: llama.cpp's extra buffer types off (``kbloop.models.selfcheck``)
         self.threads = threads or physical_cores()
         self._llm: Any = None
         self._finalizer: Any = None
@@ -224,7 +225,7 @@ class LlamaCppGenerator(Generator):
                                 "llama_cpp_python && pip uninstall -y llama-cpp-python && pip install -r requirements.txt",
                                 path.name)
                 try:
-                    with _without_weight_repacking(llama_cpp) if amx else nullcontext():
+                    with _without_weight_repacking(llama_cpp) if amx or not self.repack else nullcontext():
                         llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=self.threads,
                                               n_threads_batch=self.threads, verbose=False)
                 except (ValueError, RuntimeError) as exc:

@@ -1,5 +1,6 @@
 """``local:`` chat models: the GGUF files that ship in PyPI packages, run by llama.cpp when it
-loads and by transformers otherwise (KBLOOP_ENGINE chooses; training always uses transformers)."""
+loads and runs on this CPU (``kbloop.models.selfcheck``) and by transformers otherwise
+(KBLOOP_ENGINE chooses; training always uses transformers)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kbloop.errors import ConfigError
-from kbloop.models import llamacpp
+from kbloop.models import llamacpp, selfcheck
 from kbloop.models.generators import Generator, PackagedGenerator
 from kbloop.models.packaged import PRESETS, PackagedGGUF, converted_dir, gguf_file
 from kbloop.models.registry import ModelSpec, register
@@ -36,11 +37,21 @@ def local_generator(spec: ModelSpec, settings: Any) -> Generator:
         )
     cache_dir = Path(settings.model_cache).expanduser()
     if settings.engine == "llamacpp" and llamacpp_loads():
-        return llamacpp.LlamaCppGenerator(
-            spec, lambda: run_file(preset, cache_dir, settings.llamacpp_weights), threads=settings.torch_threads,
-            base_model_dir=lambda: converted_dir(preset, cache_dir), ollama_base=lambda: gguf_file(preset, cache_dir),
-        )
+        path = run_file(preset, cache_dir, settings.llamacpp_weights)
+        found = selfcheck.verdict(path, cache_dir, settings.torch_threads)
+        if found != selfcheck.CRASHES:
+            return llamacpp.LlamaCppGenerator(
+                spec, lambda: path, threads=settings.torch_threads, repack=found == selfcheck.RUNS,
+                base_model_dir=lambda: converted_dir(preset, cache_dir), ollama_base=lambda: gguf_file(preset, cache_dir),
+            )
+        _say_once(f"llama.cpp crashes on this CPU running {path.name}: local:{preset.name} runs on the slower "
+                  f"transformers engine (delete {cache_dir / 'selfcheck'} to check again)")
     return PackagedGenerator(spec, preset, cache_dir, settings.torch_threads)
+
+
+@cache
+def _say_once(message: str) -> None:
+    log.warning(message)
 
 
 def run_file(preset: PackagedGGUF, cache_dir: Path, weights: str) -> Path:
