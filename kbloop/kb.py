@@ -165,6 +165,8 @@ class KnowledgeBase:
         }
 
     def status(self) -> dict:
+        from kbloop.models.local import engine_status
+
         saved = self.indexer.location.info()
         store = self.store()
         failures = [{"path": f.path, "reason": f.error,
@@ -176,6 +178,8 @@ class KnowledgeBase:
             "home": str(self.home.root),
             "docs_dir": str(self.home.docs_dir(self.settings)),
             "embedder": self.settings.embedder,
+            "models": {role: engine_status(getattr(self.settings, role), self.settings)
+                       for role in ("generator", "judge")},
             **self.manifest.counts(),
             "vectors": len(store) if store is not None else 0,
             "store_bytes": store.size_bytes() if store is not None else 0,

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import run_cli
 
 from kbloop import models
 from kbloop.config import Settings
@@ -96,14 +97,32 @@ def test_another_cpu_is_checked_again(cache, tmp_path, monkeypatch):
     assert sorted(v["verdict"] for v in verdicts(cache)) == ["runs", "without_repacking"]
 
 
-@pytest.mark.parametrize("status", [1, -9])
-def test_a_check_that_decides_nothing_is_not_kept(cache, tmp_path, monkeypatch, caplog, status):
-    # A child that fails (exit status 1) or is killed from outside (SIGKILL, as by the kernel out
-    # of memory) says nothing about llama.cpp's kernels: the model loads as before, and the check
-    # is tried again next time.
-    script = child(tmp_path, (), exit_status=1) if status == 1 else [
-        sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+@pytest.mark.parametrize("how", ["exits 1", "killed", "cannot start"])
+def test_a_check_that_decides_nothing_is_not_kept(cache, tmp_path, monkeypatch, caplog, how):
+    # A child that fails (exit status 1), is killed from outside (SIGKILL, as by the kernel out of
+    # memory) or cannot start says nothing about llama.cpp's kernels: the model loads as before,
+    # and the check is tried again next time.
+    script = {"exits 1": child(tmp_path, (), exit_status=1),
+              "killed": [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+              "cannot start": [str(tmp_path / "no-such-python")]}[how]
     monkeypatch.setattr(selfcheck, "CHILD", script)
     gen = create(cache)
     assert isinstance(gen, LlamaCppGenerator) and gen.repack
     assert verdicts(cache) == [] and "tried again next time" in caplog.text
+
+
+def test_status_says_what_runs_each_model_and_what_the_check_found(cache, tmp_path, monkeypatch, home):
+    settings = Settings(model_cache=str(cache), generator="local:smollm2-135m")
+    assert local.engine_status("local:smollm2-135m", settings) == {
+        "model": "local:smollm2-135m", "engine": "llama.cpp", "check": None}  # not used yet: nothing ran
+    assert not (cache / "selfcheck").exists()
+    monkeypatch.setattr(selfcheck, "CHILD", child(tmp_path, ("default", "plain")))
+    create(cache)
+    assert local.engine_status("local:smollm2-135m", settings)["engine"] == "transformers"
+    assert local.engine_status("ollama:qwen3:4b", settings)["engine"] == "ollama"
+
+    env = {"KBLOOP_HOME": str(home.root), "KBLOOP_MODEL_CACHE": str(cache), "KBLOOP_GENERATOR": "local:smollm2-135m"}
+    shown = run_cli("status", env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "generator: local:smollm2-135m on transformers (llama.cpp crashes on this CPU)" in shown.stdout
+    assert json.loads(run_cli("status", "--json", env=env).stdout)["models"]["generator"]["check"] == "crashes"

@@ -55,6 +55,12 @@ def search(obj, query: str, k: int | None, as_json: bool, local: bool) -> None:
         print_hits(hits, query)
 
 
+# What `kbloop status` says of the llama.cpp check of a packaged model (kbloop.models.selfcheck).
+ENGINE_CHECKS = {None: "", "runs": " (checked on this CPU)",
+                 "without_repacking": " (checked on this CPU: runs without repacked weights)",
+                 "crashes": " (llama.cpp crashes on this CPU)"}
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print status as JSON.")
 @click.pass_obj
@@ -68,6 +74,8 @@ def status(obj, as_json: bool) -> None:
     click.echo(f"home:     {info['home']}")
     click.echo(f"docs:     {info['docs_dir']}")
     click.echo(f"embedder: {info['embedder']}")
+    for role, model in info["models"].items():
+        click.echo(f"{role}: {model['model']} on {model['engine']}{ENGINE_CHECKS[model['check']]}")
     click.echo(f"indexed:  {info['files_indexed']} files, {info['chunks']} chunks, "
                f"{info['vectors']} vectors ({human_bytes(info['store_bytes'])})")
     if info["failures"]:

@@ -9,10 +9,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kbloop.errors import ConfigError
+from kbloop.errors import BackendUnavailable, ConfigError
 from kbloop.models import llamacpp, selfcheck
 from kbloop.models.generators import Generator, PackagedGenerator
-from kbloop.models.packaged import PRESETS, PackagedGGUF, converted_dir, gguf_file
+from kbloop.models.packaged import PRESETS, PackagedGGUF, converted_dir, gguf_file, gguf_path
 from kbloop.models.registry import ModelSpec, register
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,37 @@ def run_file(preset: PackagedGGUF, cache_dir: Path, weights: str) -> Path:
     """The GGUF file llama.cpp runs: the packaged one, or with ``weights`` "fast" the preset's
     faster re-quantisation, made once beside it in the cache."""
     packaged = gguf_file(preset, cache_dir)
-    if weights != "fast" or preset.fast_weights is None:
+    target = run_path(preset, cache_dir, weights)
+    if target == packaged:
         return packaged
-    target = cache_dir / "gguf" / f"{preset.name}-{preset.sha256[:12]}.{preset.fast_weights}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     return llamacpp.requantize(packaged, target, preset.fast_weights)
+
+
+def run_path(preset: PackagedGGUF, cache_dir: Path, weights: str) -> Path:
+    """Where ``run_file`` is, made or not."""
+    if weights != "fast" or preset.fast_weights is None:
+        return gguf_path(preset, cache_dir)
+    return cache_dir / "gguf" / f"{preset.name}-{preset.sha256[:12]}.{preset.fast_weights}.gguf"
+
+
+def engine_status(spec: str, settings: Any) -> dict:
+    """What runs the chat model ``spec`` here, for ``kbloop status``: its engine and, for a
+    packaged model on llama.cpp, the verdict of the check on this CPU (``kbloop.models.selfcheck``;
+    None until the model is first used). Read from the settings and the model cache: nothing is
+    loaded, assembled or checked."""
+    parsed = ModelSpec.parse(spec)
+    if parsed.provider != "local":
+        return {"model": spec, "engine": "ollama" if parsed.provider == "ollama" else "transformers", "check": None}
+    preset = PRESETS.get(parsed.name)
+    if preset is None or settings.engine != "llamacpp" or not llamacpp_loads():
+        return {"model": spec, "engine": "transformers", "check": None}
+    cache_dir = Path(settings.model_cache).expanduser()
+    try:
+        found = selfcheck.known(run_path(preset, cache_dir, settings.llamacpp_weights), cache_dir)
+    except BackendUnavailable:  # its package is not installed: the error comes at first use
+        found = None
+    return {"model": spec, "engine": "transformers" if found == selfcheck.CRASHES else "llama.cpp", "check": found}
 
 
 for _role in ("generator", "teacher", "judge"):

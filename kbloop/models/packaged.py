@@ -88,14 +88,21 @@ PRESETS: dict[str, PackagedGGUF] = {
 }
 
 
+def gguf_path(preset: PackagedGGUF, cache_dir: Path) -> Path:
+    """Where the GGUF file is, or will be once assembled: in its package for a single-file
+    package, in the model cache for chunks."""
+    if not preset.chunked:
+        return package_dir(preset.packages[0], preset.install) / preset.file
+    return cache_dir / "gguf" / f"{preset.name}.gguf"
+
+
 def gguf_file(preset: PackagedGGUF, cache_dir: Path) -> Path:
     """The verified GGUF file: in place for a single-file package, assembled for chunks."""
+    target = gguf_path(preset, cache_dir)
     if not preset.chunked:
-        path = package_dir(preset.packages[0], preset.install) / preset.file
-        if not path.is_file():
-            raise BackendUnavailable(f"{path} is missing: reinstall with `{preset.install}`")
-        return path
-    target = cache_dir / "gguf" / f"{preset.name}.gguf"
+        if not target.is_file():
+            raise BackendUnavailable(f"{target} is missing: reinstall with `{preset.install}`")
+        return target
     if target.is_file() and target.stat().st_size == preset.size:
         return target
     parts = []

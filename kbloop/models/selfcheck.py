@@ -52,7 +52,7 @@ def verdict(path: Path, cache_dir: Path, threads: int = 0) -> str:
     (module docstring). Checked in a child process the first time, then read from the cache."""
     import llama_cpp
 
-    marker = cache_dir / "selfcheck" / f"{_key(llama_cpp, path)}.json"
+    marker = _marker(llama_cpp, path, cache_dir)
     if (known := _read(marker)) is not None:
         return known
     try:
@@ -60,6 +60,17 @@ def verdict(path: Path, cache_dir: Path, threads: int = 0) -> str:
             return _read(marker) or _check(path, threads, marker, getattr(llama_cpp, "__version__", "?"))
     except StoreError:  # a model cache this process cannot write to: checked every time, kept never
         return _check(path, threads, None, getattr(llama_cpp, "__version__", "?"))
+
+
+def known(path: Path, cache_dir: Path) -> str | None:
+    """The kept verdict for ``path`` on this CPU and build, or None: not checked (or no such file)."""
+    import llama_cpp
+
+    return _read(_marker(llama_cpp, path, cache_dir)) if path.is_file() else None
+
+
+def _marker(llama_cpp: Any, path: Path, cache_dir: Path) -> Path:
+    return cache_dir / "selfcheck" / f"{_key(llama_cpp, path)}.json"
 
 
 def _check(path: Path, threads: int, marker: Path | None, version: str) -> str:
@@ -99,6 +110,10 @@ def _run(path: Path, mode: str, threads: int) -> int | None:
     except subprocess.TimeoutExpired:
         log.warning("the llama.cpp check of %s did not finish in %.0f s; it is tried again next time",
                     path.name, TIMEOUT_S)
+        return None
+    except OSError as exc:  # no child process could start
+        log.warning("the llama.cpp check of %s could not start (%s); it is tried again next time",
+                    path.name, exc.strerror or exc)
         return None
     if done.returncode == 0:
         return 0
