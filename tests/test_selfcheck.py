@@ -126,3 +126,15 @@ def test_status_says_what_runs_each_model_and_what_the_check_found(cache, tmp_pa
     assert shown.exit_code == 0, shown.output
     assert "generator: local:smollm2-135m on transformers (llama.cpp crashes on this CPU)" in shown.stdout
     assert json.loads(run_cli("status", "--json", env=env).stdout)["models"]["generator"]["check"] == "crashes"
+
+
+def test_a_crash_with_repacked_weights_and_no_verdict_without_them_loads_without_them(cache, tmp_path, monkeypatch):
+    # Repacked weights crashed; the plain try was killed from outside: loading with them again
+    # would crash, so the model loads without them, and nothing is kept.
+    script = tmp_path / "child.py"
+    script.write_text("import ctypes, os, signal, sys\n"
+                      "ctypes.string_at(0) if sys.argv[2] == 'default' else os.kill(os.getpid(), signal.SIGKILL)\n")
+    monkeypatch.setattr(selfcheck, "CHILD", [sys.executable, str(script)])
+    gen = create(cache)
+    assert isinstance(gen, LlamaCppGenerator) and not gen.repack
+    assert verdicts(cache) == []

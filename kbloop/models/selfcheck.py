@@ -13,8 +13,9 @@ file, so the check runs once:
   and ran without them, so it loads without them;
 - ``crashes``: it crashed both ways, so the transformers engine runs it instead.
 
-A check that could not finish (timed out, killed from outside, failed to load the file) decides
-nothing and is not kept: the model loads as before and reports its own error, if any.
+A check that could not finish (timed out, killed from outside, failed to load the file, could
+not start) decides nothing and is not kept: the model loads as before and reports its own error,
+if any; only after a crash with the extra buffer types does it load without them.
 """
 
 from __future__ import annotations
@@ -76,9 +77,11 @@ def _marker(llama_cpp: Any, path: Path, cache_dir: Path) -> Path:
 def _check(path: Path, threads: int, marker: Path | None, version: str) -> str:
     log.info("checking that llama.cpp runs %s on this CPU (once)", path.name)
     first = _run(path, "default", threads)
-    second = _run(path, "plain", threads) if first else 0
-    if first is None or second is None:
+    if first is None:
         return RUNS  # decided nothing: not kept
+    second = _run(path, "plain", threads) if first else 0
+    if second is None:
+        return WITHOUT_REPACKING  # it crashed with them, and without them nothing was decided: not kept
     found = RUNS if first == 0 else WITHOUT_REPACKING if second == 0 else CRASHES
     if marker is not None:
         try:
