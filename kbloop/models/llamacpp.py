@@ -62,6 +62,10 @@ def has_amx_kernels(llama_cpp: Any) -> bool:
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
+REBUILD = "pip cache remove llama_cpp_python && pip uninstall -y llama-cpp-python && pip install -r requirements.txt"
+"""How to replace the installed llama-cpp-python with a build of requirements.txt's flags for this
+CPU: pip's wheel cache ignores build flags, so the cached wheel goes first."""
+
 _PARAMS = threading.Lock()
 
 
@@ -221,9 +225,7 @@ class LlamaCppGenerator(Generator):
                 amx = has_amx_kernels(llama_cpp)
                 if amx:
                     log.warning("this llama-cpp-python build has AMX kernels, which crash on some CPUs: "
-                                "loading %s without repacking its weights; rebuild it with: pip cache remove "
-                                "llama_cpp_python && pip uninstall -y llama-cpp-python && pip install -r requirements.txt",
-                                path.name)
+                                "loading %s without repacking its weights; rebuild it with: %s", path.name, REBUILD)
                 try:
                     with _without_weight_repacking(llama_cpp) if amx or not self.repack else nullcontext():
                         llm = llama_cpp.Llama(model_path=str(path), n_ctx=CONTEXT_TOKENS, n_threads=self.threads,

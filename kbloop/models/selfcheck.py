@@ -29,11 +29,13 @@ import signal
 import subprocess
 import sys
 from contextlib import nullcontext
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from kbloop.errors import StoreError
 from kbloop.fsutil import atomic_write_bytes, exclusive
+from kbloop.models.llamacpp import REBUILD, _without_weight_repacking, physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,12 @@ def verdict(path: Path, cache_dir: Path, threads: int = 0) -> str:
     marker = _marker(llama_cpp, path, cache_dir)
     if (known := _read(marker)) is not None:
         return known
+    version = getattr(llama_cpp, "__version__", "?")
     try:
         with exclusive(marker.with_suffix(".lock"), f"llama.cpp check of {path.name}", wait=True):
-            return _read(marker) or _check(path, threads, marker, getattr(llama_cpp, "__version__", "?"))
+            return _read(marker) or _check(path, threads, marker, version)
     except StoreError:  # a model cache this process cannot write to: checked every time, kept never
-        return _check(path, threads, None, getattr(llama_cpp, "__version__", "?"))
+        return _check(path, threads, None, version)
 
 
 def known(path: Path, cache_dir: Path) -> str | None:
@@ -95,8 +98,7 @@ def _check(path: Path, threads: int, marker: Path | None, version: str) -> str:
                     "it loads without them from now on", _name(first), path.name)
     elif found == CRASHES:
         log.warning("llama.cpp crashes on this CPU (%s) running %s: the slower transformers engine runs it "
-                    "instead; rebuild llama-cpp-python for this CPU (pip cache remove llama_cpp_python && "
-                    "pip uninstall -y llama-cpp-python && pip install -r requirements.txt)", _name(first), path.name)
+                    "instead; rebuild llama-cpp-python for this CPU (%s)", _name(first), path.name, REBUILD)
     return found
 
 
@@ -144,9 +146,10 @@ def _key(llama_cpp: Any, path: Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
+@cache
 def cpu_features() -> str:
     """The CPU's model and feature flags, as the kernel reports them (the platform's name
-    elsewhere)."""
+    elsewhere); read once a process, since every model made reads it."""
     try:
         lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
     except OSError:
@@ -160,8 +163,6 @@ def _child(path: str, mode: str, threads: int) -> None:
     """Load ``path`` and read the prompt: in the default mode as llama.cpp chooses, in "plain"
     with its extra buffer types off. A crash kills this process, which is the point."""
     import llama_cpp
-
-    from kbloop.models.llamacpp import _without_weight_repacking, physical_cores
 
     threads = threads or physical_cores()
     with _without_weight_repacking(llama_cpp) if mode == "plain" else nullcontext():
