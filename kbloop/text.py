@@ -6,8 +6,11 @@ Normalisation, stop words, content words, numbers and technical terms live here 
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import unicodedata
+from typing import Any
 
 CITATION_MARK = re.compile(r"\[\d{1,2}\]")  # a source mark like [1] is not the number 1
 PUNCTUATION = re.compile(r"[`*_\\\"'“”‘’()\[\]{},;:!?]")
@@ -150,3 +153,19 @@ def passage(text: str, query: str, limit: int = 240) -> str:
             size += len(sentences[i]) + 3
     shown = " … ".join(sentences[i] for i in sorted(chosen or range(min(1, len(sentences)))))
     return shown if len(shown) <= limit else shown[:limit - 1].rsplit(" ", 1)[0] + " …"
+
+
+def _not_finite(text: str) -> float:
+    raise ValueError(f"{text} is not a finite number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    return number if math.isfinite(number) else _not_finite(text)
+
+
+def loads_finite(text: str | bytes) -> Any:
+    """JSON whose numbers are all finite: Python's reader takes NaN, Infinity and 1e999 (as
+    infinity), which no JSON reply can carry back, so a value stored with one breaks every later
+    listing of it."""
+    return json.loads(text, parse_constant=_not_finite, parse_float=_finite)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from kbloop.db import Migration, transaction
 from kbloop.errors import KbloopError, NotFound
+from kbloop.text import loads_finite
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,10 @@ def _stored_sources(sources: list[dict]) -> str:
     if json_depth(sources) > SOURCES_MAX_DEPTH:
         raise KbloopError(f"sources nest deeper than {SOURCES_MAX_DEPTH} levels: send the sources as shown, "
                           "a list of flat objects")
-    text = json.dumps(sources, sort_keys=True)
+    try:
+        text = json.dumps(sources, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise KbloopError("sources hold a number that is not finite (NaN or infinity): send the scores as shown") from None
     if len(text.encode()) > SOURCES_MAX_BYTES:
         raise KbloopError(f"sources take more than {SOURCES_MAX_BYTES} bytes as JSON: send fewer, or leave out their text")
     return text
@@ -186,7 +190,7 @@ def _stored_sources(sources: list[dict]) -> str:
 def _read_sources(feedback_id: int, text: str) -> list[dict]:
     """A row's sources; none, with a warning, where the row breaks the bounds ``add`` keeps."""
     try:
-        sources = json.loads(text)
+        sources = loads_finite(text)
         problem = None if json_depth(sources) <= SOURCES_MAX_DEPTH else f"nested deeper than {SOURCES_MAX_DEPTH}"
     except RecursionError:
         problem = "nested too deep to parse"

@@ -13,6 +13,7 @@ requests and a running ingest from getting in each other's way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -39,13 +40,15 @@ from starlette.routing import Route
 from kbloop.assistant.answer import Answer, Progress
 from kbloop.server.address import LOOPBACK
 from kbloop.server.reports import adapters, eval_file
-from kbloop.server.service import Service
+from kbloop.server.service import Service, stopped_by
 from kbloop.errors import KbloopError, NotFound
+from kbloop.text import loads_finite
 
 log = logging.getLogger(__name__)
 
 MODEL_ID = "kbloop"
 MAX_BODY = 1 << 20
+SQLITE_MAX_INT = 2**63 - 1  # the largest id a rating can have
 BODY_TIMEOUT = 30.0  # seconds for a body to arrive once its head has; the head's own is in protocol.py
 MAX_HEAD = 16 * 1024  # bytes of request line and headers
 KEEP_ALIVE = 5  # seconds an idle connection stays open between requests
@@ -92,6 +95,21 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
     return 500, f"internal error ({exc.__class__.__name__}); the server log has the details"
 
 
+def answered(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    """``endpoint``, answering a bug with the error shape itself. An error handler registered
+    for ``Exception`` runs in Starlette's outermost middleware, which re-raises after the reply,
+    and the server then drops the connection a client's pool would reuse for its next request."""
+    @functools.wraps(endpoint)
+    async def run(request: Request) -> Any:
+        try:
+            return await endpoint(request)
+        except (HTTPException, ApiError, KbloopError, ClientDisconnect):
+            raise  # their own handlers answer them
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback by describe_error
+            return error_response(*describe_error(exc))
+    return run
+
+
 def _validation_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3])
 
@@ -108,7 +126,10 @@ class ChatMessage(BaseModel):
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: only the text ones mean anything here
-            return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+            parts = [p.get("text", "") for p in self.content if p.get("type") == "text"]
+            if not all(isinstance(part, str) for part in parts):  # not a question worded "None"
+                raise ApiError(422, "messages: the text of a text part must be a string")
+            return "".join(parts)
         return self.content or ""
 
 
@@ -163,7 +184,7 @@ async def read_body(request: Request, model: type[M]) -> M:
     except TimeoutError:
         raise ApiError(408, f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
     try:
-        data = json.loads(body) if body.strip() else {}
+        data = loads_finite(body) if body.strip() else {}
     except RecursionError:
         raise ApiError(400, "the body nests too deeply to read: send flatter JSON") from None
     except ValueError as exc:
@@ -234,14 +255,15 @@ async def in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
 
     def work() -> None:
         try:
-            source = make()
-            try:
-                for item in source:
-                    put(item)
-                    if stop.is_set():
-                        break
-            finally:
-                getattr(source, "close", lambda: None)()
+            with stopped_by(stop):
+                source = make()
+                try:
+                    for item in source:
+                        put(item)
+                        if stop.is_set():
+                            break
+                finally:
+                    getattr(source, "close", lambda: None)()
         except BaseException as exc:  # noqa: BLE001 - handed to the request's task, which answers with it
             put(None, exc)
             return
@@ -258,6 +280,30 @@ async def in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
             yield item
     finally:
         stop.set()
+
+
+async def unless_gone(request: Request, items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """``items`` until the client goes away. The body is read, so the client's next message can
+    only say that it has gone; it is watched while each piece is awaited (text held back may
+    keep the first one for the whole reply), and the piece pending then is cancelled, which
+    stops the answer at the model's next token and frees the model."""
+    gone = asyncio.ensure_future(request.receive())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(items))
+            await asyncio.wait({step, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                await asyncio.wait({step})
+                log.info("chat completion: the client went away before its answer was done")
+                return
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        gone.cancel()
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -323,15 +369,19 @@ def create_app(service: Service) -> Any:
         question, history = conversation(body.messages)
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         items = in_thread(lambda: service.answer(question, history))
-        first = await anext(items)  # errors before the first piece still get their status code
-        if not body.stream:
-            try:
-                item = first
-                while not isinstance(item, Answer):
-                    item = await anext(items)
-            finally:
+        watched, first = unless_gone(request, items), None
+        try:
+            first = await anext(watched, None)  # errors before the first piece still get their status code
+            while not body.stream and first is not None and not isinstance(first, Answer):
+                first = await anext(watched, None)  # the whole answer, for a reply in one piece
+        finally:
+            await watched.aclose()
+            if first is None or not body.stream:
                 await items.aclose()
-            return json_response(completion(request_id, created, item))
+        if first is None:
+            return Response(status_code=400)  # the client went away: no one is left to read it
+        if not body.stream:
+            return json_response(completion(request_id, created, first))
         include_usage = bool((body.stream_options or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[str]:
@@ -409,8 +459,10 @@ def create_app(service: Service) -> Any:
 
     async def withdraw_correction(request: Request) -> JSONResponse:
         raw = request.path_params["id"]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):  # "²" is a digit to str.isdigit, not to int()
             raise ApiError(422, "id: expected a rating's id, a whole number")
+        if int(raw) > SQLITE_MAX_INT:
+            raise NotFound(f"no rating {raw}")
         rating = await run_in_threadpool(service.withdraw_correction, int(raw))
         return json_response({"id": rating["id"], "withdrawn_at": rating["withdrawn_at"]})
 
@@ -447,20 +499,20 @@ def create_app(service: Service) -> Any:
         service.close()
 
     routes = [
-        Route("/", page, methods=["GET"]),
-        Route("/static/{name}", page, methods=["GET"]),
-        Route("/v1/models", list_models, methods=["GET"]),
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/api/search", search, methods=["GET", "POST"]),
-        Route("/api/status", status, methods=["GET"]),
-        Route("/api/ingest", start_ingest, methods=["POST"]),
-        Route("/api/ingest", ingest_job, methods=["GET"]),
-        Route("/api/ingest/{job}", ingest_job, methods=["GET"]),
-        Route("/api/feedback", feedback, methods=["GET", "POST"]),
-        Route("/api/feedback/{id}/correction", withdraw_correction, methods=["DELETE"]),
-        Route("/api/adapters", list_adapters, methods=["GET"]),
-        Route("/api/evals", list_evals, methods=["GET"]),
-        Route("/api/evals/{run}/{name}", report_file, methods=["GET"]),
+        Route("/", answered(page), methods=["GET"]),
+        Route("/static/{name}", answered(page), methods=["GET"]),
+        Route("/v1/models", answered(list_models), methods=["GET"]),
+        Route("/v1/chat/completions", answered(chat_completions), methods=["POST"]),
+        Route("/api/search", answered(search), methods=["GET", "POST"]),
+        Route("/api/status", answered(status), methods=["GET"]),
+        Route("/api/ingest", answered(start_ingest), methods=["POST"]),
+        Route("/api/ingest", answered(ingest_job), methods=["GET"]),
+        Route("/api/ingest/{job}", answered(ingest_job), methods=["GET"]),
+        Route("/api/feedback", answered(feedback), methods=["GET", "POST"]),
+        Route("/api/feedback/{id}/correction", answered(withdraw_correction), methods=["DELETE"]),
+        Route("/api/adapters", answered(list_adapters), methods=["GET"]),
+        Route("/api/evals", answered(list_evals), methods=["GET"]),
+        Route("/api/evals/{run}/{name}", answered(report_file), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: on_error, ApiError: on_error, KbloopError: on_error,

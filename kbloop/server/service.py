@@ -11,6 +11,7 @@ answers at a time (a lock); searches never take that lock.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from kbloop import __version__, models
@@ -126,6 +128,24 @@ class Readers:
             self._all.clear()
 
 
+_answering = threading.local()
+
+
+class ClientGone(Exception):
+    """The client that asked has gone; its answer stops at the model's next token."""
+
+
+@contextmanager
+def stopped_by(event: threading.Event) -> Iterator[None]:
+    """Within this thread, the generator stops (``ClientGone``) at its next token once ``event``
+    is set, even while the answer's text is still held back and nothing has reached the client."""
+    _answering.stop = event
+    try:
+        yield
+    finally:
+        _answering.stop = None
+
+
 class OneAtATime:
     """The generator, created on first use, behind a lock: one CPU model answers one question
     at a time. Retrieval, and refusals that need no model, do not wait for it."""
@@ -168,8 +188,12 @@ class OneAtATime:
                 generator.use_adapter(adapter)
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        stop = getattr(_answering, "stop", None)
         with self.lock:
-            yield from self.generator.stream(*args, **kwargs)
+            for piece in self.generator.stream(*args, **kwargs):
+                if stop is not None and stop.is_set():
+                    raise ClientGone("the client went away before its answer was done")
+                yield piece
 
 
 @dataclass
@@ -217,10 +241,10 @@ class IngestRunner:
             error = str(exc)
         except Exception as exc:  # a background job records its failure instead of vanishing
             log.exception("ingest %s failed", job.id)
-            error = f"{exc.__class__.__name__}: {exc}"
-        job.counts, job.error, job.finished_at = counts, error, time.time()
-        job.state = "failed" if error else "ok"
-        with self._lock:
+            error = f"internal error ({exc.__class__.__name__}); the server log has the details"
+        with self._lock:  # the job ends and the runner frees in one step: no 409 for the next one
+            job.counts, job.error, job.finished_at = counts, error, time.time()
+            job.state = "failed" if error else "ok"
             self.running = None
 
     def latest(self) -> IngestJob | None:
@@ -299,7 +323,9 @@ class Service:
         for raw in paths:
             if "\0" in raw:  # no file name holds one; the OS refuses it with a ValueError
                 raise KbloopError(f"{raw!r} is not a path: it holds a null character")
-            path = (docs / raw).resolve()
+            # Normalised, not resolved: a link inside docs/ is indexed under its own name (and a
+            # followed external link is the indexer's to judge), so the job must name it as such.
+            path = Path(os.path.normpath(docs / raw))
             if path != docs and docs not in path.parents:
                 raise KbloopError(f"{raw} is outside the docs folder {docs}")
             checked.append(str(path))
