@@ -77,11 +77,26 @@ def connect(path: Path, migrations: Sequence[Migration]) -> sqlite3.Connection:
         return connect_read_only(path, migrations)
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
-    db.execute("PRAGMA journal_mode=WAL")
+    _use_wal(db)
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA foreign_keys=ON")
     migrate(db, migrations)
     return db
+
+
+def _use_wal(db: sqlite3.Connection, wait: float = 30.0) -> None:
+    """Switch to WAL. The switch needs the database to itself and SQLite does not wait for that
+    (no busy handler), so a second process opening a new home at the same moment gets "database
+    is locked" at once: it retries here until the other has switched, or ``wait`` seconds pass."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _writable(path: Path) -> bool:
@@ -119,17 +134,37 @@ def connect_read_only(path: Path, migrations: Sequence[Migration]) -> ReadOnlyCo
 
 
 def migrate(db: sqlite3.Connection, steps: Sequence[Migration]) -> None:
-    """Apply, in order, the steps the ``migrations`` table does not list yet."""
+    """Apply, in order, the steps the ``migrations`` table does not list yet.
+
+    Each step takes the write lock first and only then reads which steps are applied: two
+    processes opening a new home at once would otherwise both see a step missing, and the
+    second would run it again ("table ... already exists")."""
     db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
-    applied = {row["name"] for row in db.execute("SELECT name FROM migrations")}
     for name, sql in steps:
-        if name in applied:
-            continue
-        # One script, one transaction: a migration applies entirely or not at all.
-        db.executescript(
-            f"BEGIN IMMEDIATE;\n{sql}\n"
-            f"INSERT INTO migrations VALUES ('{name}', {time.time()!r});\nCOMMIT;"
-        )
+        # One step, one transaction: a migration applies entirely or not at all.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not db.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                for statement in _statements(sql):
+                    db.execute(statement)
+                db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of ``script``, one at a time (``executescript`` would commit
+    the open transaction first)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        yield pending
 
 
 @contextmanager

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -15,9 +17,36 @@ from kbloop.errors import Conflict, StoreError
 log = logging.getLogger(__name__)
 
 
+def open_regular(path: Path) -> IO[bytes]:
+    """Open ``path`` for reading only if it is a regular file. The scan skips pipes and devices,
+    but a path can be swapped for one after the scan: opening a FIFO waits for a writer forever,
+    holding the write lock. So it is opened without blocking, and what was opened (not the path,
+    which may change again) is checked; anything else is an OSError, reported as unreadable."""
+    fh = open(path, "rb", opener=_open_nonblocking)
+    try:
+        mode = os.fstat(fh.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device)", str(path))
+        os.set_blocking(fh.fileno(), True)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, a regular file (see ``open_regular``)."""
+    with open_regular(path) as fh:
+        return fh.read()
+
+
 def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         for block in iter(lambda: fh.read(block_size), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -48,7 +48,7 @@ from kbloop.ingest.chunking import Chunk, embed_text, make_splitter
 from kbloop.ingest.loaders import supported
 from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
 from kbloop.ingest.parse import Parsed, parse_file
-from kbloop.ingest.scan import Scan, is_ignored_name, scan_folder, unreadable_reason
+from kbloop.ingest.scan import Scan, is_ignored_name, scan_folder, undecodable_name, unreadable_reason
 from kbloop.progress import progress_bar
 from kbloop.vector_store import StoreLocation, VectorStore, store_location
 
@@ -232,19 +232,30 @@ class Indexer:
             store.remove(orphans)
             store.save()
             report.repaired.append(f"removed {len(orphans)} vectors no chunk refers to (an interrupted run)")
-        if missing:
-            file_ids = self.manifest.files_of_vectors(missing)
-            with self.manifest.transaction():
-                self.manifest.mark_stale(file_ids)
-            report.repaired.append(
-                f"{len(missing)} chunks had no vector; their {len(file_ids)} files are marked for "
-                "re-embedding: run `kbloop ingest`"
-            )
+        if missing and not rebuild:
+            store = self._restore_vectors(store, missing)
+            report.repaired.append(f"{len(missing)} chunks had no vector: embedded again from their stored text")
+        elif missing:
+            report.repaired.append(f"{len(missing)} chunks had no vector: the rebuild embeds them again")
         report.ok = not report.problems
         self.store = store
         for line in report.problems + report.repaired:
             log.warning("check: %s", line)
         return report
+
+    def _restore_vectors(self, store: VectorStore | None, missing: set[int]) -> VectorStore:
+        """Embed the chunks whose vectors are missing again from the text the manifest holds, under
+        the same ids, so the manifest needs no change. Parsing the files again instead would lose
+        what cannot be parsed now: the last good version of a file that broke, or a file in a
+        folder that is unreadable at the moment."""
+        chunks = self.manifest.chunks_of_vectors(missing)
+        texts = {c.text_hash: embed_text(c.text, c.metadata) for c in chunks}
+        vectors = self._vectors(texts, {})
+        if store is None:
+            store = self.location.create(self.embedder.dim, self.settings.embedder)
+        store.add(np.asarray([c.vector_id for c in chunks]), np.vstack([vectors[c.text_hash] for c in chunks]))
+        store.save()
+        return store
 
     def _settle_rebuild(self) -> list[str]:
         """Finish, or remove, what an interrupted rebuild left: its store, staged beside the one
@@ -447,6 +458,11 @@ class Indexer:
         scan.scopes = []
         for raw in paths:
             rel = self._relative(raw, docs)
+            if rel is None or undecodable_name(rel):
+                if rel is not None:
+                    log.warning("skipped %r: the name is not valid UTF-8; rename it to index it", raw)
+                scan.ignored += 1
+                continue
             scan.scopes.append(rel)
             path = docs / rel
             try:
@@ -464,28 +480,38 @@ class Indexer:
                 scan.files[rel] = st
         return scan
 
-    def _relative(self, raw: str | Path, docs: Path) -> str:
-        """A named path relative to the docs folder (resolved ``docs``). One that resolves outside
-        it is refused, unless it is a link in the docs folder that KBLOOP_FOLLOW_EXTERNAL_LINKS
-        lets the scan follow."""
+    def _relative(self, raw: str | Path, docs: Path) -> str | None:
+        """A named path relative to the docs folder (resolved ``docs``), keyed as a scan keys it:
+        through the links in it, not resolved, so a document under a linked folder is the one the
+        scan indexed. One that leads outside the docs folder is refused, unless it is a link in the
+        docs folder that KBLOOP_FOLLOW_EXTERNAL_LINKS lets the scan follow. None (logged) for a
+        path whose links cannot be resolved (a loop): the other named paths still go ahead."""
         path = Path(raw).expanduser()
-        path = path if path.is_absolute() else Path.cwd() / path
+        path = Path(os.path.normpath(path if path.is_absolute() else Path.cwd() / path))
         try:
-            rel = path.resolve().relative_to(docs).as_posix()
-        except ValueError:
-            rel = self._external_link(raw, Path(os.path.normpath(path)), docs)
+            target = path.resolve()
+        except (RuntimeError, OSError) as exc:  # RuntimeError: a loop of links, before Python 3.13
+            log.warning("skipped %s: its links cannot be followed (%s)", raw, exc)
+            return None
+        rel = self._lexical_relative(path, docs)
+        if rel is None:  # named through a link to the docs folder: only resolving finds it
+            try:
+                rel = target.relative_to(docs).as_posix()
+            except ValueError:
+                raise KbloopError(f"{raw} is outside the docs folder {docs}; "
+                                  "copy it in or set KBLOOP_DOCS_DIR") from None
+        elif not (target == docs or docs in target.parents) and not self.settings.follow_external_links:
+            raise KbloopError(f"{raw} is outside the docs folder {docs}: it goes through a link out of "
+                              "it (KBLOOP_FOLLOW_EXTERNAL_LINKS=true follows such links)")
         return "" if rel == "." else rel
 
-    def _external_link(self, raw: str | Path, path: Path, docs: Path) -> str:
-        """The relative path of ``path`` (not resolved), which resolves outside the docs folder:
-        allowed only when it lies in the docs folder, through a link, and such links are followed."""
+    def _lexical_relative(self, path: Path, docs: Path) -> str | None:
+        """``path`` (normalised, not resolved) relative to the docs folder, as given or resolved;
+        None when it does not lie in it."""
         for base in (docs, Path(os.path.abspath(self.docs_dir))):
             if path == base or base in path.parents:
-                if self.settings.follow_external_links:
-                    return path.relative_to(base).as_posix()
-                raise KbloopError(f"{raw} is outside the docs folder {docs}: it goes through a link out of "
-                                  "it (KBLOOP_FOLLOW_EXTERNAL_LINKS=true follows such links)")
-        raise KbloopError(f"{raw} is outside the docs folder {docs}; copy it in or set KBLOOP_DOCS_DIR")
+                return path.relative_to(base).as_posix()
+        return None
 
     @staticmethod
     def _skip_unreadable(rel: str, reason: str, counts: IngestCounts) -> None:
@@ -496,10 +522,13 @@ class Indexer:
         log.warning("skipped %s: %s", rel, reason)
 
     def _apply_renames(self, todo, deleted: dict[str, FileRecord], counts: IngestCounts, now: float):
+        """Moves: a new path whose bytes are those a vanished record vouches for takes that record
+        over with its chunks. A failed record counts too (by the bytes that failed), so a broken
+        file that is moved keeps its last good version searchable, as it would have in place."""
         by_sha: dict[str, list[str]] = defaultdict(list)
         for rel, rec in deleted.items():
-            if rec.status == "indexed" and rec.sha256:
-                by_sha[rec.sha256].append(rel)
+            if sha := remembered_sha(rec):
+                by_sha[sha].append(rel)
         remaining = []
         with self.manifest.transaction():
             for rel, st, sha, rec in todo:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from kbloop.errors import LoaderError
+from kbloop.fsutil import read_regular
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ TEXT_CONTROLS = frozenset((9, 10, 12, 13, 27))  # tab, newlines, form feed, esca
 def read_text(path: Path) -> tuple[str, list[str]]:
     """Decode a text file: by its byte-order mark (UTF-8, UTF-16, UTF-32), else UTF-8, else a
     single-byte fallback with a note."""
-    data = path.read_bytes()
+    data = read_regular(path)
     binary = LoaderError(f"binary content, not {path.suffix.lstrip('.').upper() or 'text'} (a misnamed file?)")
     for bom, encoding in BYTE_ORDER_MARKS:
         if data.startswith(bom):
@@ -220,7 +221,7 @@ def load_html(path: Path) -> Loaded:
 def load_docx(path: Path) -> Loaded:
     import zipfile
 
-    data = path.read_bytes()  # here, so a read error stays an OSError and is not taken for bad content
+    data = read_regular(path)  # here, so a read error stays an OSError and is not taken for bad content
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise LoaderError("not a valid DOCX (not a zip container)")
     return _partition("partition_docx", "unstructured.partition.docx", file=io.BytesIO(data))
@@ -233,7 +234,7 @@ def load_pdf(path: Path) -> Loaded:
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     # Read here, so a read error stays an OSError: pypdf's own OSErrors below mean a corrupt file.
-    data = path.read_bytes()
+    data = read_regular(path)
     if not data[:1024].lstrip().startswith(b"%PDF"):
         raise LoaderError("not a PDF (no %PDF header)")
     try:

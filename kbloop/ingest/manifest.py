@@ -215,13 +215,6 @@ class Manifest:
         self.db.execute("DELETE FROM files WHERE path = ?", (path,))
         return vector_ids
 
-    def mark_stale(self, file_ids: list[int]) -> None:
-        """Forget what these files' chunks were, so the next ingest parses and embeds them again."""
-        for file_id in file_ids:
-            self.db.execute("DELETE FROM chunks WHERE file_id = ?", (file_id,))
-            self.db.execute("UPDATE files SET sha256 = NULL, failed_sha256 = NULL, n_chunks = 0 WHERE id = ?",
-                            (file_id,))
-
     # -- chunks ---------------------------------------------------------------------------
 
     def chunks_of(self, file_id: int) -> list[ChunkRecord]:
@@ -253,9 +246,10 @@ class Manifest:
         row = self.db.execute("SELECT vector_id FROM chunks WHERE text_hash = ? LIMIT 1", (text_hash,)).fetchone()
         return row["vector_id"] if row else None
 
-    def files_of_vectors(self, vector_ids: set[int]) -> list[int]:
-        rows = self.db.execute("SELECT DISTINCT file_id, vector_id FROM chunks")
-        return sorted({row["file_id"] for row in rows if row["vector_id"] in vector_ids})
+    def chunks_of_vectors(self, vector_ids: set[int]) -> list[ChunkRecord]:
+        """The chunks stored under these vector ids, in vector id order."""
+        rows = self.db.execute("SELECT * FROM chunks ORDER BY vector_id")
+        return [_chunk(row) for row in rows if row["vector_id"] in vector_ids]
 
     def insert_chunk(self, file_id: int, ordinal: int, text_hash: str, text: str, metadata: dict,
                      vector_id: int) -> None:

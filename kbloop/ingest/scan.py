@@ -7,11 +7,14 @@ itself being unreadable stops the run (``DocsUnreadable``) before anything chang
 
 Symbolic links are followed only where they resolve inside the docs folder, unless
 ``KBLOOP_FOLLOW_EXTERNAL_LINKS`` allows the rest; a link to a folder that contains it (a loop)
-is never followed.
+is never followed. A link whose target cannot be reached for another reason (it lies in a folder
+that cannot be read) is unreadable, not gone. A name that is not valid UTF-8 is skipped: paths
+are stored as UTF-8 text.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -63,16 +66,35 @@ class Scan:
 
 
 def link_refusal(path: Path, docs: Path, follow_external: bool) -> str | None:
-    """Why the symbolic link at ``path`` is not followed, or None when it is."""
+    """Why the symbolic link at ``path`` is not followed, or None when it is.
+
+    Only a target that is certainly not there (missing, or a loop of links) is a refusal. Any
+    other error (a folder on the way that cannot be read) says nothing of whether the target
+    exists, so it is raised as the OSError it is and the caller keeps the link as unreadable."""
     try:
         target = path.resolve(strict=True)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return "broken link (its target does not exist)"
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links, before Python 3.13
+    except RuntimeError as exc:  # a loop of links, before Python 3.13
         return f"link cannot be followed: {exc}"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a loop of links, from Python 3.13
+            return f"link cannot be followed: {exc}"
+        raise
     if follow_external or target == docs or docs in target.parents:
         return None
     return f"link to {target}, outside the docs folder (KBLOOP_FOLLOW_EXTERNAL_LINKS=true follows such links)"
+
+
+def undecodable_name(name: str) -> bool:
+    """Whether a file name is not valid UTF-8 (Python holds its bad bytes as surrogates): the
+    manifest, the API and the answers all store paths as UTF-8 text, so such a file is skipped
+    rather than let one name stop the whole ingest."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def scan_folder(scan: Scan, docs: Path, rel: str = "", *, follow_external: bool) -> None:
@@ -104,8 +126,17 @@ def scan_folder(scan: Scan, docs: Path, rel: str = "", *, follow_external: bool)
             if name.startswith("."):
                 scan.ignored += 1
                 continue
+            if undecodable_name(name):
+                log.warning("skipped %r: the name is not valid UTF-8; rename it to index it", entry.path)
+                scan.ignored += 1
+                continue
             path = Path(entry.path)
-            if entry.is_symlink() and (refusal := link_refusal(path, docs, follow_external)):
+            try:
+                refusal = entry.is_symlink() and link_refusal(path, docs, follow_external)
+            except OSError as exc:  # the link's target cannot be reached now: keep what it held
+                scan.unreadable[entry_rel] = unreadable_reason(exc)
+                continue
+            if refusal:
                 log.warning("skipped %s: %s", entry_rel, refusal)
                 scan.ignored += 1
                 continue

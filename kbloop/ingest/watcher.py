@@ -83,16 +83,20 @@ class DocsEventHandler(FileSystemEventHandler):
             return
         # A move's source is a deletion: both ends go to the indexer.
         for raw in (event.src_path, event.dest_path):
-            if raw and self.wanted(path := Path(os.fsdecode(raw))):
+            if raw and self.wanted(path := Path(os.fsdecode(raw)), folder=event.is_directory):
                 self.debouncer.touch(str(path))
 
-    def wanted(self, path: Path) -> bool:
-        """Inside the root, and no part of it is hidden, a backup or a temp name (as a full scan skips)."""
+    def wanted(self, path: Path, *, folder: bool = False) -> bool:
+        """Inside the root, and skipped by no rule a full scan applies: no part of it is hidden,
+        and a file is not named as a backup or a temp file. A folder named like one (``2023.bak``,
+        ``drafts~``) is scanned and its files indexed, so its events count."""
         try:
             parts = path.relative_to(self.root).parts
         except ValueError:
             return False
-        return bool(parts) and not is_ignored_name(parts[-1]) and not any(p.startswith(".") for p in parts[:-1])
+        if not parts or any(p.startswith(".") for p in parts):
+            return False
+        return folder or not is_ignored_name(parts[-1])
 
 
 def start_observer(root: Path, debouncer: Debouncer) -> Observer:

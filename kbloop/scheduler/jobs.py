@@ -44,8 +44,8 @@ def full_scan(kb: KnowledgeBase) -> dict:
 
 
 def consistency_check(kb: KnowledgeBase) -> dict:
-    """Check the store against the manifest and repair what is safe; files it marks for
-    re-embedding are picked up by the next scan. Problems it cannot repair fail the job."""
+    """Check the store against the manifest and repair what is safe (chunks whose vectors are
+    missing are embedded again from their stored text). Problems it cannot repair fail the job."""
     report = kb.check()
     if report.problems:
         raise StoreError("consistency check: " + "; ".join(report.problems))

@@ -37,6 +37,7 @@ from kbloop.errors import StoreError
 from kbloop.fsutil import atomic_write_bytes, fsync_folder, remove_stale_temporaries
 from kbloop.vector_store.base import SetAsideReason, StoreInfo
 
+LOAD_ATTEMPTS = 5  # header re-reads when saves keep landing while a reader loads
 HEADER = "header.json"
 STAGED = "header.staged.json"
 FORMAT = 1
@@ -90,17 +91,33 @@ class FaissStore:
         header = cls.read_header(directory, header_name)
         if header is None:
             return None
+        data, header = cls._read_index(Path(directory), header, header_name)
         path = Path(directory) / header.index_file
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise StoreError(f"{path} is missing or unreadable ({exc.strerror})") from None
         if hashlib.sha256(data).hexdigest() != header.sha256:
             raise StoreError(f"{path} does not match its checksum in {header_name}")
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         if index.d != header.dim or index.ntotal != header.count:
             raise StoreError(f"{path} holds {index.ntotal}x{index.d}, header says {header.count}x{header.dim}")
         return cls(directory, index, header.embedder, header, header_name)
+
+    @classmethod
+    def _read_index(cls, directory: Path, header: StoreHeader, header_name: str,
+                    attempts: int = LOAD_ATTEMPTS) -> tuple[bytes, StoreHeader]:
+        """The bytes of the index file ``header`` names, and the header they belong to. A writer's
+        save can land between reading the header and reading its file, and the save removes the
+        file the old header named: when the header has changed since, the new one is read again.
+        Only a file missing under an unchanged header is damage."""
+        for _ in range(attempts):
+            path = directory / header.index_file
+            try:
+                return path.read_bytes(), header
+            except OSError as exc:
+                error = exc
+            current = cls.read_header(directory, header_name)
+            if current is None or current == header:
+                break
+            header = current
+        raise StoreError(f"{path} is missing or unreadable ({error.strerror})")
 
     # -- queries --------------------------------------------------------------------------
 

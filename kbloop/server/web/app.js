@@ -274,10 +274,16 @@ async function startIngest() {
   }
   let job = await response.json();
   showIngest(job);
-  while (job.state === "running") {
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    job = await getJson(`/api/ingest/${job.id}`);
-    showIngest(job);
+  try {
+    while (job.state === "running") {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      job = await getJson(`/api/ingest/${job.id}`);
+      showIngest(job);
+    }
+  } catch (error) {
+    // The job is out of sight (a restarted server forgets it): say so, and let the user start another.
+    $("#ingest-state").textContent = `ingest status unknown: ${error.message}`;
+    $("#ingest-button").disabled = false;
   }
   refreshStatus();
 }
