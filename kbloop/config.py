@@ -374,7 +374,11 @@ class Settings(BaseModel):
     finetune_gradient_checkpointing: bool = Field(
         False, description="`kbloop finetune`: trade compute for memory (about 30% slower, much less RAM)."
     )
-    finetune_seed: int = Field(0, ge=0, description="`kbloop finetune`: seed for record order, replay sampling and LoRA init.")
+    # torch.manual_seed and numpy take at most 2**32 - 1; a larger seed would fail mid-run.
+    finetune_seed: int = Field(
+        0, ge=0, le=2**32 - 1,
+        description="`kbloop finetune`: seed for record order, replay sampling and LoRA init.",
+    )
     finetune_patience: int = Field(
         3, ge=0, le=1000,
         description=(
@@ -562,10 +566,20 @@ class Settings(BaseModel):
         return ENV_PREFIX + field.upper()
 
     @classmethod
+    def empty_is_a_value(cls, field: str) -> bool:
+        """Whether an empty value of this text setting means something of its own (its
+        documentation says what empty does: off, none, the embedded default)."""
+        info = cls.model_fields[field]
+        return info.annotation is str and "empty" in (info.description or "")
+
+    @classmethod
     def from_mapping(cls, values: dict[str, str], origin: str = "settings") -> "Settings":
         """Build settings from KBLOOP_* strings; any problem becomes one clear ConfigError."""
         known = {cls.env_name(name): name for name in cls.model_fields}
-        data = {known[key]: value for key, value in values.items() if key in known and value != ""}
+        # An empty value means "unset" (the default), except where empty is itself documented
+        # as a value ("empty turns it off"): there it is kept, so it can override .env.
+        data = {known[key]: value for key, value in values.items()
+                if key in known and (value != "" or cls.empty_is_a_value(known[key]))}
         try:
             return cls(**data)
         except ValidationError as exc:
@@ -618,7 +632,10 @@ def render_settings_markdown() -> str:
         "Settings come from the home's `.env` (written by `kbloop init`, the same text as",
         "[`.env.example`](../.env.example)) and from `KBLOOP_*` environment variables; the environment",
         "wins. A bad value stops the command with one line that names the setting and says what it",
-        "accepts. An unknown `KBLOOP_*` name in `.env` is an error too, so a typo never goes unnoticed.",
+        "accepts. An unknown `KBLOOP_*` name in `.env` is an error too, so a typo never goes unnoticed;",
+        "names are upper case, and `KBLOOP_Retrieve_K` is such a typo. An empty value (`KBLOOP_X=`)",
+        "means the default, except where a setting below says what empty does: there it is a value,",
+        "and `KBLOOP_LEARN_AT=` in the environment turns the nightly run off whatever `.env` says.",
         "",
         "| setting | default | what it does |",
         "| --- | --- | --- |",
@@ -695,15 +712,22 @@ class Home:
         values: dict[str, str] = {}
         if self.env_file.is_file():
             file_values = {k: v for k, v in dotenv_values(self.env_file).items() if v is not None}
-            unknown = sorted(k for k in file_values if k.startswith(ENV_PREFIX) and k != HOME_ENV
-                             and k[len(ENV_PREFIX):].lower() not in Settings.model_fields)
-            if unknown:
-                raise ConfigError(
-                    f"unknown setting {unknown[0]} in {self.env_file}; known settings are listed in .env.example"
-                )
+            check_known(file_values, self.env_file)
             values.update(file_values)
         values.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
         return Settings.from_mapping(values, origin=f"setting (from {self.env_file} or the environment)")
+
+
+def check_known(values: dict[str, str], source: Path) -> None:
+    """Every KBLOOP_* name in ``source`` must be a setting, spelled exactly as documented (upper
+    case): any other is a typo that would otherwise be silently ignored."""
+    known = {Settings.env_name(name) for name in Settings.model_fields} | {HOME_ENV}
+    unknown = sorted(k for k in values if k.upper().startswith(ENV_PREFIX) and k not in known)
+    if not unknown:
+        return
+    name = unknown[0]
+    hint = f"; did you mean {name.upper()}?" if name.upper() in known else "; known settings are listed in .env.example"
+    raise ConfigError(f"unknown setting {name} in {source}{hint}")
 
 
 def find_home(explicit: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Home:

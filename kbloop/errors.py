@@ -71,7 +71,7 @@ class LoaderError(KbloopError):
 
 
 class StoreError(KbloopError):
-    """The vector store on disk is unusable."""
+    """A store on disk is unusable: the vector store, or an adapter's record of its lineage."""
 
     http_status = 503
 

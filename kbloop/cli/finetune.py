@@ -236,7 +236,7 @@ def ollama(obj, version: str, out: Path | None) -> None:
 @export.command()
 @click.argument("version", default="current")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder to write (default: data/exports/<version>-merged).")
+              help="Folder to write: new, empty or an earlier merged export (default: data/exports/<version>-merged).")
 @click.pass_obj
 def merged(obj, version: str, out: Path | None) -> None:
     """Write a Hugging Face model folder with the adapter merged into the base weights."""

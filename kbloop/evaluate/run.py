@@ -12,7 +12,8 @@ The run, in ``evaluate``:
    metrics: normalised match, token F1, refusal correctness;
 5. the judge scores each answer, and compares the two answers in both orders;
 6. the gate decides; the report, the decision and its reasons are recorded with the candidate,
-   and ``--promote`` makes an accepted candidate current.
+   and ``--promote`` makes an accepted candidate current, unless another process promoted or
+   rolled back since the run began (then the report stays, and CurrentChanged says so).
 """
 
 from __future__ import annotations
@@ -138,8 +139,9 @@ def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_f
     settings = kb.settings
     registry = AdapterRegistry(kb.home, kb.manifest)
     cand = registry.resolve(candidate or "latest")
+    was_current = registry.current()
     if baseline == "current":
-        base = registry.current()
+        base = was_current
     elif baseline == "base":
         base = None
     else:
@@ -199,7 +201,9 @@ def evaluate(kb, candidate: str | None = None, baseline: str = "current", user_f
     report.folder = str(write_report(store, report))
     _record(store, registry, report)
     if promote and decision.decision == "accept":
-        registry.promote(cand, f"evaluation {run}: accepted against {base or 'base'}")
+        # Only over what was current when the run began: a promotion or rollback made by
+        # another process meanwhile is refused here (CurrentChanged), never silently overwritten.
+        registry.promote(cand, f"evaluation {run}: accepted against {base or 'base'}", expected_current=was_current)
         report.promoted = True
     return report
 

@@ -64,7 +64,7 @@ class TrainConfig:
             ("replay_ratio", self.replay_ratio >= 0.0, "at least 0"),
             ("max_records", self.max_records >= 0, "at least 0"),
             ("checkpoint_steps", self.checkpoint_steps >= 1, "at least 1"),
-            ("seed", self.seed >= 0, "at least 0"),
+            ("seed", 0 <= self.seed <= 2**32 - 1, "in [0, 4294967295]"),
             ("patience", self.patience >= 0, "at least 0"),
             ("probe_fraction", 0.0 < self.probe_fraction <= 0.2, "in (0, 0.2]"),
             ("eval_steps", self.eval_steps >= 1, "at least 1"),

@@ -10,7 +10,11 @@ from pathlib import Path
 from kbloop import models
 from kbloop.errors import KbloopError
 from kbloop.finetune.registry import AdapterRegistry
+from kbloop.fsutil import atomic_write_bytes, fsync_folder
 from kbloop.models.lora_gguf import BaseArchitecture, ensure_gguf
+
+# Written into every merged export: only a folder that holds it is one kbloop may replace.
+EXPORT_MARKER = ".kbloop-export.json"
 
 
 def _resolve(kb, version: str) -> tuple[str, Path, dict]:
@@ -65,6 +69,7 @@ def export_merged(kb, version: str, out: Path | None) -> Path:
         raise KbloopError(f"KBLOOP_GENERATOR={kb.settings.generator} has no weights here to merge into: "
                           "use a local: or hf: model")
     out = (out or kb.home.data_dir / "exports" / f"{name}-merged").resolve()
+    check_export_target(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True, dtype=torch.float32)
@@ -76,6 +81,36 @@ def export_merged(kb, version: str, out: Path | None) -> Path:
         del merged.config.quantization_config
     merged.save_pretrained(tmp, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_dir, local_files_only=True).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    atomic_write_bytes(tmp / EXPORT_MARKER, (json.dumps(
+        {"adapter": name, "generator": lineage.get("generator"), "kind": "merged"}, sort_keys=True) + "\n").encode())
+    replace_export(tmp, out)
     return out
+
+
+def check_export_target(out: Path) -> None:
+    """Refuse, before any work, a folder that holds anything but an earlier merged export: the
+    export replaces the folder, and kbloop must never delete what it did not write (``-o .``
+    inside the home would otherwise delete the home)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise KbloopError(f"{out} exists and is not a folder: name a new or empty folder with -o")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise KbloopError(f"{out} is not empty and holds no earlier kbloop export, so it is left alone: "
+                          "name a new or empty folder with -o")
+
+
+def replace_export(tmp: Path, out: Path) -> None:
+    """Move the finished export in place of ``out``: a rename, after moving an earlier export
+    (checked again, now) aside, so a crash leaves the old export or the new one, never a part."""
+    check_export_target(out)
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.is_dir():
+        os.replace(out, old)  # an empty folder, or an export kbloop wrote (it holds the marker)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old.is_dir() and not out.exists():
+            os.replace(old, out)  # the earlier export goes back where it was
+        raise
+    fsync_folder(out.parent)
+    shutil.rmtree(old, ignore_errors=True)

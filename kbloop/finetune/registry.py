@@ -16,12 +16,17 @@ import re
 import time
 from pathlib import Path
 
-from kbloop.errors import NotFound
+from kbloop.errors import Conflict, NotFound, StoreError
 from kbloop.fsutil import atomic_write_bytes
 
 CURRENT_KEY = "adapter_current"
 HISTORY_KEY = "adapter_history"
 VERSION = re.compile(r"^\d{4}$")
+ANY = object()  # ``promote``'s expected_current when the caller did not look at what is current
+
+
+class CurrentChanged(Conflict):
+    """Another process promoted or rolled back while this one decided what to promote."""
 
 
 class AdapterRegistry:
@@ -52,7 +57,15 @@ class AdapterRegistry:
         return folder
 
     def lineage(self, version: str) -> dict:
-        return json.loads((self.path(version) / "lineage.json").read_text())
+        path = self.path(version) / "lineage.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            raise StoreError(f"{path} is damaged (not a JSON object): restore it from a backup, or delete "
+                             f"the folder {path.parent} to drop adapter {version}")
+        return data
 
     def update_lineage(self, version: str, **fields) -> dict:
         """Add fields (evaluations, gate decisions) to a version's lineage, atomically."""
@@ -89,24 +102,39 @@ class AdapterRegistry:
     def history(self) -> list[dict]:
         return json.loads(self.manifest.get_meta(HISTORY_KEY, "[]"))
 
-    def promote(self, version: str | None, reason: str) -> None:
-        """Make ``version`` (None: the base model alone) the one that answers."""
+    def promote(self, version: str | None, reason: str, expected_current: object = ANY) -> None:
+        """Make ``version`` (None: the base model alone) the one that answers. With
+        ``expected_current``, only if that is still current: the check and the write are one
+        transaction, so a promotion made elsewhere meanwhile is never silently overwritten."""
         if version is not None:
             self.path(version)
         with self.manifest.transaction():
-            history = self.history() + [{"version": version, "previous": self.current(), "reason": reason,
-                                         "at": time.time()}]
-            self.manifest.set_meta(CURRENT_KEY, version or "")
-            self.manifest.set_meta(HISTORY_KEY, json.dumps(history))
+            current = self.current()
+            if expected_current is not ANY and current != expected_current:
+                raise CurrentChanged(
+                    f"adapter {version or 'base'} was not promoted: the current adapter changed from "
+                    f"{expected_current or 'base'} to {current or 'base'} meanwhile (another promote or rollback); "
+                    f"evaluate it again against {current or 'base'}")
+            self._set_current(version, current, reason)
 
     def rollback(self) -> str | None:
-        """Go back to what was current before the last promotion; returns the version now current."""
-        history = self.history()
-        if not history:
-            raise NotFound("nothing to roll back: no adapter has been promoted")
-        previous = history[-1]["previous"]
-        self.promote(previous, f"rollback from {history[-1]['version'] or 'base'}")
+        """Go back to what was current before the last promotion; returns the version now current.
+        History is read in the transaction that writes, so two rollbacks never undo one promotion."""
+        with self.manifest.transaction():
+            history = self.history()
+            if not history:
+                raise NotFound("nothing to roll back: no adapter has been promoted")
+            previous = history[-1]["previous"]
+            if previous is not None:
+                self.path(previous)
+            self._set_current(previous, self.current(), f"rollback from {history[-1]['version'] or 'base'}")
         return previous
+
+    def _set_current(self, version: str | None, previous: str | None, reason: str) -> None:
+        """The write of a promotion; the caller holds the manifest's transaction."""
+        history = self.history() + [{"version": version, "previous": previous, "reason": reason, "at": time.time()}]
+        self.manifest.set_meta(CURRENT_KEY, version or "")
+        self.manifest.set_meta(HISTORY_KEY, json.dumps(history))
 
     def listing(self) -> list[dict]:
         current = self.current()

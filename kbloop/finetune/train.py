@@ -41,7 +41,7 @@ from kbloop.finetune.config import TrainConfig
 from kbloop.finetune.data import Example, answer_loss, collate, encode, length_batches
 from kbloop.finetune.registry import AdapterRegistry
 from kbloop.finetune.stopping import EarlyStopping, probe_size
-from kbloop.fsutil import atomic_write_bytes, exclusive
+from kbloop.fsutil import atomic_write_bytes, exclusive, fsync_folder
 from kbloop.progress import ProgressMode, step_progress
 
 log = logging.getLogger(__name__)
@@ -302,10 +302,34 @@ def estimate_seconds(forward_tokens: int, forward_rate: float | None) -> float |
     return forward_tokens / forward_rate if forward_rate else None
 
 
+def read_log(train_log: Path) -> list[dict]:
+    """The entries of a run's train_log.jsonl. A line that does not parse (the torn last line of
+    a write cut short by a full disk or a crash) is skipped: it must not stop a resume."""
+    entries = []
+    text = train_log.read_text(encoding="utf-8", errors="replace") if train_log.is_file() else ""
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+            entries.append(entry)
+    return entries
+
+
 def logged_rate(train_log: Path) -> float | None:
     """The training tokens/s an interrupted run last logged, to estimate what is left of it."""
-    lines = train_log.read_text(encoding="utf-8").splitlines() if train_log.is_file() else []
-    return json.loads(lines[-1])["tokens_per_s"] if lines else None
+    entries = [e for e in read_log(train_log) if isinstance(e.get("tokens_per_s"), (int, float))]
+    return entries[-1]["tokens_per_s"] if entries else None
+
+
+def cut_log(train_log: Path, step: int) -> None:
+    """Keep the log's entries up to ``step``, where a resumed run continues: the steps after the
+    checkpoint are trained again, and each step must appear once. Replaced atomically."""
+    if not train_log.is_file():
+        return
+    kept = [e for e in read_log(train_log) if e["step"] <= step]
+    atomic_write_bytes(train_log, "".join(json.dumps(e) + "\n" for e in kept).encode())
 
 
 def adapter_copy(model) -> dict:
@@ -356,12 +380,15 @@ def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = 
             raise KbloopError(f"the model {kb.settings.generator} cannot be fine-tuned here: "
                               "use a local: or hf: model (an Ollama model can use an exported adapter)")
         base_id = base_model_id(base_dir)
+        published = drop_published_runs(registry)
         if resume:
             unfinished = sorted(p for p in runs.glob("*/plan.json")) if runs.is_dir() else []
             if not unfinished:
-                raise NotFound("no interrupted fine-tuning run to resume")
+                done = f": run {published[-1]} had finished and was already published as adapter " \
+                       f"{published[-1]} (its leftover folder is removed)" if published else ""
+                raise NotFound(f"no interrupted fine-tuning run to resume{done}")
             run_dir = unfinished[-1].parent
-            plan = Plan.from_dict(json.loads((run_dir / "plan.json").read_text()))
+            plan = load_plan(run_dir)
         else:
             plan = plan_run(kb, registry, parent, fresh, base_id, max_records)
             run_dir = runs / plan.version
@@ -372,6 +399,18 @@ def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = 
             result = _train(kb, registry, plan, base_dir, run_dir, progress, announce)
             summary.update(result.as_dict())
     return result
+
+
+def load_plan(run_dir: Path) -> Plan:
+    """The plan an interrupted run was started with; one that cannot be used is reported with
+    the folder to delete, since --resume would fail on it every time."""
+    path = run_dir / "plan.json"
+    try:
+        return Plan.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, KeyError, KbloopError) as exc:
+        reason = exc.one_line() if isinstance(exc, KbloopError) else f"{type(exc).__name__}: {exc}"
+        raise KbloopError(f"the interrupted run's plan {path} cannot be used ({reason}): delete {run_dir} "
+                          "and run `kbloop finetune` again") from None
 
 
 def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: Path, progress: ProgressMode,
@@ -409,6 +448,7 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
     step, tokens_done = 0, 0
     checkpoint = run_dir / "checkpoint"
     best_adapter = None  # the adapter weights of the best probe loss so far, with early stopping
+    recover_checkpoint(checkpoint)
     if (checkpoint / "state.pt").is_file():
         state = load_checkpoint(checkpoint / "state.pt")
         set_peft_model_state_dict(model, state["adapter"])
@@ -417,9 +457,11 @@ def _train(kb, registry: AdapterRegistry, plan: Plan, base_dir: Path, run_dir: P
         if stopping is not None:
             stopping, best_adapter = EarlyStopping(**state["stopping"]), state["best_adapter"]
         log.info("resuming %s at step %d of %d", plan.version, step, total_steps)
+        cut_log(run_dir / "train_log.jsonl", step)
         logged = logged_rate(run_dir / "train_log.jsonl")
         forward_rate = logged * train_cost(cfg) if logged else None
     else:
+        cut_log(run_dir / "train_log.jsonl", 0)  # a resumed run with no checkpoint starts again
         # Before any step: a continued adapter's loss on its parent's probe is the parent's final loss.
         first = parent_probe or probe
         initial, spent = timed_loss(model, first, pad_id, cfg.batch_size)
@@ -539,6 +581,35 @@ def load_checkpoint(path: Path) -> dict:
                           f"delete {path.parent} to start this run again from its first step") from None
 
 
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of the checkpoint in ``folder``, or None when it is incomplete: its state file
+    is missing or does not load (a save cut short)."""
+    import torch
+
+    try:
+        return int(torch.load(folder / "state.pt", weights_only=True)["step"])
+    except Exception as exc:  # noqa: BLE001 - any failure to load means: not a usable checkpoint
+        if (folder / "state.pt").exists():
+            log.warning("ignoring the incomplete checkpoint %s: %s", folder, exc)
+        return None
+
+
+def recover_checkpoint(folder: Path) -> None:
+    """Put back a checkpoint that a crash inside ``_save_checkpoint`` left aside: between its two
+    renames, ``folder`` is missing while the new one (.checkpoint.tmp) and the previous one
+    (.checkpoint.old) are on disk. The newest complete one becomes ``folder`` again."""
+    if (folder / "state.pt").is_file():
+        return
+    found = [(step, side) for side in (folder.with_name(".checkpoint.tmp"), folder.with_name(".checkpoint.old"))
+             if side.is_dir() and (step := checkpoint_step(side)) is not None]
+    if not found:
+        return
+    step, side = max(found, key=lambda f: f[0])
+    log.info("recovering the step-%d checkpoint from %s", step, side.name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(side, folder)
+
+
 def _save_checkpoint(model, optimizer, step: int, tokens: int, initial: float | None, folder: Path, *,
                      stopping: dict | None = None, best_adapter: dict | None = None) -> None:
     """Adapter weights, optimizer state and the step, and with early stopping its probe losses
@@ -576,10 +647,35 @@ def _publish(model, registry: AdapterRegistry, plan: Plan, run_dir: Path, losses
         "seen_ids": plan.seen_ids,
         "record_ids": plan.record_ids, "replay_ids": plan.replay_ids, **losses,
     }
-    (staging / "lineage.json").write_text(json.dumps(lineage, indent=2, sort_keys=True) + "\n")
-    (staging / "training_config.json").write_text(
-        json.dumps(plan.config.as_dict() | {"kbloop_version": __version__}, indent=2, sort_keys=True) + "\n")
+    # Written and synced before the rename: a power cut must not leave a version with a torn lineage.
+    atomic_write_bytes(staging / "lineage.json", (json.dumps(lineage, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(staging / "training_config.json", (json.dumps(
+        plan.config.as_dict() | {"kbloop_version": __version__}, indent=2, sort_keys=True) + "\n").encode())
     shutil.copyfile(run_dir / "train_log.jsonl", staging / "train_log.jsonl")
     registry.dir.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, registry.dir / plan.version)
+    target = registry.dir / plan.version
+    # Never over an existing version: the rename would fail (or merge folders); the trained
+    # adapter stays in the run folder either way.
+    keep = f"the trained adapter is kept in {staging}: move {target} away and run `kbloop finetune --resume`"
+    if target.exists():
+        raise KbloopError(f"cannot publish adapter {plan.version}: {target} already exists; {keep}")
+    try:
+        os.replace(staging, target)
+    except OSError as exc:
+        raise KbloopError(f"cannot publish adapter {plan.version} to {target} ({exc.strerror or exc}); "
+                          f"{keep}") from None
+    fsync_folder(registry.dir)
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def drop_published_runs(registry: AdapterRegistry) -> list[str]:
+    """Remove the run folders of versions already in the registry: a crash in ``_publish``
+    after its rename leaves one behind, and it is a finished run, not one to resume."""
+    runs = registry.dir / ".runs"
+    done = [p for p in sorted(runs.iterdir()) if p.is_dir() and (registry.dir / p.name / "lineage.json").is_file()] \
+        if runs.is_dir() else []
+    for run_dir in done:
+        log.warning("run %s was already published as adapter %s: removing its leftover folder %s",
+                    run_dir.name, run_dir.name, run_dir)
+        shutil.rmtree(run_dir)
+    return [p.name for p in done]

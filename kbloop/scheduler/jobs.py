@@ -13,6 +13,7 @@ from typing import Callable
 
 from kbloop.config import Settings
 from kbloop.errors import NothingToEvaluate, StoreError
+from kbloop.finetune.registry import CurrentChanged
 from kbloop.kb import KnowledgeBase
 
 
@@ -76,7 +77,7 @@ def learn(kb: KnowledgeBase) -> dict:
     summary["finetune"] = {"version": trained.version, "records_new": trained.records_new, "steps": trained.steps}
     try:
         report = evaluate(kb, trained.version, "current", promote=True)
-    except NothingToEvaluate as exc:
+    except (NothingToEvaluate, CurrentChanged) as exc:  # a user's promotion meanwhile wins: no retry
         summary["evaluate"] = f"{exc}; adapter {trained.version} stays a candidate"
         return summary
     summary["evaluate"] = {"run": report.run, "decision": report.decision.decision, "promoted": report.promoted,
