@@ -106,18 +106,24 @@ def test_export_writes_a_new_folder_and_replaces_only_its_own_earlier_export(kb,
     assert (empty / export.EXPORT_MARKER).is_file()
 
 
+def crash_renaming(monkeypatch, module, name: str):
+    """Make ``module``'s os.replace fail, as a crash would, when it moves ``name``; returns the real one."""
+    real = os.replace
+
+    def crash(src, dst):
+        if Path(src).name == name:
+            raise OSError(f"killed while moving {name}")
+        return real(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", crash)
+    return real
+
+
 def test_a_crash_while_replacing_an_export_keeps_the_earlier_one(kb, tmp_path, no_weights, monkeypatch):
     add_adapter(kb, "0001")
     out = tmp_path / "merged"
     export.export_merged(fake_kb(kb, tmp_path), "0001", out)
-    real = os.replace
-
-    def crash(src, dst):
-        if Path(src).name == ".merged.tmp":
-            raise OSError("crash before the new export is in place")
-        return real(src, dst)
-
-    monkeypatch.setattr(export.os, "replace", crash)
+    crash_renaming(monkeypatch, export, ".merged.tmp")
     with pytest.raises(OSError):
         export.export_merged(fake_kb(kb, tmp_path), "0001", out)
     # The earlier export was moved aside, not deleted, and put back when the new one failed.
@@ -185,14 +191,7 @@ def save_checkpoint(folder: Path, step: int, monkeypatch) -> None:
 def test_a_crash_between_the_checkpoint_renames_resumes_from_the_newest(tmp_path, monkeypatch):
     checkpoint = tmp_path / "checkpoint"
     save_checkpoint(checkpoint, 1, monkeypatch)
-    real = os.replace
-
-    def crash(src, dst):
-        if Path(src).name == ".checkpoint.tmp":
-            raise OSError("killed between the two renames")
-        return real(src, dst)
-
-    monkeypatch.setattr(train.os, "replace", crash)
+    real = crash_renaming(monkeypatch, train, ".checkpoint.tmp")
     with pytest.raises(OSError):
         save_checkpoint(checkpoint, 2, monkeypatch)
     monkeypatch.setattr(train.os, "replace", real)

@@ -12,22 +12,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from test_server import PORT_QUESTION, assert_error, make_home, serving
+from test_server import PORT_QUESTION, assert_error, client, make_home, served, serving  # noqa: F401 - fixtures
 
 from kbloop.server.app import ChatMessage
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, embedder, generator):
-    home = make_home(tmp_path_factory.mktemp("hardened") / "kb", embedder)
-    with serving(home, embedder, generator) as (url, service):
-        yield url, service
-
-
-@pytest.fixture
-def client(served):
-    with httpx.Client(base_url=served[0], timeout=120) as http:
-        yield http
 
 
 @pytest.mark.parametrize("raw,status,says", [
