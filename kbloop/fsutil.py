@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import stat
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
@@ -54,7 +55,9 @@ def sha256_file(path: Path, block_size: int = 1 << 20) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Named by thread as well as process (the daemon's job thread and its server's threads may
+    # write one file), with the process id last, where remove_stale_temporaries reads it.
+    tmp = path.with_name(f".{path.name}.t{threading.get_ident()}.{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

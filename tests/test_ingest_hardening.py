@@ -322,3 +322,37 @@ def test_loading_the_store_while_a_save_lands_reads_the_new_header(tmp_path, mon
     monkeypatch.setattr(FaissStore, "read_header", classmethod(read_header_then_save))
     loaded = FaissStore.load(tmp_path)
     assert sorted(loaded.ids().tolist()) == [1, 2]
+
+
+def test_two_threads_writing_one_file_atomically_do_not_share_a_temporary(tmp_path, monkeypatch):
+    """The daemon's job thread and its server's threads may write one file (an adapter's lineage)
+    at once: each write goes through its own temporary file, so both complete and the file holds
+    one of them whole."""
+    import os
+    import threading
+
+    from kbloop import fsutil
+
+    target = tmp_path / "lineage.json"
+    real_replace = os.replace
+    inner: list[BaseException] = []
+
+    def replace_after_another_thread_writes(src, dst):
+        monkeypatch.setattr(fsutil.os, "replace", real_replace)  # only the first write is interleaved
+        other = threading.Thread(target=lambda: _capture(inner, fsutil.atomic_write_bytes, target, b"inner"))
+        other.start()
+        other.join()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(fsutil.os, "replace", replace_after_another_thread_writes)
+    fsutil.atomic_write_bytes(target, b"outer")
+    assert not inner and target.read_bytes() == b"outer"
+    assert [p.name for p in tmp_path.iterdir()] == ["lineage.json"]
+    assert fsutil.remove_stale_temporaries(tmp_path) == []
+
+
+def _capture(errors: list, call, *args) -> None:
+    try:
+        call(*args)
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        errors.append(exc)

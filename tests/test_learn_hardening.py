@@ -244,6 +244,16 @@ def test_resume_removes_a_run_that_was_already_published(kb, tmp_path):
     assert AdapterRegistry(kb.home, kb.manifest).next_version() == "0002"
 
 
+def test_resume_refuses_a_run_that_began_on_another_base_model(kb, tmp_path):
+    run_dir = kb.home.adapters_dir / ".runs" / "0001"
+    run_dir.mkdir(parents=True)
+    (run_dir / "plan.json").write_text(json.dumps(plan_for(kb, "0001").as_dict()))  # folder-sha256:x
+    (tmp_path / "config.json").write_text("{}")  # the generator set now: another model
+    with pytest.raises(KbloopError, match="trains another base model") as caught:
+        train.finetune(fake_kb(kb, tmp_path), resume=True)
+    assert str(run_dir) in str(caught.value) and (run_dir / "plan.json").is_file()  # nothing deleted
+
+
 class FakeModel:
     def save_pretrained(self, folder, **_):
         Path(folder).mkdir(parents=True)
@@ -340,3 +350,19 @@ def test_the_nightly_learn_job_leaves_a_users_promotion_in_place(monkeypatch):
     summary = jobs.learn(kb)
     assert summary["finetune"]["version"] == "0002"
     assert "was not promoted" in summary["evaluate"] and "0002 stays a candidate" in summary["evaluate"]
+
+
+def test_rollbacks_undo_promotions_in_turn(kb):
+    for version in ("0001", "0002", "0003"):
+        add_adapter(kb, version)
+    registry = AdapterRegistry(kb.home, kb.manifest)
+    for version in ("0001", "0002", "0003"):
+        registry.promote(version, "test")
+    assert registry.rollback() == "0002"
+    assert registry.rollback() == "0001"  # not forward again to 0003
+    registry.promote("0003", "test")
+    assert registry.rollback() == "0001"
+    assert registry.rollback() is None and registry.current() is None
+    with pytest.raises(NotFound, match="nothing to roll back"):
+        registry.rollback()
+    assert registry.current() is None

@@ -29,6 +29,22 @@ class CurrentChanged(Conflict):
     """Another process promoted or rolled back while this one decided what to promote."""
 
 
+ROLLBACK = "rollback from "  # how a rollback's entry in the history begins
+
+
+def standing_promotion(history: list[dict]) -> dict | None:
+    """The latest promotion in ``history`` that no rollback has undone: each rollback undoes
+    the latest promotion still standing before it."""
+    standing: list[dict] = []
+    for entry in history:
+        if str(entry.get("reason", "")).startswith(ROLLBACK):
+            if standing:
+                standing.pop()
+        else:
+            standing.append(entry)
+    return standing[-1] if standing else None
+
+
 class AdapterRegistry:
     def __init__(self, home, manifest):
         self.dir: Path = home.adapters_dir
@@ -118,16 +134,18 @@ class AdapterRegistry:
             self._set_current(version, current, reason)
 
     def rollback(self) -> str | None:
-        """Go back to what was current before the last promotion; returns the version now current.
-        History is read in the transaction that writes, so two rollbacks never undo one promotion."""
+        """Undo the last promotion not yet undone; returns the version now current. Rollbacks
+        undo in turn, so promotions of 0001, 0002 and 0003 rolled back twice leave 0001 current
+        (a rollback is no promotion to undo). History is read in the transaction that writes, so
+        two rollbacks at once never undo one promotion twice."""
         with self.manifest.transaction():
-            history = self.history()
-            if not history:
-                raise NotFound("nothing to roll back: no adapter has been promoted")
-            previous = history[-1]["previous"]
+            undone = standing_promotion(self.history())
+            if undone is None:
+                raise NotFound("nothing to roll back: no promotion is left to undo")
+            previous = undone["previous"]
             if previous is not None:
                 self.path(previous)
-            self._set_current(previous, self.current(), f"rollback from {history[-1]['version'] or 'base'}")
+            self._set_current(previous, self.current(), f"{ROLLBACK}{undone['version'] or 'base'}")
         return previous
 
     def _set_current(self, version: str | None, previous: str | None, reason: str) -> None:

@@ -389,6 +389,10 @@ def finetune(kb, parent: str | None = None, fresh: bool = False, resume: bool = 
                 raise NotFound(f"no interrupted fine-tuning run to resume{done}")
             run_dir = unfinished[-1].parent
             plan = load_plan(run_dir)
+            if plan.base_model != base_id:  # its checkpoint's weights fit only the model it began with
+                raise KbloopError(f"the interrupted run {plan.version} trains another base model than "
+                                  f"KBLOOP_GENERATOR={kb.settings.generator}: set the generator it began with "
+                                  f"to resume it, or delete {run_dir} to start afresh")
         else:
             plan = plan_run(kb, registry, parent, fresh, base_id, max_records)
             run_dir = runs / plan.version
