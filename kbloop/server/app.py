@@ -282,12 +282,18 @@ async def in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
         stop.set()
 
 
+async def disconnected(request: Request) -> None:
+    """Return once the client has gone: the only message left once its body is read."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # never a busy loop, whatever else a server may send
+
+
 async def unless_gone(request: Request, items: AsyncIterator[T]) -> AsyncIterator[T]:
     """``items`` until the client goes away. The body is read, so the client's next message can
     only say that it has gone; it is watched while each piece is awaited (text held back may
     keep the first one for the whole reply), and the piece pending then is cancelled, which
     stops the answer at the model's next token and frees the model."""
-    gone = asyncio.ensure_future(request.receive())
+    gone = asyncio.ensure_future(disconnected(request))
     try:
         while True:
             step = asyncio.ensure_future(anext(items))
