@@ -24,6 +24,10 @@ HOME_ENV = "KBLOOP_HOME"
 MODEL_SPEC = re.compile(r"^[a-z][a-z0-9_-]*:.+$")
 
 
+# The settings whose help says what an empty value does; for every other, empty means the default.
+EMPTY_IS_A_VALUE = frozenset({"ray_address", "qdrant_url", "qdrant_api_key", "qdrant_path", "learn_at", "api_key"})
+
+
 class Settings(BaseModel):
     """Everything a user can set. Each field's description is its documentation."""
 
@@ -567,10 +571,9 @@ class Settings(BaseModel):
 
     @classmethod
     def empty_is_a_value(cls, field: str) -> bool:
-        """Whether an empty value of this text setting means something of its own (its
-        documentation says what empty does: off, none, the embedded default)."""
-        info = cls.model_fields[field]
-        return info.annotation is str and "empty" in (info.description or "")
+        """Whether an empty value of this setting means something of its own (its help says
+        what empty does: off, none, the embedded default), rather than "use the default"."""
+        return field in EMPTY_IS_A_VALUE
 
     @classmethod
     def from_mapping(cls, values: dict[str, str], origin: str = "settings") -> "Settings":

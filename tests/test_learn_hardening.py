@@ -366,3 +366,10 @@ def test_rollbacks_undo_promotions_in_turn(kb):
     with pytest.raises(NotFound, match="nothing to roll back"):
         registry.rollback()
     assert registry.current() is None
+
+
+def test_the_settings_whose_empty_value_counts_are_those_whose_help_says_what_empty_does():
+    from kbloop.config import EMPTY_IS_A_VALUE
+
+    says = {name for name, info in Settings.model_fields.items() if "empty" in (info.description or "")}
+    assert EMPTY_IS_A_VALUE == says
