@@ -140,6 +140,22 @@ def test_moving_a_broken_file_keeps_its_last_good_version(open_kb, home):
     assert searchable(kb, "8765")
 
 
+def test_a_move_to_a_name_another_loader_reads_is_parsed_again(open_kb, home):
+    """notes.md renamed notes.txt holds the same bytes, but a text file is not read as Markdown:
+    it is parsed again, not taken over as a move; a move between names one loader reads
+    (.markdown, .md) still is."""
+    docs = home.root / "docs"
+    (docs / "notes.md").write_text("# Setup\n\nThe default port is 8765.\n")
+    kb = open_kb()
+    kb.ingest()
+    (docs / "notes.md").rename(docs / "notes.markdown")
+    assert changes(kb.ingest()) == {"files_renamed": 1}
+    (docs / "notes.markdown").rename(docs / "notes.txt")
+    counts = kb.ingest()
+    assert counts.files_renamed == 0 and counts.files_added == 1 and counts.files_deleted == 1
+    assert set(kb.manifest.files()) == {"notes.txt"} and searchable(kb, "8765")
+
+
 # -- named paths ---------------------------------------------------------------------------------
 
 def test_a_link_loop_among_named_paths_is_skipped_and_the_rest_indexed(open_kb, home, caplog):

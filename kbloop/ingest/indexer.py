@@ -45,7 +45,7 @@ from kbloop.config import Home, Settings
 from kbloop.errors import ConfigError, KbloopError, NeedsRebuild, StoreError
 from kbloop.fsutil import exclusive, sha256_file
 from kbloop.ingest.chunking import Chunk, embed_text, make_splitter
-from kbloop.ingest.loaders import supported
+from kbloop.ingest.loaders import same_reader, supported
 from kbloop.ingest.manifest import ChunkRecord, FileRecord, Manifest
 from kbloop.ingest.parse import Parsed, parse_file
 from kbloop.ingest.scan import Scan, is_ignored_name, scan_folder, undecodable_name, unreadable_reason
@@ -532,8 +532,12 @@ class Indexer:
         remaining = []
         with self.manifest.transaction():
             for rel, st, sha, rec in todo:
-                if rec is None and by_sha.get(sha) and supported(Path(rel)):
-                    old = by_sha[sha].pop()
+                # Only under a name the same loader reads: notes.md renamed notes.txt is parsed
+                # again as text, not kept as the Markdown it was read as.
+                sources = [old for old in by_sha.get(sha, []) if same_reader(Path(old), Path(rel))]
+                if rec is None and sources and supported(Path(rel)):
+                    old = sources[-1]
+                    by_sha[sha].remove(old)
                     self.manifest.rename_file(old, rel, st.st_mtime_ns, now)
                     del deleted[old]
                     counts.files_renamed += 1

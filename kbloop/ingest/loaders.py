@@ -59,6 +59,12 @@ def supported(path: Path) -> bool:
     return path.suffix.lower() in LOADERS
 
 
+def same_reader(a: Path, b: Path) -> bool:
+    """Whether the same loader reads both paths (.md and .markdown, .htm and .html): the same
+    bytes under another such name parse the same, so a move between them needs no new parse."""
+    return LOADERS.get(a.suffix.lower()) is LOADERS.get(b.suffix.lower())
+
+
 def load(path: Path, max_bytes: int | None = None) -> Loaded:
     """Parse one file. Raises LoaderError with a reason a person can act on."""
     fn = LOADERS.get(path.suffix.lower())
