@@ -15,7 +15,8 @@ from kbloop.ingest import manifest
 
 # Sorted by their numbers: a store's later migration (006) runs after the others' earlier ones.
 MIGRATIONS: list[Migration] = sorted([
-    *manifest.MIGRATIONS,     # 001 files, chunks, runs, meta; 002 the keyword index
+    *manifest.MIGRATIONS,     # 001 files, chunks, runs, meta; 002 the keyword index;
+                              # 008 vector ids never reused; 009 each file's chunking
     *datasets.MIGRATIONS,     # 003 dataset versions and records
     *feedback.MIGRATIONS,     # 004 ratings of answers; 006 users' corrections
     *evaluations.MIGRATIONS,  # 005 judge verdicts and evaluation runs

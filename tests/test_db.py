@@ -38,6 +38,8 @@ MIGRATIONS = [
     ("005_evaluations", "876e808cdb28a1b8"),
     ("006_feedback_corrections", "de9fa0adb1ddf0aa"),
     ("007_feedback_withdrawn", "12eb285d897ce02c"),
+    ("008_vector_ids_never_reused", "a0d7b3b4ecd5c74b"),
+    ("009_files_chunking", "d78d08e0c3ef87b4"),
 ]
 
 
@@ -74,6 +76,7 @@ def test_an_older_database_opens_and_gains_the_later_migrations(tmp_path):
         assert applied == [name for name, _ in MIGRATIONS]
         # What the old database held is all still there.
         assert manifest.keyword_search("walrus", 5) == [7]
+        assert manifest.max_vector_id() == 7 and manifest.files()["a.md"].chunking is None
         assert [v["version"] for v in DatasetStore(Home(tmp_path), manifest).versions()] == ["0001"]
         # The tables it lacked work.
         feedback_id = FeedbackStore(manifest.db).add("down", "Where is the walrus?", "In the sea.")

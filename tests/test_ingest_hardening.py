@@ -91,6 +91,28 @@ def test_a_link_whose_target_cannot_be_read_is_kept_not_deleted(open_kb, home, u
     assert {f["path"] for f in counts.failures} == {"private", "guide-link.md", "deep-link"}
 
 
+def test_a_folder_unreadable_while_the_chunking_changed_is_split_anew_once_readable(open_kb, home, unreadable):
+    """A new chunk size splits every document again. One in a folder that cannot be read then
+    keeps its chunks, and is split the new way as soon as it can be read, not left as it was."""
+    docs = home.root / "docs"
+    (docs / "team").mkdir()
+    body = "\n\n".join(f"Paragraph {i} says the relay station {i} hums at {i * 7} hertz." for i in range(40))
+    (docs / "open.md").write_text(f"# Open\n\n{body}\n")
+    (docs / "team" / "notes.md").write_text(f"# Notes\n\n{body}\n")
+    kb = open_kb()
+    kb.ingest()
+    before = kb.manifest.files()["team/notes.md"].n_chunks
+
+    unreadable.deny(docs / "team")
+    kb = open_kb(chunk_size=300, chunk_overlap=40)
+    kb.ingest()
+    assert kb.manifest.files()["team/notes.md"].n_chunks == before  # kept, as it was split
+    unreadable.clear()
+    kb.ingest()
+    files = kb.manifest.files()
+    assert files["team/notes.md"].n_chunks == files["open.md"].n_chunks  # split as open.md was
+
+
 # -- repairing a damaged index --------------------------------------------------------------------
 
 def test_repairing_a_damaged_index_keeps_text_that_cannot_be_parsed_now(open_kb, home, unreadable):
@@ -338,6 +360,49 @@ def test_loading_the_store_while_a_save_lands_reads_the_new_header(tmp_path, mon
     monkeypatch.setattr(FaissStore, "read_header", classmethod(read_header_then_save))
     loaded = FaissStore.load(tmp_path)
     assert sorted(loaded.ids().tolist()) == [1, 2]
+
+
+def test_a_reader_holding_the_store_before_an_ingest_never_gets_another_chunks_text(open_kb, home):
+    """A vector id names one chunk's text for the life of the home. A reader holds the store it
+    loaded while a writer deletes a document and adds another; if the new chunks took the freed
+    ids, the reader's old vectors would lead to the new document's text for what the deleted one
+    said."""
+    docs = home.root / "docs"
+    (docs / "a-keep.md").write_text("# Keep\n\nThe lighthouse keeper polishes the brass lens each dawn.\n")
+    (docs / "z-gone.md").write_text("# Gone\n\nThe submarine galley serves borscht on Thursdays.\n")
+    writer = open_kb()
+    writer.ingest()
+    reader = open_kb()
+    held = reader.store()  # loaded before the change, as a server's request may hold it
+    gone_ids = {row[0] for row in writer.manifest.db.execute(
+        "SELECT vector_id FROM chunks JOIN files ON files.id = file_id WHERE path = 'z-gone.md'")}
+    (docs / "z-gone.md").unlink()
+    (docs / "new.md").write_text("# New\n\nQuarterly tax forms are filed with the county clerk.\n")
+    writer.ingest()
+    new_ids = {row[0] for row in writer.manifest.db.execute(
+        "SELECT vector_id FROM chunks JOIN files ON files.id = file_id WHERE path = 'new.md'")}
+    assert min(new_ids) > max(gone_ids)
+    assert reader.store() is held
+    hits = reader.search("What does the submarine galley serve?", 5)
+    assert not any("tax forms" in hit.text for hit in hits)
+
+
+def test_ids_of_vectors_a_crash_left_behind_are_not_given_again(open_kb, home):
+    """Vectors saved by a run that died before recording them are removed by the next check;
+    their ids are not given to other text either, since a reader may hold that store."""
+    (home.root / "docs" / "a.md").write_text("# A\n\nAlpha text about owls.\n")
+    kb = open_kb()
+    kb.ingest()
+    store = kb.store()
+    orphan = kb.manifest.max_vector_id() + 1
+    store.add(np.array([orphan]), store.reconstruct(orphan - 1)[None, :])
+    store.save()  # what a run killed between saving its vectors and recording them leaves
+    kb = open_kb()
+    assert kb.check().repaired
+    (home.root / "docs" / "c.md").write_text("# C\n\nGamma text about orcas.\n")
+    kb.ingest()
+    assert min(row[0] for row in kb.manifest.db.execute(
+        "SELECT vector_id FROM chunks JOIN files ON files.id = file_id WHERE path = 'c.md'")) > orphan
 
 
 def test_two_threads_writing_one_file_atomically_do_not_share_a_temporary(tmp_path, monkeypatch):

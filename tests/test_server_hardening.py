@@ -7,13 +7,17 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from test_server import PORT_QUESTION, assert_error, client, make_home, served, serving  # noqa: F401 - fixtures
 
+from kbloop.models.cancel import Cancelled, stops_on
+from kbloop.models.generators import YES_NO
 from kbloop.server.app import ChatMessage
 
 
@@ -118,6 +122,62 @@ def test_a_client_that_leaves_before_its_answer_frees_the_model(served, stream):
         assert sum(t > left for t in pieces) <= 3  # it stopped within a few pieces of the client leaving
     finally:
         del generator.stream
+
+
+def test_a_client_that_leaves_while_the_judge_reads_again_frees_the_judge(tmp_path, embedder, generator):
+    """The judge model reading the sources again (after the generator found no answer) stops
+    within a few tokens of the client leaving, as the generator does."""
+    home = make_home(tmp_path / "kb", embedder)
+    with serving(home, embedder, generator, read_again=True, read_again_with="judge") as (url, service):
+        pieces: list[float] = []
+        reads = generator.stream  # the judge is the same small model, reading as it does
+
+        def refuses(*args, **kwargs):
+            yield "I don't know."
+
+        def reads_slowly(*args, **kwargs):  # the judge, on a CPU where its reading takes a while
+            for piece in reads(*args, **kwargs):
+                pieces.append(time.monotonic())
+                time.sleep(0.05)
+                yield piece
+
+        service.model.generator.stream = refuses
+        service.second_checker.model = SimpleNamespace(spec="judge", stream=reads_slowly)
+        try:
+            address = urlsplit(url)
+            body = json.dumps({"model": "kbloop", "messages": [
+                {"role": "user", "content": PORT_QUESTION + " Explain every setting of it at length."}]}).encode()
+            with socket.create_connection((address.hostname, address.port), timeout=60) as sock:
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                deadline = time.monotonic() + 120
+                while not pieces and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            left = time.monotonic()
+            time.sleep(1.0)  # 20 pieces' time at the judge's pace
+            assert pieces, "the judge never read again"
+            assert sum(t > left for t in pieces) <= 3
+        finally:
+            del service.model.generator.stream
+
+
+def test_every_model_call_stops_once_its_request_is_cancelled(generator):
+    """Streaming, a JSON verdict and a probability all stop in a thread whose request was
+    cancelled, and the mark ends with its block."""
+    messages = [{"role": "user", "content": "Count from one to one hundred in words."}]
+    stop, written = threading.Event(), []
+    with stops_on(stop), pytest.raises(Cancelled):
+        for piece in generator.stream(messages, max_new_tokens=120):
+            written.append(piece)
+            if len(written) == 3:
+                stop.set()
+    assert len(written) == 3
+    with stops_on(stop):
+        with pytest.raises(Cancelled):
+            generator.complete_json("Is the sky blue?", YES_NO, max_new_tokens=16)
+        with pytest.raises(Cancelled):
+            generator.continuation_probability(messages, "One, two,", " three")
+    assert generator.generate(messages, max_new_tokens=4)  # outside the block nothing is stopped
 
 
 def test_an_ingest_request_names_links_as_the_index_does(tmp_path, embedder, generator):

@@ -229,6 +229,8 @@ class Indexer:
         store_ids = set(store.ids().tolist()) if store is not None else set()
         orphans, missing = store_ids - manifest_ids, manifest_ids - store_ids
         if store is not None and orphans:
+            with self.manifest.transaction():  # a reader may hold a store with these vectors
+                self.manifest.retire_vector_ids(max(orphans))
             store.remove(orphans)
             store.save()
             report.repaired.append(f"removed {len(orphans)} vectors no chunk refers to (an interrupted run)")
@@ -345,7 +347,6 @@ class Indexer:
                 self.manifest.delete_chunks([c.id for c in kept.chunks])
                 for c, vector_id in zip(kept.chunks, kept.new_ids):
                     self.manifest.insert_chunk(kept.file_id, c.ordinal, c.text_hash, c.text, c.metadata, vector_id)
-            self.manifest.set_meta("chunking", self.chunking_signature)
             self.manifest.set_meta("last_ingest", str(now))
             self.manifest.record_common_words()
         counts.files_deleted = len(deleted)
@@ -394,12 +395,13 @@ class Indexer:
         counts.files_ignored = scan.ignored
         for rel, reason in scan.unreadable.items():
             self._skip_unreadable(rel, reason, counts)
-        resplit = self.manifest.get_meta("chunking") not in (None, self.chunking_signature)
         now = self.clock()
 
         todo: list[tuple[str, os.stat_result, str, FileRecord | None]] = []
         for rel, st in sorted(scan.files.items()):
             rec = known.get(rel)
+            # Split another way before (another chunk size): split again, embedding only new text.
+            resplit = rec is not None and rec.chunking not in (None, self.chunking_signature)
             if rec and not resplit and self._unchanged_by_stat(rec, st):
                 counts.files_unchanged += 1
                 continue
@@ -432,7 +434,6 @@ class Indexer:
         self._flush(pending, counts, now)
         if self.store is not None and self.store.dirty:
             self.store.save()
-        self.manifest.set_meta("chunking", self.chunking_signature)
         self.manifest.set_meta("last_ingest", str(now))
         self.manifest.record_common_words()
         return counts
@@ -668,11 +669,12 @@ class Indexer:
             # A file that was indexed before keeps its last good chunks searchable.
             self.manifest.upsert_file(
                 plan.path, sha256=rec.sha256 if rec else None, status="failed", error=plan.error,
-                failed_sha256=plan.sha256, n_chunks=rec.n_chunks if rec else 0, **common)
+                failed_sha256=plan.sha256, n_chunks=rec.n_chunks if rec else 0,
+                chunking=rec.chunking if rec else None, **common)
             return
         file_id = self.manifest.upsert_file(
             plan.path, sha256=plan.sha256, status="indexed", error="; ".join(plan.notes) or None,
-            failed_sha256=None, n_chunks=plan.n_chunks, **common)
+            failed_sha256=None, n_chunks=plan.n_chunks, chunking=self.chunking_signature, **common)
         self.manifest.delete_chunks([old.id for old in plan.remove])
         for old, chunk in plan.keep:
             self.manifest.update_chunk(old.id, chunk.ordinal, chunk.text, chunk.metadata)

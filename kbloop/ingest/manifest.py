@@ -24,6 +24,10 @@ from kbloop.fsutil import exclusive, try_lock
 
 log = logging.getLogger(__name__)
 
+# The highest vector id ever given (meta key): ids are never given again, so a reader that holds
+# an older store never finds another chunk's text under a vector it has.
+TOP_VECTOR_ID = "top_vector_id"
+
 MIGRATIONS: list[Migration] = [
     (
         "001_files_chunks_runs",
@@ -89,6 +93,26 @@ MIGRATIONS: list[Migration] = [
                        coalesce(json_extract(metadata, '$.section'), '') || ' ' || text FROM chunks;
         """,
     ),
+    (
+        "008_vector_ids_never_reused",
+        f"""
+        INSERT OR REPLACE INTO meta (key, value)
+            SELECT '{TOP_VECTOR_ID}', CAST(COALESCE(MAX(vector_id), 0) AS TEXT) FROM chunks;
+        CREATE TRIGGER chunks_top_vector_id AFTER INSERT ON chunks BEGIN
+            INSERT OR REPLACE INTO meta (key, value) VALUES ('{TOP_VECTOR_ID}', CAST(MAX(new.vector_id,
+                COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = '{TOP_VECTOR_ID}'), 0)) AS TEXT));
+        END;
+        """,
+    ),
+    (
+        "009_files_chunking",
+        # How each file's chunks were split (chunker version, size, overlap). A new chunking splits
+        # each file again when it is next read: one that could not be read keeps its mark until then.
+        """
+        ALTER TABLE files ADD COLUMN chunking TEXT;
+        UPDATE files SET chunking = (SELECT value FROM meta WHERE key = 'chunking');
+        """,
+    ),
 ]
 
 # A word in half the chunks or more is as common as a stop word there (see Manifest.common_words).
@@ -111,6 +135,7 @@ class FileRecord:
     error: str | None
     failed_sha256: str | None
     n_chunks: int
+    chunking: str | None = None  # how its chunks were split; None: before kbloop recorded it
 
 
 @dataclass(frozen=True)
@@ -179,7 +204,8 @@ class Manifest:
 
     def files(self) -> dict[str, FileRecord]:
         rows = self.db.execute(
-            "SELECT id, path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256, n_chunks FROM files"
+            "SELECT id, path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256, n_chunks, chunking "
+            "FROM files"
         )
         return {row["path"]: FileRecord(**dict(row)) for row in rows}
 
@@ -187,16 +213,17 @@ class Manifest:
         return [f for f in self.files().values() if f.status == "failed"]
 
     def upsert_file(self, path: str, *, sha256: str | None, size: int, mtime_ns: int, checked_at: float,
-                    status: str, error: str | None, failed_sha256: str | None, n_chunks: int) -> int:
+                    status: str, error: str | None, failed_sha256: str | None, n_chunks: int,
+                    chunking: str | None) -> int:
         self.db.execute(
             """INSERT INTO files (path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256,
-                                  n_chunks, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  n_chunks, chunking, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT(path) DO UPDATE SET sha256=excluded.sha256, size=excluded.size,
                  mtime_ns=excluded.mtime_ns, checked_at=excluded.checked_at, status=excluded.status,
                  error=excluded.error, failed_sha256=excluded.failed_sha256, n_chunks=excluded.n_chunks,
-                 updated_at=excluded.updated_at""",
-            (path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256, n_chunks, time.time()),
+                 chunking=excluded.chunking, updated_at=excluded.updated_at""",
+            (path, sha256, size, mtime_ns, checked_at, status, error, failed_sha256, n_chunks, chunking, time.time()),
         )
         return self.db.execute("SELECT id FROM files WHERE path = ?", (path,)).fetchone()["id"]
 
@@ -240,7 +267,14 @@ class Manifest:
         return {row[0] for row in self.db.execute("SELECT vector_id FROM chunks")}
 
     def max_vector_id(self) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(vector_id), 0) FROM chunks").fetchone()[0]
+        """The highest vector id ever given, its chunk deleted since or not (never given again)."""
+        given = self.db.execute("SELECT COALESCE(MAX(vector_id), 0) FROM chunks").fetchone()[0]
+        return max(given, int(self.get_meta(TOP_VECTOR_ID, "0")))
+
+    def retire_vector_ids(self, top: int) -> None:
+        """Ids up to ``top`` are not given again: vectors a killed run saved but never recorded."""
+        if top > self.max_vector_id():
+            self.set_meta(TOP_VECTOR_ID, str(top))
 
     def vector_for_hash(self, text_hash: str) -> int | None:
         row = self.db.execute("SELECT vector_id FROM chunks WHERE text_hash = ? LIMIT 1", (text_hash,)).fetchone()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kbloop.errors import ConfigError, KbloopError
+from kbloop.models import cancel
 from kbloop.models.jsonout import JsonOutputError, parse_json, schema_instructions
 from kbloop.models.ollama import client_kwargs, ollama_errors
 from kbloop.models.packaged import PackagedGGUF, converted_dir, gguf_file
@@ -169,6 +170,7 @@ class TransformersGenerator(Generator):
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         head, tail = split_tokens(lambda text: tokenizer.encode(text, add_special_tokens=False), prefix, continuation)
         ids = tokenizer.encode(prompt, add_special_tokens=False) + head + tail
+        cancel.check()
         with self._lock, torch.inference_mode():
             logits = model(torch.tensor([ids])).logits[0, len(ids) - len(tail) - 1:-1]
         chosen = torch.softmax(logits.float(), -1)[torch.arange(len(tail)), torch.tensor(tail)]
@@ -184,6 +186,8 @@ class TransformersGenerator(Generator):
                                                return_dict=True)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancelled = threading.Event()
+        stop = cancel.current()  # decoding runs on a worker thread, which does not carry the mark
+        cancel.check(stop)
 
         prompt_length = inputs["input_ids"].shape[1]
 
@@ -191,7 +195,7 @@ class TransformersGenerator(Generator):
             """Stops when the reader went away, or when greedy decoding starts to loop."""
 
             def __call__(self, input_ids, scores, **kwargs):
-                return cancelled.is_set() or is_looping(input_ids[0, prompt_length:].tolist())
+                return cancelled.is_set() or (stop is not None and stop.is_set()) or is_looping(input_ids[0, prompt_length:].tolist())
 
         chosen: list[tuple[int, float]] = []
 
@@ -232,7 +236,9 @@ class TransformersGenerator(Generator):
             worker = threading.Thread(target=run, daemon=True)
             worker.start()
             try:
-                yield from streamer
+                for piece in streamer:
+                    cancel.check(stop)
+                    yield piece
             finally:
                 cancelled.set()
                 worker.join()
@@ -349,6 +355,7 @@ class OllamaGenerator(Generator):
         chat = self._chat(temperature, max_new_tokens, stop=stop)
         with ollama_errors(self.url, self.model):
             for chunk in chat.stream([(m["role"], m["content"]) for m in messages]):
+                cancel.check()
                 usage = getattr(chunk, "usage_metadata", None)
                 if usage and stats is not None:
                     stats["prompt_tokens"] = usage.get("input_tokens")
@@ -358,6 +365,7 @@ class OllamaGenerator(Generator):
 
     def _json_reply(self, messages: Messages, schema: dict, max_new_tokens: int) -> str:
         chat = self._chat(0.0, max_new_tokens, schema=schema)
+        cancel.check()
         with ollama_errors(self.url, self.model):
             return chat.invoke([(m["role"], m["content"]) for m in messages]).content
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from kbloop.errors import BackendUnavailable
 from kbloop.fsutil import exclusive
+from kbloop.models import cancel
 from kbloop.models.generators import Generator, Messages, is_looping, split_tokens
 from kbloop.models.lora_gguf import BaseArchitecture, ensure_gguf
 from kbloop.models.registry import ModelSpec
@@ -332,7 +333,9 @@ class LlamaCppGenerator(Generator):
             probabilities: list[tuple[int, int, float]] = []
             position = 0
             try:
+                cancel.check()
                 for token in llm.generate(tokens, reset=True, grammar=grammar, **sampling):
+                    cancel.check()
                     if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
                         break
                     generated.append(token)
@@ -378,6 +381,7 @@ class LlamaCppGenerator(Generator):
         logits of their last position are the model's next-token distribution."""
         if len(tokens) + then >= CONTEXT_TOKENS:
             raise BackendUnavailable(f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}")
+        cancel.check()
         llm.reset()
         llm.eval(tokens)
 
@@ -401,6 +405,7 @@ class LlamaCppGenerator(Generator):
             self._read(llm, self.prompt_tokens(messages) + head, then=len(tail))
             probability = 1.0
             for token in tail:
+                cancel.check()
                 probability *= self._probability(llm, token)
                 llm.eval([token])
             return probability

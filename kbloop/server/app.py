@@ -40,8 +40,9 @@ from starlette.routing import Route
 from kbloop.assistant.answer import Answer, Progress
 from kbloop.server.address import LOOPBACK
 from kbloop.server.reports import adapters, eval_file
-from kbloop.server.service import Service, stopped_by
+from kbloop.server.service import Service
 from kbloop.errors import KbloopError, NotFound
+from kbloop.models.cancel import stops_on
 from kbloop.text import loads_finite
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ async def in_thread(make: Callable[[], Iterator[T]]) -> AsyncIterator[T]:
 
     def work() -> None:
         try:
-            with stopped_by(stop):
+            with stops_on(stop):  # every model of this answer stops once the client has gone
                 source = make()
                 try:
                     for item in source:

@@ -128,24 +128,6 @@ class Readers:
             self._all.clear()
 
 
-_answering = threading.local()
-
-
-class ClientGone(Exception):
-    """The client that asked has gone; its answer stops at the model's next token."""
-
-
-@contextmanager
-def stopped_by(event: threading.Event) -> Iterator[None]:
-    """Within this thread, the generator stops (``ClientGone``) at its next token once ``event``
-    is set, even while the answer's text is still held back and nothing has reached the client."""
-    _answering.stop = event
-    try:
-        yield
-    finally:
-        _answering.stop = None
-
-
 class OneAtATime:
     """The generator, created on first use, behind a lock: one CPU model answers one question
     at a time. Retrieval, and refusals that need no model, do not wait for it."""
@@ -188,12 +170,8 @@ class OneAtATime:
                 generator.use_adapter(adapter)
 
     def stream(self, *args: Any, **kwargs: Any) -> Iterator[str]:
-        stop = getattr(_answering, "stop", None)
         with self.lock:
-            for piece in self.generator.stream(*args, **kwargs):
-                if stop is not None and stop.is_set():
-                    raise ClientGone("the client went away before its answer was done")
-                yield piece
+            yield from self.generator.stream(*args, **kwargs)
 
 
 @dataclass
