@@ -201,7 +201,7 @@ def test_a_read_failure_recorded_by_an_older_version_is_retried(open_kb, home):
         kb.manifest.upsert_file(
             "guide.md", sha256=None, size=st.st_size, mtime_ns=st.st_mtime_ns, checked_at=st.st_mtime + 60,
             status="failed", error=f"unexpected error: PermissionError: [Errno 13] Permission denied: '{path}'",
-            failed_sha256=sha256_file(path), n_chunks=0)
+            failed_sha256=sha256_file(path), n_chunks=0, chunking=None)
     counts = open_kb().ingest()
     assert (counts.files_changed, counts.files_unchanged) == (1, 0)
     kb = open_kb()

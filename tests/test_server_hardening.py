@@ -96,26 +96,10 @@ def test_a_client_that_leaves_before_its_answer_frees_the_model(served, stream):
     url, service = served
     generator = service.model.generator
     pieces: list[float] = []
-    original = generator.stream
-
-    def slow(*args, **kwargs):  # a CPU a few times slower than this one, where it matters
-        for piece in original(*args, **kwargs):
-            pieces.append(time.monotonic())
-            time.sleep(0.05)
-            yield piece
-
-    generator.stream = slow
+    generator.stream = slowed(generator.stream, pieces)
     try:
-        address = urlsplit(url)
-        body = json.dumps({"model": "kbloop", "stream": stream, "messages": [
-            {"role": "user", "content": PORT_QUESTION + " Explain every setting of it at length."}]}).encode()
-        with socket.create_connection((address.hostname, address.port), timeout=60) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            deadline = time.monotonic() + 120
-            while not pieces and time.monotonic() < deadline:
-                time.sleep(0.01)
-        left = time.monotonic()
+        left = ask_then_leave(url, pieces, stream=stream)
+        deadline = time.monotonic() + 120
         while service.model.lock.locked() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert pieces, "the model wrote nothing"
@@ -124,36 +108,47 @@ def test_a_client_that_leaves_before_its_answer_frees_the_model(served, stream):
         del generator.stream
 
 
+def slowed(stream, pieces: list[float]):
+    """``stream`` as on a CPU a few times slower than this one, where it matters; the time of
+    each piece it writes goes to ``pieces``."""
+    def slow(*args, **kwargs):
+        for piece in stream(*args, **kwargs):
+            pieces.append(time.monotonic())
+            time.sleep(0.05)
+            yield piece
+    return slow
+
+
+def ask_then_leave(url: str, pieces: list[float], stream: bool = False) -> float:
+    """Ask for a long answer over a raw connection and close it once the model has written its
+    first piece; returns when the client left."""
+    address = urlsplit(url)
+    body = json.dumps({"model": "kbloop", "stream": stream, "messages": [
+        {"role": "user", "content": PORT_QUESTION + " Explain every setting of it at length."}]}).encode()
+    with socket.create_connection((address.hostname, address.port), timeout=60) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 120
+        while not pieces and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return time.monotonic()
+
+
 def test_a_client_that_leaves_while_the_judge_reads_again_frees_the_judge(tmp_path, embedder, generator):
     """The judge model reading the sources again (after the generator found no answer) stops
     within a few tokens of the client leaving, as the generator does."""
     home = make_home(tmp_path / "kb", embedder)
     with serving(home, embedder, generator, read_again=True, read_again_with="judge") as (url, service):
         pieces: list[float] = []
-        reads = generator.stream  # the judge is the same small model, reading as it does
 
         def refuses(*args, **kwargs):
             yield "I don't know."
 
-        def reads_slowly(*args, **kwargs):  # the judge, on a CPU where its reading takes a while
-            for piece in reads(*args, **kwargs):
-                pieces.append(time.monotonic())
-                time.sleep(0.05)
-                yield piece
-
+        judge = SimpleNamespace(spec="judge", stream=slowed(generator.stream, pieces))  # the same small model
         service.model.generator.stream = refuses
-        service.second_checker.model = SimpleNamespace(spec="judge", stream=reads_slowly)
+        service.second_checker.model = judge
         try:
-            address = urlsplit(url)
-            body = json.dumps({"model": "kbloop", "messages": [
-                {"role": "user", "content": PORT_QUESTION + " Explain every setting of it at length."}]}).encode()
-            with socket.create_connection((address.hostname, address.port), timeout=60) as sock:
-                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-                deadline = time.monotonic() + 120
-                while not pieces and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            left = time.monotonic()
+            left = ask_then_leave(url, pieces)
             time.sleep(1.0)  # 20 pieces' time at the judge's pace
             assert pieces, "the judge never read again"
             assert sum(t > left for t in pieces) <= 3
