@@ -16,6 +16,8 @@ import httpx
 import pytest
 from test_server import PORT_QUESTION, assert_error, client, make_home, served, serving  # noqa: F401 - fixtures
 
+from kbloop import models
+from kbloop.config import Settings
 from kbloop.models.cancel import Cancelled, stops_on
 from kbloop.models.generators import YES_NO
 from kbloop.server.app import ChatMessage
@@ -156,9 +158,13 @@ def test_a_client_that_leaves_while_the_judge_reads_again_frees_the_judge(tmp_pa
             del service.model.generator.stream
 
 
-def test_every_model_call_stops_once_its_request_is_cancelled(generator):
+@pytest.mark.parametrize("kind", ["llamacpp", pytest.param("transformers", marks=pytest.mark.slow)])
+def test_every_model_call_stops_once_its_request_is_cancelled(generator, model_cache, kind):
     """Streaming, a JSON verdict and a probability all stop in a thread whose request was
-    cancelled, and the mark ends with its block."""
+    cancelled, on either engine, and the mark ends with its block."""
+    if kind == "transformers":
+        generator = models.create("generator", "local:smollm2-135m",
+                                  Settings(model_cache=str(model_cache), engine="transformers"))
     messages = [{"role": "user", "content": "Count from one to one hundred in words."}]
     stop, written = threading.Event(), []
     with stops_on(stop), pytest.raises(Cancelled):
@@ -173,6 +179,7 @@ def test_every_model_call_stops_once_its_request_is_cancelled(generator):
         with pytest.raises(Cancelled):
             generator.continuation_probability(messages, "One, two,", " three")
     assert generator.generate(messages, max_new_tokens=4)  # outside the block nothing is stopped
+    assert "," not in generator.generate(messages, max_new_tokens=24, stop=[","])  # stop strings still stop
 
 
 def test_an_ingest_request_names_links_as_the_index_does(tmp_path, embedder, generator):

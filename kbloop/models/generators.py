@@ -186,8 +186,8 @@ class TransformersGenerator(Generator):
                                                return_dict=True)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancelled = threading.Event()
-        stop = cancel.current()  # decoding runs on a worker thread, which does not carry the mark
-        cancel.check(stop)
+        request = cancel.current()  # decoding runs on a worker thread, which does not carry the mark
+        cancel.check(request)
 
         prompt_length = inputs["input_ids"].shape[1]
 
@@ -195,7 +195,8 @@ class TransformersGenerator(Generator):
             """Stops when the reader went away, or when greedy decoding starts to loop."""
 
             def __call__(self, input_ids, scores, **kwargs):
-                return cancelled.is_set() or (stop is not None and stop.is_set()) or is_looping(input_ids[0, prompt_length:].tolist())
+                gone = request is not None and request.is_set()
+                return cancelled.is_set() or gone or is_looping(input_ids[0, prompt_length:].tolist())
 
         chosen: list[tuple[int, float]] = []
 
@@ -237,8 +238,9 @@ class TransformersGenerator(Generator):
             worker.start()
             try:
                 for piece in streamer:
-                    cancel.check(stop)
+                    cancel.check(request)
                     yield piece
+                cancel.check(request)  # decoding may have stopped for it between two pieces
             finally:
                 cancelled.set()
                 worker.join()
