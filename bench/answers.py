@@ -42,10 +42,15 @@ expected and given answer, correct, refused, top sources, timings) go to
 Run it from the repository root:
 
     pip install -r bench/requirements.txt
-    python bench/answers.py [--models local:qwen2.5-0.5b,local:qwen2.5-1.5b@retrieve_k=2]
+    python bench/answers.py [--bench kbdev,pydev,pgdev]
+                            [--models local:qwen2.5-0.5b,local:qwen2.5-1.5b@retrieve_k=2]
                             [--engine llamacpp|transformers]
                             [--pipelines kbloop,plain,api] [--limit N]
                             [--workdir DIR] [--keep] [--json]
+
+``--bench`` names one benchmark folder or several, comma-separated; ``kbdev``, ``pydev`` and
+``pgdev`` name the three this repository measures (``../shared/kbdev``, ``bench/pydev``,
+``bench/pgdev``). Several are run one after the other, and a last table puts them side by side.
 
 A model entry may carry kbloop settings for its run after ``@``, such as
 ``local:qwen2.5-1.5b@retrieve_k=2`` or ``local:qwen2.5-0.5b@retrieve_k=3@read_again=false``, so that
@@ -79,6 +84,8 @@ from workdir import bench_workdir, corpus_home
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH = REPO.parent / "shared" / "kbdev"
+# The benchmarks by name: kbloop's checks were developed on the first two; pgdev is for measuring only.
+CORPORA = {"kbdev": DEFAULT_BENCH, "pydev": REPO / "bench" / "pydev", "pgdev": REPO / "bench" / "pgdev"}
 OUT_DIR = REPO / "bench" / "out"
 CHAT_DIR = REPO / "bench" / "chat"
 EMBEDDER = "local:all-minilm-l6-v2"
@@ -532,13 +539,18 @@ def format_number(value: float | None, digits: int) -> str:
 
 
 def summary_table(rows: list[dict]) -> str:
-    header = ("model", "pipeline", "hit@1", "hit@5", "accuracy", "refusal (unanswerable)",
-              "false refusal", "cited gold source", "multi-hop accuracy", "median TTFT s", "median decode tok/s",
-              "answer time s")
+    """One line per model and pipeline; with a first column naming the corpus when the rows
+    carry one (a run over several benchmarks)."""
+    by_corpus = any("corpus" in row for row in rows)
+    header = (("corpus",) if by_corpus else ()) + (
+        "model", "pipeline", "hit@1", "hit@5", "accuracy", "refusal (unanswerable)",
+        "false refusal", "cited gold source", "multi-hop accuracy", "median TTFT s", "median decode tok/s",
+        "answer time s")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         s = row["summary"]
-        cells = (row["model"], row["pipeline"], format_rate(s["hit1"]), format_rate(s["hit5"]),
+        cells = ((row.get("corpus", ""),) if by_corpus else ()) + (
+                 row["model"], row["pipeline"], format_rate(s["hit1"]), format_rate(s["hit5"]),
                  format_rate(s["accuracy"]), format_rate(s["refusal"]), format_rate(s["false_refusal"]),
                  format_rate(s["cited_gold"]), format_rate(s["multi_hop_accuracy"]),
                  format_number(s["median_first_token_s"], 2), format_number(s["median_tokens_per_s"], 1),
@@ -625,8 +637,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="engine for local: models (default: KBLOOP_ENGINE, llamacpp)")
     parser.add_argument("--limit", type=int, default=None,
                         help="ask only the first N items of each qa file (quick runs)")
-    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH,
-                        help=f"the kbdev benchmark folder (default: {DEFAULT_BENCH})")
+    parser.add_argument("--bench", type=comma_list, default=["kbdev"],
+                        help="benchmark folders, comma-separated, or the names " + ", ".join(CORPORA)
+                             + f" (default: kbdev, {DEFAULT_BENCH})")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="empty or new folder for the indexes (default: a new temporary folder, "
                              "deleted at the end unless --keep; a folder given here is kept)")
@@ -644,20 +657,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         model_entry(entry)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
-    args.bench = args.bench.resolve()
+    if not args.bench:
+        parser.error("--bench: name at least one benchmark folder")
+    args.benches = [bench_folder(value) for value in args.bench]
+    args.bench = args.benches[0]
     return args
+
+
+def bench_folder(value: str) -> Path:
+    """A benchmark folder as given, or the one a name in ``CORPORA`` stands for."""
+    path = Path(value)
+    return (CORPORA[value] if value in CORPORA and not path.exists() else path).resolve()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if not (args.bench / "qa_initial.jsonl").is_file():
-        raise SystemExit(f"{args.bench} is not the kbdev benchmark (no qa_initial.jsonl)")
+    for bench in args.benches:  # every folder is checked before the first one is run
+        if not (bench / "qa_initial.jsonl").is_file():
+            raise SystemExit(f"{bench} is not a benchmark folder (no qa_initial.jsonl)")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    out_path = OUT_DIR / f"answers-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    several = len(args.benches) > 1
+    results = []
     with bench_workdir(args.workdir, args.keep, prefix="kbloop-bench-answers-") as workdir:
-        results = run(args, workdir, out_path)
+        for bench in args.benches:
+            folder = workdir / bench.name if several else workdir
+            folder.mkdir(parents=True, exist_ok=True)
+            out_path = OUT_DIR / (f"answers-{stamp}-{bench.name}.jsonl" if several else f"answers-{stamp}.jsonl")
+            if several:
+                print(f"\n# {bench.name}\n")
+            results.append(run(argparse.Namespace(**{**vars(args), "bench": bench}), folder, out_path))
+    if several:
+        print("\n## All benchmarks\n")
+        print(summary_table([{**row, "corpus": Path(result["bench"]).name}
+                             for result in results for row in result["results"]]))
     if args.json:
-        print("\n" + json.dumps(results, indent=2))
+        print("\n" + json.dumps(results if several else results[0], indent=2))
 
 
 if __name__ == "__main__":

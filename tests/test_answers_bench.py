@@ -68,3 +68,24 @@ def test_the_api_pipeline_is_offered_and_unknown_pipelines_are_refused(answers, 
     with pytest.raises(SystemExit):
         answers.parse_args(["--pipelines", "kbloop,served"])
     assert "expected some of kbloop, plain, api" in capsys.readouterr().err
+
+
+def test_several_benchmarks_are_named_and_reported_side_by_side(answers, tmp_path):
+    args = answers.parse_args(["--bench", f"pydev,pgdev,{tmp_path}"])
+    assert args.benches == [REPO / "bench" / "pydev", REPO / "bench" / "pgdev", tmp_path.resolve()]
+    assert answers.parse_args([]).benches == [answers.DEFAULT_BENCH.resolve()]
+    half = {"rate": 0.5, "n": 1, "of": 2}
+    summary = {"hit1": half, "hit5": half, "accuracy": half, "refusal": half, "false_refusal": half,
+               "cited_gold": half, "multi_hop_accuracy": {"rate": None}, "median_first_token_s": 1.5,
+               "median_tokens_per_s": 20.0, "seconds": 9}
+    rows = [{"model": "m", "pipeline": "kbloop", "summary": summary, "corpus": name} for name in ("pydev", "pgdev")]
+    table = answers.summary_table(rows).splitlines()
+    assert table[0].startswith("| corpus | model | pipeline |")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| pydev", "| pgdev"]
+    assert not answers.summary_table([{k: v for k, v in rows[0].items() if k != "corpus"}]).startswith("| corpus")
+
+
+def test_a_folder_that_is_no_benchmark_stops_the_run_before_any_is_run(answers, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="is not a benchmark folder"):
+        answers.main(["--bench", f"pgdev,{tmp_path}", "--pipelines", "plain"])
+    assert "# pgdev" not in capsys.readouterr().out
