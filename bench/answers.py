@@ -659,8 +659,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--limit must be at least 1")
     if not args.bench:
         parser.error("--bench: name at least one benchmark folder")
-    args.benches = [bench_folder(value) for value in args.bench]
-    args.bench = args.benches[0]
+    args.benches = [bench_folder(value) for value in args.bench]  # run() takes one at a time as args.bench
     return args
 
 

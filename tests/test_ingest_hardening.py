@@ -374,13 +374,11 @@ def test_a_reader_holding_the_store_before_an_ingest_never_gets_another_chunks_t
     writer.ingest()
     reader = open_kb()
     held = reader.store()  # loaded before the change, as a server's request may hold it
-    gone_ids = {row[0] for row in writer.manifest.db.execute(
-        "SELECT vector_id FROM chunks JOIN files ON files.id = file_id WHERE path = 'z-gone.md'")}
+    gone_ids = vector_ids(writer, "z-gone.md")
     (docs / "z-gone.md").unlink()
     (docs / "new.md").write_text("# New\n\nQuarterly tax forms are filed with the county clerk.\n")
     writer.ingest()
-    new_ids = {row[0] for row in writer.manifest.db.execute(
-        "SELECT vector_id FROM chunks JOIN files ON files.id = file_id WHERE path = 'new.md'")}
+    new_ids = vector_ids(writer, "new.md")
     assert min(new_ids) > max(gone_ids)
     assert reader.store() is held
     hits = reader.search("What does the submarine galley serve?", 5)
@@ -401,8 +399,12 @@ def test_ids_of_vectors_a_crash_left_behind_are_not_given_again(open_kb, home):
     assert kb.check().repaired
     (home.root / "docs" / "c.md").write_text("# C\n\nGamma text about orcas.\n")
     kb.ingest()
-    assert min(row[0] for row in kb.manifest.db.execute(
-        "SELECT vector_id FROM chunks JOIN files ON files.id = file_id WHERE path = 'c.md'")) > orphan
+    assert min(vector_ids(kb, "c.md")) > orphan
+
+
+def vector_ids(kb, path: str) -> set[int]:
+    """The vector ids of the chunks the manifest holds for the document ``path``."""
+    return {c.vector_id for c in kb.manifest.chunks_of(kb.manifest.files()[path].id)}
 
 
 def test_two_threads_writing_one_file_atomically_do_not_share_a_temporary(tmp_path, monkeypatch):
