@@ -181,6 +181,39 @@ def test_numbers_compare_by_value_and_the_named_sentence_may_spell_them_out():
     assert invented_numbers("Since 3.1.", "Since when?", [prose]) == ["3.1"]  # a version is no decimal
 
 
+MAX_CONNECTIONS = hit("max_connections (integer) Determines the maximum number of concurrent connections to the "
+                      "database server. The default is typically 100 connections, but might be less if your kernel "
+                      "settings will not support it.", "runtime-config-connection.html")
+REPACK = hit("The default value for --window is 10 and --depth is 50. The maximum depth is 4095.", "git-repack.md")
+FREEZE = hit("vacuum_freeze_min_age (integer) Specifies the cutoff age (in transactions) that VACUUM should use. "
+             "The default is 50 million transactions.", "runtime-config-client.txt")
+
+
+@pytest.mark.parametrize("question, reply, source, unbounded", [
+    # a near miss: the largest value is asked, and the sources give 100 only as the default
+    ("What is the largest value max_connections can be set to?",
+     "The largest value max_connections can be set to is 100 connections.", MAX_CONNECTIONS, ["100"]),
+    ("What is the smallest value max_connections accepts?", "It accepts at least 100.", MAX_CONNECTIONS, ["100"]),
+    # the sentence holding the value states a bound
+    ("What is the maximum --depth accepted by `git repack`?", "The maximum depth is 4095.", REPACK, []),
+    ("What is the maximum --depth accepted by `git repack`?", "It is 4095; the default is 50.", REPACK, []),
+    # the question asks for a default, though it speaks of a bound
+    ("What is the default maximum number of connections?", "The default is 100.", MAX_CONNECTIONS, []),
+    ("A table can go unvacuumed for at most two billion transactions minus the freeze cutoff age. "
+     "What is that cutoff age by default?", "It is 50 million transactions.", FREEZE, []),
+    # a question that asks for no bound, a value no source holds, or an answer without a value
+    ("How many connections does the server allow by default?", "100 connections.", MAX_CONNECTIONS, []),
+    ("What is the largest value max_connections can be set to?", "It is 262143.", MAX_CONNECTIONS, []),
+    ("What is the largest value max_connections can be set to?", "There is no fixed limit.", MAX_CONNECTIONS, []),
+])
+def test_a_bound_asked_for_is_not_answered_with_another_value_of_the_setting(question, reply, source, unbounded):
+    from kbloop.assistant.grounding import reply_problem, unbounded_values
+
+    assert unbounded_values(reply, question, [source]) == unbounded
+    problem = reply_problem(reply, question, [source])
+    assert (problem is not None and "asks for a bound" in problem) == bool(unbounded)
+
+
 def test_a_page_number_in_the_source_heading_counts_as_grounded():
     from kbloop.assistant.grounding import invented_numbers
 

@@ -185,6 +185,46 @@ def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     return [] if stated & grounded else sorted(stated)
 
 
+# A question that asks for a bound of what it names, the largest or smallest value it may take, in
+# the sentence that asks it ("What is the largest value work_mem can be set to?"), and not for a
+# default: "A table can go unvacuumed for at most ... What is that cutoff age by default?" asks a
+# default, and "the default maximum number of clients" a default that is itself a maximum.
+ASKS_BOUND = re.compile(
+    r"\b(?:max(?:imum|imal)?|min(?:imum|imal)?|largest|highest|greatest|longest|smallest|lowest|shortest"
+    r"|fewest|upper|lower|limit|at\s+most|at\s+least)\b", re.IGNORECASE)
+ASKS_DEFAULT = re.compile(r"\bdefault(?:s|ed)?\b", re.IGNORECASE)
+# How a sentence states a bound: a word of the kind the question asks with, a range, or a name
+# built with one ("maxsize of 32768", "max_identifier_length is 63 bytes").
+STATES_BOUND = re.compile(
+    r"(?<![a-z])(?:max(?:imum|imal|size)?|min(?:imum|imal|size)?|largest|highest|greatest|longest|smallest"
+    r"|lowest|shortest|fewest|most|least|upper|lower|limit(?:s|ed)?|up\s+to|exceed(?:s|ed|ing)?|range"
+    r"|between|cap(?:s|ped)?|bound(?:s|ed)?|ceiling|floor)(?![a-z])", re.IGNORECASE)
+
+
+def asks_bound(question: str) -> bool:
+    """The sentence of ``question`` that asks (its last, up to the question mark) asks for a bound
+    of a value, not a default (``ASKS_BOUND``)."""
+    asking = SENTENCE_END.split(question.strip())[-1]
+    return bool(ASKS_BOUND.search(asking)) and not ASKS_DEFAULT.search(asking)
+
+
+def unbounded_values(answer: str, question: str, hits: list[Hit]) -> list[str]:
+    """The values an answer gives for a question that asks for a bound (``asks_bound``) when every
+    sentence of the sources that holds one of them, in digits or words, states no bound of any
+    kind (``STATES_BOUND``): the value is then another attribute of the same thing, most often its
+    default ("The default is typically 100 connections" for the largest value max_connections may
+    take). Empty when the question asks for no bound, the answer gives no value, a bound sentence
+    holds one of them, or no sentence holds any (``invented_numbers`` judges those)."""
+    stated = values(answer) - values(question)
+    if not stated or not asks_bound(question):
+        return []
+    holding = [sentence for hit in hits for sentence in SENTENCE_END.split(hit.text)
+               if stated & values(sentence, spelled=True)]
+    if not holding or any(STATES_BOUND.search(sentence) for sentence in holding):
+        return []
+    return sorted(stated)
+
+
 # Why a reply is not an answer. The first three are read again: the model answered nothing.
 FOUND_NO_ANSWER = "the model found no answer in the sources"
 NO_NUMBER = "the answer gives no number, and the question asks for one"
@@ -195,8 +235,9 @@ RESTATED = "the model only restated the question"
 def reply_problem(reply: str, question: str, hits: list[Hit], common: frozenset[str] = frozenset()) -> str | None:
     """Why a model's reply cannot stand as an answer, whichever model wrote it (the generator,
     a second reading, the teacher), or None: it says the sources do not answer, only restates
-    the question, pastes a source block, gives no number for a question that asks for one, or
-    states a number no source holds."""
+    the question, pastes a source block, gives no number for a question that asks for one,
+    states a number no source holds, or answers a question about a bound with a value the sources
+    give only as another attribute (``unbounded_values``)."""
     if is_refusal(reply, question):
         return FOUND_NO_ANSWER
     if restates(reply, question, common):
@@ -207,6 +248,9 @@ def reply_problem(reply: str, question: str, hits: list[Hit], common: frozenset[
         return NO_NUMBER
     if invented := invented_numbers(reply, question, hits):
         return f"the answer states {', '.join(invented)}, which no source contains"
+    if unbounded := unbounded_values(reply, question, hits):
+        return (f"the question asks for a bound, and no source gives {', '.join(unbounded)} as one "
+                f"(only as another value)")
     return None
 
 
