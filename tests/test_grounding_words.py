@@ -140,3 +140,19 @@ def test_names_the_question_quotes_direct_a_search_but_no_refusal():
     # ("--auto", "zlib.decompress") is looked up as a term, not a second time as a quoted name
     assert unmentioned_names(question, [chunk]) == ["--auto", "git gc --auto", "git repack"]
     assert unmentioned_terms(question, [chunk]) == ["--auto"]  # what a refusal may name
+
+
+def test_a_name_in_mixed_case_that_no_source_mentions_is_not_covered():
+    from kbloop.assistant.grounding import named_terms, unmentioned_names, unmentioned_terms
+
+    chunk = Hit(0, 0.7, "runtime-config-connection.md", "port (integer) The TCP port the server listens on; "
+                "5432 by default. PostgreSQL's GiST indexes and the SQLite driver are described elsewhere.", {})
+    # a product the manual never names: the question is about something it does not cover
+    assert unmentioned_terms("On which TCP port does PgBouncer listen by default?", [chunk]) == ["pgbouncer"]
+    assert unmentioned_names("On which TCP port does PgBouncer listen by default?", [chunk]) == ["pgbouncer"]
+    # names the sources spell, in any case, are mentioned
+    assert unmentioned_terms("Which port does PostgreSQL use for GiST and SQLite?", [chunk]) == []
+    # a part of a dotted term is that term's, a plural of capitals no name, a capital first word none
+    assert named_terms("What is core.bigFileThreshold for IDs? The Port?") == ["core.bigfilethreshold"]
+    assert named_terms("Does GzipFile() or `ZipFile` raise FileExistsError?") == [
+        "fileexistserror", "gzipfile", "zipfile"]

@@ -2,8 +2,9 @@
 and which sources does an answer come from.
 
 A question that names an exact technical term (an option, a config key, an environment
-variable) that none of the retrieved sources mentions is about something the knowledge base
-does not cover, however close the embeddings look; small models would otherwise invent a value.
+variable) or a name in mixed case (a product, a class) that none of the retrieved sources
+mentions is about something the knowledge base does not cover, however close the embeddings
+look; small models would otherwise invent a value.
 
 Two checks read the reply itself. One that adds no word to the question and keeps all of its
 words only restated it (small models copy the question when they cannot find the answer); the
@@ -39,10 +40,25 @@ OFFERS_CHOICE = re.compile(
     r"|\bor\b|\bwhich\s+of\b|\beither\b", re.IGNORECASE)
 
 
+# A name written in mixed case, as products, classes and settings are ("PgBouncer", "GzipFile",
+# "backupCount", "SQLite"): an exact name, which a knowledge base that covers the thing spells out.
+# Not after a dot, where it is part of a technical term ("core.bigFileThreshold"), nor a plural
+# of capitals ("IDs").
+MIXED_CASE = re.compile(r"(?<![\w.-])(?:[A-Za-z]*[a-z][A-Z]|[A-Z]{2,}[a-z]{2,})[A-Za-z0-9]*(?![\w.-])")
+
+
+def named_terms(question: str) -> list[str]:
+    """The exact names ``question`` gives, lower-cased, each once: its technical terms
+    (``technical_terms``) and its names in mixed case (``MIXED_CASE``)."""
+    terms = technical_terms(question)
+    return terms + sorted({m.lower() for m in MIXED_CASE.findall(question)} - set(terms))
+
+
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
-    """Technical terms of the question that no retrieved source contains, except file names."""
+    """Exact names of the question (``named_terms``) that no retrieved source contains, except
+    file names."""
     text = " ".join(h.text for h in hits).lower()
-    return [t for t in technical_terms(question) if not mentioned(t, text) and not names_file(t)]
+    return [t for t in named_terms(question) if not mentioned(t, text) and not names_file(t)]
 
 
 # A name the question quotes as code: `git daemon`, `python -m gzip`.
@@ -57,7 +73,7 @@ def unmentioned_names(question: str, hits: list[Hit]) -> list[str]:
     text = " ".join(h.text for h in hits).lower()
     terms = unmentioned_terms(question, hits)
     quoted = [SPACE.sub(" ", q.strip().lower()).removesuffix("()") for q in QUOTED.findall(question)]
-    return terms + [q for q in dict.fromkeys(quoted) if q not in technical_terms(q) and not mentioned(q, text)]
+    return terms + [q for q in dict.fromkeys(quoted) if q not in named_terms(q) and not mentioned(q, text)]
 
 
 @functools.cache
