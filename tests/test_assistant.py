@@ -205,6 +205,8 @@ FREEZE = hit("vacuum_freeze_min_age (integer) Specifies the cutoff age (in trans
     ("How many connections does the server allow by default?", "100 connections.", MAX_CONNECTIONS, []),
     ("What is the largest value max_connections can be set to?", "It is 262143.", MAX_CONNECTIONS, []),
     ("What is the largest value max_connections can be set to?", "There is no fixed limit.", MAX_CONNECTIONS, []),
+    ("Since which version are option names turned to lower case?", "Since version 3.2.",
+     hit("Changed in version 3.2: option names are turned to lower case.", "configparser.txt"), []),
 ])
 def test_a_bound_asked_for_is_not_answered_with_another_value_of_the_setting(question, reply, source, unbounded):
     from kbloop.assistant.grounding import reply_problem, unbounded_values

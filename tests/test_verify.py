@@ -80,6 +80,21 @@ def test_an_answer_about_another_subject_is_refused_with_the_reason(sample_home,
     assert not unchecked.refused and "8735" in unchecked.answer
 
 
+def test_a_bound_asked_for_and_answered_with_the_default_is_refused_with_the_reason(sample_home, open_kb):
+    # The sample manual gives Harbor's port only as a default; a model asked for the highest
+    # port answers with it, and no check that reads the value alone can tell.
+    with FakeOllama(models=("qwen3:4b",), reply=lambda body: "The highest port Harbor accepts is 8735.") as server:
+        kb = open_kb(sample_home)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        assistant = Assistant(kb, gen, None)
+        bound = assistant.ask("What is the highest port number Harbor can be told to listen on?")
+        default = assistant.ask("Which port does Harbor listen on by default?")
+    assert bound.refused and bound.answer == NOT_IN_KB
+    assert bound.refusal_reason.startswith("the question asks for a bound, and no source gives 8735 as one")
+    assert not default.refused and "8735" in default.answer
+
+
 def test_a_verifier_that_fails_leaves_the_answer_unchecked(sample_home, open_kb):
     with FakeOllama(models=("qwen3:4b",), reply=lambda body: "Harbor listens on TCP port 8735 by default.") as server:
         kb = open_kb(sample_home)

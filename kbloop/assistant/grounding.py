@@ -207,7 +207,7 @@ def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
 # default, and "the default maximum number of clients" a default that is itself a maximum.
 ASKS_BOUND = re.compile(
     r"\b(?:max(?:imum|imal)?|min(?:imum|imal)?|largest|highest|greatest|longest|smallest|lowest|shortest"
-    r"|fewest|upper|lower|limit|at\s+most|at\s+least)\b", re.IGNORECASE)
+    r"|fewest|limit|at\s+most|at\s+least)\b", re.IGNORECASE)
 ASKS_DEFAULT = re.compile(r"\bdefault(?:s|ed)?\b", re.IGNORECASE)
 # How a sentence states a bound: a word of the kind the question asks with, a range, or a name
 # built with one ("maxsize of 32768", "max_identifier_length is 63 bytes").
