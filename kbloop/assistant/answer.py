@@ -182,7 +182,7 @@ class Assistant:
                           Path(with_adapter).name if with_adapter else None, timings)
 
         common = self.kb.manifest.common_words()
-        reason = self._refuse_before_generating(question, hits, common)
+        reason = self.refuse_before_generating(question, hits, common)
         if reason:
             yield NOT_IN_KB
             yield answer(NOT_IN_KB, reason, [])
@@ -424,7 +424,7 @@ class Assistant:
             yield held
         return reply
 
-    def _refuse_before_generating(self, question: str, hits: list[Hit], common: frozenset[str]) -> str | None:
+    def refuse_before_generating(self, question: str, hits: list[Hit], common: frozenset[str]) -> str | None:
         """Why the knowledge base cannot answer, when that is clear without asking the model."""
         threshold = self.kb.settings.min_score
         best = max((h.score for h in hits), default=None)
