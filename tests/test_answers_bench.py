@@ -7,12 +7,11 @@ and a real HTTP server on a loopback port."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench_scripts import bench_script
 from kbloop.kb import KnowledgeBase
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,17 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def answers():
-    """bench/answers.py as a module (it imports its sibling ``workdir`` as a script would)."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_answers", REPO / "bench" / "answers.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up by name
-        spec.loader.exec_module(module)
+    """bench/answers.py as a module."""
+    with bench_script("answers") as module:
         yield module
-    finally:
-        sys.modules.pop("bench_answers", None)
-        sys.path.remove(str(REPO / "bench"))
 
 
 @pytest.fixture

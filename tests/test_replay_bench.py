@@ -6,30 +6,20 @@ Real parts: the bundled sample manual as a benchmark's corpus, the packaged embe
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from importlib import resources
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from bench_scripts import bench_script
 
 
 @pytest.fixture(scope="module")
 def replay():
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_replay", REPO / "bench" / "replay.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+    """bench/replay.py as a module."""
+    with bench_script("replay") as module:
         yield module
-    finally:
-        sys.modules.pop("bench_replay", None)
-        sys.path.remove(str(REPO / "bench"))
 
 
 def record(id_: str, question: str, answer: str, expected: str, correct: bool, pipeline: str = "api") -> dict:
