@@ -80,3 +80,22 @@ def test_a_folder_that_is_no_benchmark_stops_the_run_before_any_is_run(answers, 
     with pytest.raises(SystemExit, match="is not a benchmark folder"):
         answers.main(["--bench", f"pgdev,{tmp_path}", "--pipelines", "plain"])
     assert "# pgdev" not in capsys.readouterr().out
+
+
+def test_every_chat_scenario_reuses_its_benchmarks_items(answers):
+    scenarios = sorted(answers.CHAT_DIR.glob("*.jsonl"))
+    assert {p.stem for p in scenarios} >= {"pydev", "pgdev"}
+    for path in scenarios:
+        bench = answers.CORPORA[path.stem]
+        if not (bench / "qa_initial.jsonl").is_file():
+            continue  # kbdev lives beside the repository, not in it
+        chats = answers.load_chats(bench, [])
+        assert chats, path
+        items = {i["id"]: i for i in answers.read_jsonl(bench / "qa_initial.jsonl", None)}
+        for chat in chats:
+            kinds = [t["kind"] for t in chat["turns"]]
+            assert kinds[0] == "first" and sorted(kinds) == ["first", "follow-up", "switch"], (path.stem, chat["id"])
+            for turn in chat["turns"]:
+                # a follow-up is a rewording that leans on the turn before; the others are the items as written
+                as_written = turn["question"] == items[turn["id"]]["question"]
+                assert as_written == (turn["kind"] != "follow-up"), (path.stem, chat["id"], turn["id"])
