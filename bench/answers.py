@@ -479,12 +479,16 @@ def summarise_chats(records: list[dict]) -> dict:
 
 
 def chat_table(rows: list[dict]) -> str:
-    header = ("model", "pipeline", "all turns", "first", "follow-up", "switch", "carried over")
+    """One line per model and pipeline; with a first column naming the corpus when the rows carry one."""
+    by_corpus = any("corpus" in row for row in rows)
+    header = (("corpus",) if by_corpus else ()) + (
+        "model", "pipeline", "all turns", "first", "follow-up", "switch", "carried over")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         s = row["chat"]
-        lines.append("| " + " | ".join((row["model"], row["pipeline"], *(format_rate(s[k]) for k in (
-            "turns", "first", "follow-up", "switch", "carried_over")))) + " |")
+        lines.append("| " + " | ".join(((row.get("corpus", ""),) if by_corpus else ()) + (
+            row["model"], row["pipeline"], *(format_rate(s[k]) for k in (
+                "turns", "first", "follow-up", "switch", "carried_over")))) + " |")
     return "\n".join(lines)
 
 
@@ -687,9 +691,13 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"\n# {bench.name}\n")
             results.append(run(argparse.Namespace(**{**vars(args), "bench": bench}), folder, out_path))
     if several:
-        print("\n## All benchmarks\n")
-        print(summary_table([{**row, "corpus": Path(result["bench"]).name}
-                             for result in results for row in result["results"]]))
+        rows = [{**row, "corpus": Path(result["bench"]).name} for result in results for row in result["results"]]
+        if not args.chat_only:
+            print("\n## All benchmarks\n")
+            print(summary_table(rows))
+        if chats := [row for row in rows if "chat" in row]:
+            print("\n## Chat, all benchmarks\n")
+            print(chat_table(chats))
     if args.json:
         print("\n" + json.dumps(results if several else results[0], indent=2))
 

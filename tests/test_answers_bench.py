@@ -74,6 +74,11 @@ def test_several_benchmarks_are_named_and_reported_side_by_side(answers, tmp_pat
     assert table[0].startswith("| corpus | model | pipeline |")
     assert [line.split(" | ")[0] for line in table[2:]] == ["| pydev", "| pgdev"]
     assert not answers.summary_table([{k: v for k, v in rows[0].items() if k != "corpus"}]).startswith("| corpus")
+    # the chat scenarios side by side, as a run of --chat-only over several benchmarks ends
+    chat = {k: half for k in ("turns", "first", "follow-up", "switch", "carried_over")}
+    chats = answers.chat_table([{**row, "chat": chat} for row in rows]).splitlines()
+    assert chats[0].startswith("| corpus | model | pipeline | all turns |")
+    assert [line.split(" | ")[0] for line in chats[2:]] == ["| pydev", "| pgdev"]
 
 
 def test_a_folder_that_is_no_benchmark_stops_the_run_before_any_is_run(answers, tmp_path, capsys):
