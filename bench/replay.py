@@ -43,6 +43,8 @@ from workdir import bench_workdir, corpus_home
 CHECKED = ("kbloop", "api")
 # Problems after which a real run asks again: a reply that answered nothing, or only restated the question.
 ASKED_AGAIN = (*UNANSWERED, RESTATED)
+# How each outcome is marked on its answer's line: a lost right answer stands out.
+LABELS = {"read again": "read again", "right answer lost": "RIGHT ANSWER LOST", "wrong answer refused": "refused"}
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,11 @@ class Stopped:
     """A real run reads the sources again (the reply answered nothing): the outcome is open."""
 
     @property
-    def right(self) -> bool:
-        return bool(self.record["correct"])
+    def outcome(self) -> str:
+        if self.read_again:
+            return "read again"
+        answerable = self.record["expected"] != UNANSWERABLE
+        return "right answer lost" if answerable and self.record["correct"] else "wrong answer refused"
 
 
 def benchmark_of(path: Path, given: str | None) -> Path:
@@ -119,8 +124,7 @@ def report(name: str, records: list[dict], stopped: list[Stopped]) -> str:
         mine = [r for r in records if r["pipeline"] == pipeline]
         hit = [s for s in stopped if s.record["pipeline"] == pipeline]
         result = outcomes(mine, hit)
-        kinds = Counter("read again" if s.read_again else ("right answer lost" if s.right and
-                        s.record["expected"] != UNANSWERABLE else "wrong answer refused") for s in hit)
+        kinds = Counter(s.outcome for s in hit)
         note = "" if pipeline in CHECKED else " (no kbloop checks in its run: shown for what they would do)"
         accuracy, refusal = result["accuracy"], result["refusal"]
         lines.append(f"{pipeline}{note}: {len(hit)} of {len(mine)} replies stopped "
@@ -129,9 +133,7 @@ def report(name: str, records: list[dict], stopped: list[Stopped]) -> str:
                      f"refusal {refusal[0]}/{refusal[2]} -> {refusal[1]}/{refusal[2]}")
         for s in hit:
             r = s.record
-            outcome = "read again" if s.read_again else ("RIGHT ANSWER LOST" if s.right and r["expected"] != UNANSWERABLE
-                                                         else "refused")
-            lines.append(f"  {r['id']:4} {outcome:17} {' '.join(r['answer'].split())[:90]!r}: {s.reason}")
+            lines.append(f"  {r['id']:4} {LABELS[s.outcome]:17} {' '.join(r['answer'].split())[:90]!r}: {s.reason}")
     return "\n".join(lines)
 
 
