@@ -70,6 +70,26 @@ def test_a_question_that_is_no_follow_up_is_not_sent_to_the_judge(sample_home, o
     assert not judged and "rewrite_s" not in final.timings
 
 
+def test_a_question_that_names_its_subject_is_searched_alone_although_it_says_its(sample_home, open_kb):
+    """"its" makes a question look like a follow-up; read with the earlier question it finds sources
+    less close than alone, so it is a new subject: neither rewritten nor folded with the earlier one."""
+    switch = "How many days does Harbor keep its nightly snapshots?"
+    with rewriting_judge(REWRITE) as server:
+        kb = open_kb(sample_home, rewrite_follow_ups=True, judge="ollama:judge:1b", ollama_url=server.url,
+                     read_again=False)
+        kb.ingest()
+        gen = models.create("generator", "ollama:qwen3:4b", Settings(ollama_url=server.url))
+        assistant = Assistant(kb, gen)
+        history = [(EARLIER, "Harbor listens on TCP port 8735 by default.")]
+        assert assistant.follows_on(FOLLOW_UP, history)
+        assert not assistant.follows_on(switch, history)
+        assert not assistant.follows_on(switch, None) and not assistant.follows_on(FOLLOW_UP, [])
+        final = assistant.ask(switch, history)
+        judged = [body for path, body in server.requests if path == "/api/chat" and body["model"] == "judge:1b"]
+    assert not judged and "rewrite_s" not in final.timings
+    assert final.sources[0].path == "backups.html"
+
+
 def test_a_judge_that_is_down_leaves_the_follow_up_as_written(sample_home, open_kb, caplog):
     with rewriting_judge(REWRITE) as server:
         generator_url = server.url

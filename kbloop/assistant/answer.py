@@ -140,6 +140,20 @@ class Assistant:
             hits += found[:1]
         return hits
 
+    def follows_on(self, question: str, history: list[tuple[str, str]] | None) -> bool:
+        """The question is read as a follow-up: it looks like one (``is_follow_up``), and the
+        sources found for it together with the earlier question are closer to the query than
+        those found for it alone. "How many commands does psql keep in its command history?"
+        says "its" but names what it asks about; read with an earlier question about COPY it
+        finds sources of both, less close than psql's alone, while "And how do I change it?"
+        alone finds nothing close."""
+        if not is_follow_up(question, history):
+            return False
+        k = self.kb.settings.retrieve_k
+        closest = [max((h.score for h in self.kb.search(query, k)), default=0.0)
+                   for query in (fold_query(question, history), question)]
+        return closest[0] > closest[1]
+
     def sources(self, question: str, history: list[tuple[str, str]] | None = None) -> list[Hit]:
         """What the model reads for the question: the retrieved chunks, after the correction of
         a question that asks the same, when a user sent one (``kbloop.assistant.corrections``)."""
@@ -163,7 +177,9 @@ class Assistant:
         started = time.perf_counter()
         timings: dict = {}
         user_question = question  # what the answer is shown under; ``question`` is what is answered
-        if self.kb.settings.rewrite_follow_ups and is_follow_up(question, history):
+        if not self.follows_on(question, history):
+            history = None  # it stands alone: searched as written
+        elif self.kb.settings.rewrite_follow_ups:
             yield Progress("reading the follow-up")
             if (rewrite := self.follow_up(question, history[-1][0], timings)) is not None:
                 question, history = rewrite, None  # it stands alone now: searched and answered as written
