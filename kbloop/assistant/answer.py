@@ -14,8 +14,8 @@ from typing import Any, Generator, Iterator
 
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (FOUND_NO_ANSWER, NO_NUMBER, PASTED, RESTATED, Unsure, attribute,
-                                       closest_sentence, keyword_evidence, least_sure_word, mentioned, new_words,
-                                       reply_problem, restates, unmentioned_names, unmentioned_terms,
+                                       closest_sentence, keyword_evidence, least_sure_word, mentioned,
+                                       named_instead_of_value, new_words, reply_problem, restates, unmentioned_names, unmentioned_terms,
                                        unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
@@ -27,6 +27,9 @@ from kbloop.text import StopFilter
 UNANSWERED = (FOUND_NO_ANSWER, NO_NUMBER, PASTED)
 # When the model can only restate the question, though a source holds most of its words.
 QUOTE = 'Closest passage in the sources [{n}]: "{sentence}"'
+# The question asked of its own when an answer names a setting instead of giving the value asked for.
+LOOK_UP = "What is the default value of {name}?"
+CITATION = re.compile(r"\[(\d{1,2})\]")
 
 
 def finish(steps: Generator) -> Any:
@@ -36,6 +39,14 @@ def finish(steps: Generator) -> Any:
             next(steps)
         except StopIteration as stop:
             return stop.value
+
+
+def finish_answer(stream: Iterator) -> "Answer":
+    """The ``Answer`` an ``Assistant.stream`` ends with, the rest of it unshown."""
+    for item in stream:
+        if isinstance(item, Answer):
+            return item
+    raise RuntimeError("stream ended without an answer")  # unreachable by construction
 
 
 @dataclass
@@ -172,8 +183,10 @@ class Assistant:
             timings["asked_as"] = rewrite
         return rewrite
 
-    def stream(self, question: str, history: list[tuple[str, str]] | None = None
+    def stream(self, question: str, history: list[tuple[str, str]] | None = None, look_up: bool = True
                ) -> Iterator[str | Progress | Answer]:
+        """``look_up`` False: an answer that names a setting for the value asked for is given as
+        it is, its setting not looked up (``_look_up``)."""
         started = time.perf_counter()
         timings: dict = {}
         user_question = question  # what the answer is shown under; ``question`` is what is answered
@@ -189,12 +202,12 @@ class Assistant:
         timings["retrieve_s"] = round(retrieved - searching, 4)
         model, adapter = self.generator.spec, self.generator.adapter
 
-        def answer(text: str, refusal_reason: str | None, cited: list[int]) -> Answer:
+        def answer(text: str, refusal_reason: str | None, cited: list[int], more: list[Source] = ()) -> Answer:
             # an answer of the second reading is the judge model's when it read (KBLOOP_READ_AGAIN_WITH)
             by, with_adapter = (timings["read_again_by"], None) if "read_again_by" in timings else (model, adapter)
             timings["total_s"] = round(time.perf_counter() - started, 4)
             return Answer(user_question, NOT_IN_KB if refusal_reason else text, refusal_reason is not None,
-                          refusal_reason, self._sources(hits, cited), by,
+                          refusal_reason, self._sources(hits, cited) + list(more), by,
                           Path(with_adapter).name if with_adapter else None, timings)
 
         common = self.kb.manifest.common_words()
@@ -265,7 +278,38 @@ class Assistant:
             cited = set(cited_numbers(text, len(hits))) | set(attribute(text, question, hits, common))
             if verdict is not None and verdict.passage:
                 cited.add(verdict.passage)
-            yield answer(text, None, sorted(cited))
+            more: list[Source] = []
+            if look_up and (name := named_instead_of_value(text, question)):
+                yield Progress(f"looking up {name}")
+                if found := self._look_up(name, timings):
+                    # its cited sources join the list, renumbered; one the answer already had is cited there
+                    had = {(h.path, h.text): n for n, h in enumerate(hits, start=1)}
+                    renumbered = {}
+                    for source in (s for s in found.sources if s.cited):
+                        if (source.path, source.text) in had:
+                            renumbered[source.n] = had[source.path, source.text]
+                        else:
+                            renumbered[source.n] = len(hits) + len(more) + 1
+                            more.append(source)
+                        cited.add(renumbered[source.n])
+                    for source in more:
+                        source.n = renumbered[source.n]
+                    added = "\n\n" + CITATION.sub(lambda m: f"[{renumbered.get(int(m[1]), m[1])}]", found.answer)
+                    text += added
+                    yield added
+            yield answer(text, None, sorted(cited), more)
+
+    def _look_up(self, name: str, timings: dict) -> Answer | None:
+        """The answer to the default value of ``name`` (``LOOK_UP``), asked as a question of its
+        own: retrieved, answered and checked like any, its setting not looked up again. None when
+        it is refused. A question that asks for a value, answered with the setting that holds
+        it, needs a second fact the first sources rarely hold ("every autovacuum_naptime
+        seconds" for how often the launcher starts a worker)."""
+        started = time.perf_counter()
+        asked = LOOK_UP.format(name=name)
+        found = finish_answer(self.stream(asked, look_up=False))
+        timings["looked_up"] = {"asked": asked, "refused": found.refused, "seconds": round(time.perf_counter() - started, 4)}
+        return None if found.refused else found
 
     def _problem(self, question: str, text: str | None, hits: list[Hit], stats: dict,
                  timings: dict) -> Generator[Progress, None, str | None]:
@@ -455,10 +499,7 @@ class Assistant:
         return None
 
     def ask(self, question: str, history: list[tuple[str, str]] | None = None) -> Answer:
-        for item in self.stream(question, history):
-            if isinstance(item, Answer):
-                return item
-        raise RuntimeError("stream ended without an answer")  # unreachable by construction
+        return finish_answer(self.stream(question, history))
 
     @staticmethod
     def _sources(hits: list[Hit], cited: list[int]) -> list[Source]:

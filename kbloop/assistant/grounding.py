@@ -241,6 +241,34 @@ def unbounded_values(answer: str, question: str, hits: list[Hit]) -> list[str]:
     return sorted(stated)
 
 
+# A question that asks for a value of some kind: a number (``ASKS_FOR_NUMBER``), how often or
+# how large something is, a value, size or level it names, or a default or bound ("What cost-limit
+# value does autovacuum end up using?", "What is the most parallel workers a VACUUM can get?").
+ASKS_FOR_VALUE = re.compile(
+    r"\bhow\s+(?:many|much|long|often|large|big|high|low|old)\b"
+    r"|\b(?:which|what)\s+(?:[\w-]+\s+){0,3}?(?:values?|version|year|size|limit|level|interval|timeout|port"
+    r"|number|amount|age)\b"
+    r"|\bwhat\s+is\s+the\s+(?:\w+\s+)?(?:most|least|max(?:imum)?|min(?:imum)?|largest|smallest|highest|lowest"
+    r"|default)\b", re.IGNORECASE)
+# The name of a setting or a qualified name: words joined by underscores ("autovacuum_naptime")
+# or dots ("gc.auto"), each dotted part two characters or more, so "e.g." is none.
+SETTING_NAME = re.compile(
+    r"(?<![\w.$/-])(?:[a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z][a-z0-9_]+(?:\.[a-z_]\w+)+)(?![\w-])", re.IGNORECASE)
+
+
+def named_instead_of_value(answer: str, question: str) -> str | None:
+    """The setting an answer names where the question asks for a value, the value being that
+    setting's ("every autovacuum_naptime seconds" for "How often, by default, ...?"): the first
+    name of the answer (``SETTING_NAME``) that the question does not give and that names no file.
+    None when the question asks for no value (``ASKS_FOR_VALUE``) or the answer states one of its
+    own, in digits or words."""
+    if not ASKS_FOR_VALUE.search(question) or values(answer, spelled=True) - values(question, spelled=True):
+        return None
+    asked = question.lower()
+    return next((name for name in SETTING_NAME.findall(answer)
+                 if name.lower() not in asked and not names_file(name)), None)
+
+
 # Why a reply is not an answer. The first three are read again: the model answered nothing.
 FOUND_NO_ANSWER = "the model found no answer in the sources"
 NO_NUMBER = "the answer gives no number, and the question asks for one"
