@@ -11,9 +11,9 @@ from kbloop.assistant.answer import Assistant, Progress
 from kbloop.assistant.grounding import named_instead_of_value
 from kbloop.config import Settings
 
-QUESTION = "What is the default snapshot retention of Harbor?"
-NAMED = "Harbor keeps snapshots as long as snapshot_retention_days says."
-LOOK_UP = "What is the default value of snapshot_retention_days?"
+QUESTION = "What is the most parallel transfers a Harbor client gets?"
+NAMED = "A client gets as many as max_parallel_transfers allows."
+LOOK_UP = "What is the default value of max_parallel_transfers?"
 
 
 @pytest.mark.parametrize("answer,question,name", [
@@ -28,6 +28,9 @@ LOOK_UP = "What is the default value of snapshot_retention_days?"
     ("It is capped by autovacuum_naptime.", "How often does autovacuum_naptime apply?", None),  # the question's own
     ("See e.g. the manual.", "How often does it run?", None),  # no setting
     ("Read it from settings.json.", "Which port does it use?", None),  # a file
+    ("It is concatenate, or what GIT_NOTES_REWRITE_MODE says.", "What is the default value of notes.rewriteMode?",
+     None),  # a value that may be a word
+    ("The method is ZIP_DEFLATED.", "Which method accepts level 0?", None),  # a name is asked for
 ])
 def test_a_setting_named_for_the_value_asked_for_is_found(answer, question, name):
     assert named_instead_of_value(answer, question) == name
@@ -40,7 +43,7 @@ def harbor(look_up_reply: str):
 
 
 def test_the_named_settings_default_is_looked_up_streamed_and_cited(sample_home, open_kb):
-    found = "Snapshots are kept for 30 days."
+    found = "Harbor limits each client to 4 parallel transfers."
     with harbor(found) as server:
         kb = open_kb(sample_home, read_again=False)
         kb.ingest()
@@ -48,12 +51,12 @@ def test_the_named_settings_default_is_looked_up_streamed_and_cited(sample_home,
         *pieces, final = Assistant(kb, gen, None).stream(QUESTION)
         asked = [body["messages"][-1]["content"] for path, body in server.requests if path == "/api/chat"]
     assert len(asked) == 2 and asked[1].endswith(f"Question: {LOOK_UP}")
-    assert Progress("looking up snapshot_retention_days") in pieces
+    assert Progress("looking up max_parallel_transfers") in pieces
     assert not final.refused and final.answer == f"{NAMED}\n\n{found}"
     # what was streamed is the answer: nothing is taken back
     assert "".join(p for p in pieces if isinstance(p, str)).strip() == final.answer
     assert final.timings["looked_up"]["asked"] == LOOK_UP and not final.timings["looked_up"]["refused"]
-    assert "backups.html" in {s.path for s in final.sources if s.cited}
+    assert "troubleshooting.txt" in {s.path for s in final.sources if s.cited}
     assert [s.n for s in final.sources] == list(range(1, len(final.sources) + 1))
 
 

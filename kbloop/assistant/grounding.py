@@ -241,15 +241,16 @@ def unbounded_values(answer: str, question: str, hits: list[Hit]) -> list[str]:
     return sorted(stated)
 
 
-# A question that asks for a value of some kind: a number (``ASKS_FOR_NUMBER``), how often or
-# how large something is, a value, size or level it names, or a default or bound ("What cost-limit
-# value does autovacuum end up using?", "What is the most parallel workers a VACUUM can get?").
-ASKS_FOR_VALUE = re.compile(
+# A question that asks for a quantity: a number (``ASKS_FOR_NUMBER``), how often or how large
+# something is, a size, level or interval it names, or the most or least of something ("What is
+# the most parallel workers a VACUUM can get?"). Its answer is a number, where "What is the
+# default value of notes.rewriteMode?" may be answered with a word.
+ASKS_FOR_QUANTITY = re.compile(
     r"\bhow\s+(?:many|much|long|often|large|big|high|low|old)\b"
-    r"|\b(?:which|what)\s+(?:[\w-]+\s+){0,3}?(?:values?|version|year|size|limit|level|interval|timeout|port"
-    r"|number|amount|age)\b"
-    r"|\bwhat\s+is\s+the\s+(?:\w+\s+)?(?:most|least|max(?:imum)?|min(?:imum)?|largest|smallest|highest|lowest"
-    r"|default)\b", re.IGNORECASE)
+    r"|\b(?:which|what)\s+(?:[\w-]+\s+)?(?:version|year|size|limit|level|interval|timeout|port|number"
+    r"|amount|age)s?\b"
+    r"|\bwhat\s+is\s+the\s+(?:\w+\s+)?(?:most|least|max(?:imum)?|min(?:imum)?|largest|smallest|highest|lowest)\b",
+    re.IGNORECASE)
 # The name of a setting or a qualified name: words joined by underscores ("autovacuum_naptime")
 # or dots ("gc.auto"), each dotted part two characters or more, so "e.g." is none.
 SETTING_NAME = re.compile(
@@ -257,12 +258,12 @@ SETTING_NAME = re.compile(
 
 
 def named_instead_of_value(answer: str, question: str) -> str | None:
-    """The setting an answer names where the question asks for a value, the value being that
-    setting's ("every autovacuum_naptime seconds" for "How often, by default, ...?"): the first
-    name of the answer (``SETTING_NAME``) that the question does not give and that names no file.
-    None when the question asks for no value (``ASKS_FOR_VALUE``) or the answer states one of its
-    own, in digits or words."""
-    if not ASKS_FOR_VALUE.search(question) or values(answer, spelled=True) - values(question, spelled=True):
+    """The setting an answer names where the question asks for a quantity, the quantity being
+    that setting's value ("every autovacuum_naptime seconds" for "How often, by default, ...?"):
+    the first name of the answer (``SETTING_NAME``) that the question does not give and that
+    names no file. None when the question asks for no quantity (``ASKS_FOR_QUANTITY``) or the
+    answer states a number of its own, in digits or words."""
+    if not ASKS_FOR_QUANTITY.search(question) or values(answer, spelled=True) - values(question, spelled=True):
         return None
     asked = question.lower()
     return next((name for name in SETTING_NAME.findall(answer)
