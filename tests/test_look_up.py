@@ -28,6 +28,8 @@ LOOK_UP = "What is the default value of max_parallel_transfers?"
     ("It is capped by autovacuum_naptime.", "How often does autovacuum_naptime apply?", None),  # the question's own
     ("See e.g. the manual.", "How often does it run?", None),  # no setting
     ("Read it from settings.json.", "Which port does it use?", None),  # a file
+    ("Set it in postgresql.conf.", "How often does it run?", None),  # a configuration file
+    ("Set it in postgresql.conf as autovacuum_naptime.", "How often does it run?", "autovacuum_naptime"),
     ("It is concatenate, or what GIT_NOTES_REWRITE_MODE says.", "What is the default value of notes.rewriteMode?",
      None),  # a value that may be a word
     ("The method is ZIP_DEFLATED.", "Which method accepts level 0?", None),  # a name is asked for
