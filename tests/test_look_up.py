@@ -72,3 +72,18 @@ def test_a_look_up_that_is_refused_leaves_the_answer_as_it_was(sample_home, open
         *_, unlooked = plain
     assert not final.refused and final.answer == NAMED and final.timings["looked_up"]["refused"]
     assert unlooked.answer == NAMED and "looked_up" not in unlooked.timings
+
+
+def test_the_looked_up_sources_follow_the_answers_own_and_its_marks_with_them():
+    from kbloop.assistant.answer import Answer, Source, joined
+    from kbloop.ingest.manifest import Hit
+
+    hits = [Hit(1, 0.8, "a.md", "Alpha.", {}), Hit(2, 0.7, "b.md", "Beta.", {})]
+    found = Answer("q", "It is 4 [3], as [1] says.", False, None, [
+        Source(1, "b.md", "b.md", None, None, 0.9, True, "Beta."),       # the answer has it: [2]
+        Source(2, "c.md", "c.md", None, None, 0.8, False, "Gamma."),     # not cited: left out
+        Source(3, "d.md", "d.md", None, None, 0.7, True, "Delta.")], "m", None)
+    cited = {1}
+    added, more = joined(found, hits, cited)
+    assert added == "\n\nIt is 4 [3], as [2] says."
+    assert [(s.n, s.path) for s in more] == [(3, "d.md")] and cited == {1, 2, 3}

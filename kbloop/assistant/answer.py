@@ -15,8 +15,8 @@ from typing import Any, Generator, Iterator
 from kbloop.assistant.followup import standalone
 from kbloop.assistant.grounding import (FOUND_NO_ANSWER, NO_NUMBER, PASTED, RESTATED, Unsure, attribute,
                                        closest_sentence, keyword_evidence, least_sure_word, mentioned,
-                                       named_instead_of_value, new_words, reply_problem, restates, unmentioned_names, unmentioned_terms,
-                                       unsure_values)
+                                       named_instead_of_value, new_words, reply_problem, restates,
+                                       unmentioned_names, unmentioned_terms, unsure_values)
 from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
@@ -47,6 +47,26 @@ def finish_answer(stream: Iterator) -> "Answer":
         if isinstance(item, Answer):
             return item
     raise RuntimeError("stream ended without an answer")  # unreachable by construction
+
+
+def joined(found: "Answer", hits: list[Hit], cited: set[int]) -> tuple[str, list["Source"]]:
+    """What a looked-up answer adds to an answer with sources ``hits``: its text as a paragraph
+    of its own, and its cited sources numbered after ``hits``, its citation marks with them. A
+    source the answer already has is not listed twice; its number is added to ``cited``."""
+    had = {(h.path, h.text): n for n, h in enumerate(hits, start=1)}
+    renumbered: dict[int, int] = {}
+    more = []
+    for source in (s for s in found.sources if s.cited):
+        if (source.path, source.text) in had:
+            renumbered[source.n] = had[source.path, source.text]
+        else:
+            renumbered[source.n] = len(hits) + len(more) + 1
+            more.append(source)
+        cited.add(renumbered[source.n])
+    for source in more:
+        source.n = renumbered[source.n]
+    text = CITATION.sub(lambda mark: f"[{renumbered.get(int(mark[1]), mark[1])}]", found.answer)
+    return f"\n\n{text}", more
 
 
 @dataclass
@@ -282,19 +302,7 @@ class Assistant:
             if look_up and (name := named_instead_of_value(text, question)):
                 yield Progress(f"looking up {name}")
                 if found := self._look_up(name, timings):
-                    # its cited sources join the list, renumbered; one the answer already had is cited there
-                    had = {(h.path, h.text): n for n, h in enumerate(hits, start=1)}
-                    renumbered = {}
-                    for source in (s for s in found.sources if s.cited):
-                        if (source.path, source.text) in had:
-                            renumbered[source.n] = had[source.path, source.text]
-                        else:
-                            renumbered[source.n] = len(hits) + len(more) + 1
-                            more.append(source)
-                        cited.add(renumbered[source.n])
-                    for source in more:
-                        source.n = renumbered[source.n]
-                    added = "\n\n" + CITATION.sub(lambda m: f"[{renumbered.get(int(m[1]), m[1])}]", found.answer)
+                    added, more = joined(found, hits, cited)
                     text += added
                     yield added
             yield answer(text, None, sorted(cited), more)
@@ -308,7 +316,8 @@ class Assistant:
         started = time.perf_counter()
         asked = LOOK_UP.format(name=name)
         found = finish_answer(self.stream(asked, look_up=False))
-        timings["looked_up"] = {"asked": asked, "refused": found.refused, "seconds": round(time.perf_counter() - started, 4)}
+        timings["looked_up"] = {"asked": asked, "refused": found.refused,
+                                "seconds": round(time.perf_counter() - started, 4)}
         return None if found.refused else found
 
     def _problem(self, question: str, text: str | None, hits: list[Hit], stats: dict,

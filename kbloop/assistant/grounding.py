@@ -255,8 +255,6 @@ ASKS_FOR_QUANTITY = re.compile(
 # or dots ("gc.auto"), each dotted part two characters or more, so "e.g." is none.
 SETTING_NAME = re.compile(
     r"(?<![\w.$/-])(?:[a-z][a-z0-9]*(?:_[a-z0-9]+)+|[a-z][a-z0-9_]+(?:\.[a-z_]\w+)+)(?![\w-])", re.IGNORECASE)
-
-
 # Configuration and data files, which Python's table of file types does not know ("postgresql.conf",
 # "pyproject.toml"): where an answer says a setting is set, not a setting.
 SETTINGS_FILE = re.compile(r"\.(?:conf|cfg|ini|toml|ya?ml|env|properties|lock|db|sqlite3?)$", re.IGNORECASE)
@@ -266,8 +264,8 @@ def named_instead_of_value(answer: str, question: str) -> str | None:
     """The setting an answer names where the question asks for a quantity, the quantity being
     that setting's value ("every autovacuum_naptime seconds" for "How often, by default, ...?"):
     the first name of the answer (``SETTING_NAME``) that the question does not give and that
-    names no file (``names_file``, ``SETTINGS_FILE``). None when the question asks for no quantity (``ASKS_FOR_QUANTITY``) or the
-    answer states a number of its own, in digits or words."""
+    names no file (``names_file``, ``SETTINGS_FILE``). None when the question asks for no
+    quantity (``ASKS_FOR_QUANTITY``) or the answer states a number of its own, in digits or words."""
     if not ASKS_FOR_QUANTITY.search(question) or values(answer, spelled=True) - values(question, spelled=True):
         return None
     asked = question.lower()
