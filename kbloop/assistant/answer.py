@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generator, Iterator
 
@@ -61,10 +61,8 @@ def joined(found: "Answer", hits: list[Hit], cited: set[int]) -> tuple[str, list
             renumbered[source.n] = had[source.path, source.text]
         else:
             renumbered[source.n] = len(hits) + len(more) + 1
-            more.append(source)
+            more.append(replace(source, n=renumbered[source.n]))
         cited.add(renumbered[source.n])
-    for source in more:
-        source.n = renumbered[source.n]
     text = CITATION.sub(lambda mark: f"[{renumbered.get(int(mark[1]), mark[1])}]", found.answer)
     return f"\n\n{text}", more
 

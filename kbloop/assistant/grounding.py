@@ -241,12 +241,12 @@ def unbounded_values(answer: str, question: str, hits: list[Hit]) -> list[str]:
     return sorted(stated)
 
 
-# A question that asks for a quantity: a number (``ASKS_FOR_NUMBER``), how often or how large
-# something is, a size, level or interval it names, or the most or least of something ("What is
-# the most parallel workers a VACUUM can get?"). Its answer is a number, where "What is the
-# default value of notes.rewriteMode?" may be answered with a word.
+# A question that asks for a quantity: what asks for a number (``ASKS_FOR_NUMBER``), and also how
+# often or how large something is, a size, level or interval it names, or the most or least of
+# something ("What is the most parallel workers a VACUUM can get?"). Its answer is a number, where
+# "What is the default value of notes.rewriteMode?" may be answered with a word.
 ASKS_FOR_QUANTITY = re.compile(
-    r"\bhow\s+(?:many|much|long|often|large|big|high|low|old)\b"
+    ASKS_FOR_NUMBER.pattern + r"|\bhow\s+(?:often|large|big|high|low|old)\b"
     r"|\b(?:which|what)\s+(?:[\w-]+\s+)?(?:version|year|size|limit|level|interval|timeout|port|number"
     r"|amount|age)s?\b"
     r"|\bwhat\s+is\s+the\s+(?:\w+\s+)?(?:most|least|max(?:imum)?|min(?:imum)?|largest|smallest|highest|lowest)\b",
