@@ -156,3 +156,30 @@ def test_a_name_in_mixed_case_that_no_source_mentions_is_not_covered():
     assert named_terms("What is core.bigFileThreshold for IDs? The Port?") == ["core.bigfilethreshold"]
     assert named_terms("Does GzipFile() or `ZipFile` raise FileExistsError?") == [
         "fileexistserror", "gzipfile", "zipfile"]
+
+
+def test_a_source_that_states_the_answers_values_is_cited_beside_the_one_worded_like_it():
+    from kbloop.assistant.grounding import attribute, stated_values
+
+    question = "Which reflog entries does `git reflog expire` remove sooner by default, and what are the two ages?"
+    answer = ("The reflog entries that git reflog expire removes sooner by default are those unreachable from "
+              "the current tip. The two default ages are 30 days and 90 days.")
+    worded = Hit(0, 0.8, "git-reflog.txt", "git reflog expire prunes older reflog entries; entries unreachable "
+                 "from the current tip are removed sooner, after the ages gc.reflogExpire* give.", {})
+    stating = Hit(1, 0.7, "git-gc.html", "gc.reflogExpire defaults to 90 days; gc.reflogExpireUnreachable "
+                  "defaults to thirty days.", {})
+    near = Hit(2, 0.6, "git-prune.md", "Objects older than 300 days, or 2 weeks, are pruned.", {})
+    assert stated_values(answer, question) == {"30", "90"}
+    # the page that shares the answer's wording, and the one that states its ages (one spelled out)
+    assert attribute(answer, question, [worded, stating, near]) == [1, 2]
+    # without the values only the wording counts; a number inside another (300) states nothing
+    assert attribute("Unreachable entries go sooner.", question, [worded, stating, near]) == [1]
+    # a single digit, a value the question gives and an abbreviation are no value of the answer's
+    assert stated_values("Use e.g. 2 workers, not 30.", "Is 30 enough?") == set()
+    # an exact term the answer adds is a value, found in any case
+    assert stated_values("Create recovery.signal in the data directory.", "Which file starts recovery?") == {
+        "recovery.signal"}
+    setup = Hit(3, 0.6, "initdb.md", "Create the data directory with initdb; the data directory holds the files.", {})
+    signal = Hit(4, 0.5, "archiving.pdf", "The server enters recovery when Recovery.signal is present.", {})
+    assert attribute("Create recovery.signal in the data directory.", "Which file starts recovery?",
+                     [setup, signal]) == [1, 2]

@@ -365,10 +365,31 @@ def least_sure_word(reply: str, question: str, token_probabilities: list[tuple[i
 
 
 def attribute(answer: str, question: str, hits: list[Hit], common: frozenset[str] = frozenset()) -> list[int]:
-    """Numbers (1-based) of the sources that contain what the answer adds to the question."""
+    """Numbers (1-based) of the sources that contain what the answer adds to the question: those
+    that hold the most of its words, and those that state one of its values (``stated_values``).
+    The words alone pick the source that shares the answer's phrasing: "The two default ages are
+    30 days and 90 days." shares more words with git-reflog's page than with git-gc's, which
+    states both ages."""
     content = new_words(answer, question, common)
     if not content:
         return [1] if hits else []
     overlaps = [sum(1 for w in content if w in set(normalise(h.text).split())) for h in hits]
     best = max(overlaps, default=0)
-    return [n for n, o in enumerate(overlaps, start=1) if best and o == best]
+    stated = stated_values(answer, question)
+    return [n for n, (o, hit) in enumerate(zip(overlaps, hits), start=1)
+            if (best and o == best) or any(states(hit.text, v) for v in stated)]
+
+
+def stated_values(answer: str, question: str) -> set[str]:
+    """The values the answer gives that the question does not: its numbers of two digits or more
+    (a single digit is in almost every source) and its exact terms (``technical_terms``; not an
+    abbreviation such as "e.g")."""
+    numbers_ = {v for v in values(answer) - values(question) if len(v.replace(".", "")) > 1}
+    terms = {t for t in set(technical_terms(answer)) - set(technical_terms(question)) if len(t.replace(".", "")) > 2}
+    return numbers_ | terms
+
+
+def states(text: str, value: str) -> bool:
+    """``text`` states ``value`` (from ``stated_values``): a number in any form ("five" for 5), a
+    term as written."""
+    return value in values(text, spelled=True) if value.replace(".", "").isdigit() else value in text.lower()
