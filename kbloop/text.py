@@ -92,8 +92,11 @@ def values(text: str, spelled: bool = False) -> set[str]:
 
 
 def technical_terms(text: str) -> list[str]:
-    """The exact technical terms ``text`` names, lower-cased, sorted, each once."""
-    return sorted({t.lower().rstrip(".") for t in TERM.findall(text)})
+    """The exact technical terms ``text`` names, lower-cased, sorted, each once; not an
+    abbreviation of single letters ("e.g.", "i.e.", "U.S."), which reads like a config key but
+    names nothing a source must mention."""
+    terms = {t.lower().rstrip(".") for t in TERM.findall(text)}
+    return sorted(t for t in terms if not all(len(part) == 1 for part in t.split(".")))
 
 
 class StopFilter:

@@ -183,3 +183,16 @@ def test_a_source_that_states_the_answers_values_is_cited_beside_the_one_worded_
     signal = Hit(4, 0.5, "archiving.pdf", "The server enters recovery when Recovery.signal is present.", {})
     assert attribute("Create recovery.signal in the data directory.", "Which file starts recovery?",
                      [setup, signal]) == [1, 2]
+
+
+def test_an_abbreviation_is_no_term_a_source_must_mention():
+    from kbloop.assistant.grounding import unmentioned_terms
+    from kbloop.text import technical_terms
+
+    chunk = Hit(0, 0.7, "push.md", "push.timeout sets how long a push waits for the remote.", {})
+    assert unmentioned_terms("How long does a push wait, e.g. for a slow remote?", [chunk]) == []
+    assert unmentioned_terms("Which setting, i.e. which key, limits the wait of a push?", [chunk]) == []
+    assert technical_terms("Set push.timeout (e.g. 30s), as the U.S. mirror does, or use --verbose.") == [
+        "--verbose", "push.timeout"]
+    # a name the sources lack is still required beside it
+    assert unmentioned_terms("What does push.retries default to, e.g. on a slow link?", [chunk]) == ["push.retries"]

@@ -382,11 +382,9 @@ def attribute(answer: str, question: str, hits: list[Hit], common: frozenset[str
 
 def stated_values(answer: str, question: str) -> set[str]:
     """The values the answer gives that the question does not: its numbers of two digits or more
-    (a single digit is in almost every source) and its exact terms (``technical_terms``; not an
-    abbreviation such as "e.g")."""
+    (a single digit is in almost every source) and its exact terms (``technical_terms``)."""
     numbers_ = {v for v in values(answer) - values(question) if len(v.replace(".", "")) > 1}
-    terms = {t for t in set(technical_terms(answer)) - set(technical_terms(question)) if len(t.replace(".", "")) > 2}
-    return numbers_ | terms
+    return numbers_ | (set(technical_terms(answer)) - set(technical_terms(question)))
 
 
 def states(text: str, value: str) -> bool:
