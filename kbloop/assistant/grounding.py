@@ -373,11 +373,11 @@ def attribute(answer: str, question: str, hits: list[Hit], common: frozenset[str
     content = new_words(answer, question, common)
     if not content:
         return [1] if hits else []
-    overlaps = [sum(1 for w in content if w in set(normalise(h.text).split())) for h in hits]
+    overlaps = [sum(w in words for w in content) for words in (set(normalise(h.text).split()) for h in hits)]
     best = max(overlaps, default=0)
     stated = stated_values(answer, question)
     return [n for n, (o, hit) in enumerate(zip(overlaps, hits), start=1)
-            if (best and o == best) or any(states(hit.text, v) for v in stated)]
+            if (best and o == best) or states_one_of(hit.text, stated)]
 
 
 def stated_values(answer: str, question: str) -> set[str]:
@@ -387,7 +387,10 @@ def stated_values(answer: str, question: str) -> set[str]:
     return numbers_ | (set(technical_terms(answer)) - set(technical_terms(question)))
 
 
-def states(text: str, value: str) -> bool:
-    """``text`` states ``value`` (from ``stated_values``): a number in any form ("five" for 5), a
-    term as written."""
-    return value in values(text, spelled=True) if value.replace(".", "").isdigit() else value in text.lower()
+def states_one_of(text: str, stated: set[str]) -> bool:
+    """``text`` states one of ``stated`` (from ``stated_values``): a number in any form ("thirty"
+    for 30), a term as written."""
+    if not stated:
+        return False
+    found, lower = values(text, spelled=True), text.lower()
+    return any(v in found if v.replace(".", "").isdigit() else v in lower for v in stated)
