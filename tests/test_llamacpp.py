@@ -155,21 +155,39 @@ def test_the_probability_of_a_yes_is_read_from_the_model(engine):
     assert 0.0 < probability < 1.0 and engine.yes_probability(ask) == probability
 
 
-def test_greedy_decoding_is_repeatable_and_honours_stop_strings(engine):
-    # The key/value cache keeps the prompt prefix a reply shares with the one before, and a
-    # prompt read in one batch or token by token can differ in the last bits; so the same
-    # question after the same other one gets the same reply, as a benchmark's questions do.
-    other = [{"role": "user", "content": "Name a colour."}]
+def test_a_reply_does_not_depend_on_the_request_before_it(engine):
+    # Reusing the key/value cache of the prompt before reads this one in other batches, and
+    # logits that differ in the last bits flip a greedy near-tie: every prompt is read whole.
+    def probabilities(before: list | None) -> list:
+        engine._replies.clear()
+        if before is None:
+            engine.load().reset()
+        else:
+            engine.generate(before, max_new_tokens=4)
+        stats: dict = {}
+        engine.generate(QUESTION, max_new_tokens=24, stats=stats)
+        return stats["token_probabilities"]
 
-    def after_other(**kwargs) -> str:
-        engine.generate(other, max_new_tokens=4)
-        return engine.generate(QUESTION, max_new_tokens=40, **kwargs)
+    fresh = probabilities(None)
+    assert len(fresh) > 10
+    assert probabilities(QUESTION) == fresh  # the same prompt again: once, its last token alone was replayed
+    assert probabilities([{"role": "user", "content": "Name a colour."}]) == fresh  # a shared template prefix
 
-    full = after_other()
-    assert after_other() == full
+
+def test_a_greedy_reply_asked_again_is_replayed_and_honours_stop_strings(engine, monkeypatch):
+    engine._replies.clear()
+    stats: dict = {}
+    full = engine.generate(QUESTION, max_new_tokens=40, stats=stats)
+    monkeypatch.setattr(engine.load(), "generate", lambda *a, **k: pytest.fail("decoded again"))
+    again: dict = {}
+    assert engine.generate(QUESTION, max_new_tokens=40, stats=again) == full and again == stats
+    monkeypatch.undo()
     word = next(w for w in full.split()[3:] if len(w) > 3)
-    cut = after_other(stop=[word])
-    assert cut == full[:full.index(word)]
+    assert engine.generate(QUESTION, max_new_tokens=40, stop=[word]) == full[:full.index(word)]
+    # A reply left half read is not kept as if it were whole.
+    engine._replies.clear()
+    next(iter(engine.stream(QUESTION, max_new_tokens=40)))
+    assert engine.generate(QUESTION, max_new_tokens=40) == full
 
 
 def test_a_character_split_over_two_tokens_comes_out_whole():

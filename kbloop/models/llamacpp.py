@@ -1,8 +1,8 @@
 """The llama.cpp engine: packaged GGUF models run as they are, through llama-cpp-python.
 
 It reads the quantised file directly (no fp32 copy), decodes two to three times faster than
-transformers on the same CPU, keeps the key/value cache of a shared prompt prefix between
-requests, and constrains JSON replies with a grammar built from the schema, so the judge and
+transformers on the same CPU, reads every prompt whole from an empty key/value cache (a reply
+never depends on the request before it), remembers its last greedy replies, and constrains JSON replies with a grammar built from the schema, so the judge and
 the teacher cannot return malformed JSON. LoRA adapters are converted once to GGUF
 (``lora_gguf``) and switched in place on the loaded model: promoting or rolling back an
 adapter costs milliseconds, not a reload.
@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 YES, NO = ("Yes", "yes", " Yes"), ("No", "no", " No")
 CONTEXT_TOKENS = 8192
 """Context window allocated per model: a question, four sources and a long answer fit with room."""
+REPLIES_KEPT = 64
+"""Greedy replies remembered, so that a question asked again is answered at once."""
 
 
 def available() -> bool:
@@ -202,6 +205,7 @@ class LlamaCppGenerator(Generator):
         self._loaded_adapters: dict[Path, Any] = {}
         self._active: Path | None = None
         self._grammars: dict[str, Any] = {}
+        self._replies: OrderedDict[tuple, tuple[list[str], dict]] = OrderedDict()
         self._lock = threading.RLock()
 
     def model_file(self) -> Path:
@@ -319,44 +323,73 @@ class LlamaCppGenerator(Generator):
 
     def _stream(self, messages: Messages, max_new_tokens: int, temperature: float, stop: list[str] | None,
                 stats: dict | None, grammar: Any) -> Iterator[str]:
-        llama_cpp = _import()
         with self._lock:
-            llm = self.load()
+            self.load()
             tokens = self.prompt_tokens(messages)
-            room = CONTEXT_TOKENS - len(tokens)
-            if room < 1:
-                raise BackendUnavailable(
-                    f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}: ask with fewer sources")
-            generated: list[int] = []
-            text, stops = Utf8Stream(), StopFilter(stop or [])
-            sampling = {"temp": temperature} if temperature > 0 else {"temp": 0.0, "top_k": 1}
-            probabilities: list[tuple[int, int, float]] = []
-            position = 0
+            # A greedy reply is a function of the prompt and the weights: asked again, it is
+            # replayed. (A grammar's state lives in its object, so constrained replies are not kept.)
+            key = (tuple(tokens), max_new_tokens, tuple(stop or ()), self._active) if temperature <= 0 and grammar is None else None
+            if key in self._replies:
+                self._replies.move_to_end(key)
+                pieces, recorded = self._replies[key]
+                if stats is not None:
+                    stats.update(recorded, token_probabilities=list(recorded["token_probabilities"]))
+                yield from pieces
+                return
+            pieces: list[str] = []
+            recorded: dict = {}
             try:
-                cancel.check()
-                for token in llm.generate(tokens, reset=True, grammar=grammar, **sampling):
-                    cancel.check()
-                    if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                        break
-                    generated.append(token)
-                    decoded = text.push(llm.detokenize([token]))
-                    if stats is not None and decoded:
-                        probabilities.append((position, len(decoded), self._probability(llm, token)))
-                    position += len(decoded)
-                    piece = stops.feed(decoded)
-                    if piece:
-                        yield piece
-                    if stops.stopped or len(generated) >= min(max_new_tokens, room) or is_looping(generated):
-                        break
-                if not stops.stopped:
-                    rest = stops.feed(text.flush()) + stops.flush()
-                    if rest:
-                        yield rest
+                for piece in self._decode(tokens, max_new_tokens, temperature, stop, recorded, grammar):
+                    pieces.append(piece)
+                    yield piece
             finally:
                 if stats is not None:
-                    stats["prompt_tokens"] = len(tokens)
-                    stats["completion_tokens"] = len(generated)
-                    stats["token_probabilities"] = probabilities
+                    stats.update(recorded)
+            if key is not None:  # only a reply read to its end
+                self._replies[key] = (pieces, recorded)
+                while len(self._replies) > REPLIES_KEPT:
+                    self._replies.popitem(last=False)
+
+    def _decode(self, tokens: list[int], max_new_tokens: int, temperature: float, stop: list[str] | None,
+                stats: dict, grammar: Any) -> Iterator[str]:
+        llama_cpp = _import()
+        llm = self.load()
+        room = CONTEXT_TOKENS - len(tokens)
+        if room < 1:
+            raise BackendUnavailable(
+                f"the prompt has {len(tokens)} tokens; {self.spec} holds {CONTEXT_TOKENS}: ask with fewer sources")
+        generated: list[int] = []
+        text, stops = Utf8Stream(), StopFilter(stop or [])
+        sampling = {"temp": temperature} if temperature > 0 else {"temp": 0.0, "top_k": 1}
+        probabilities: list[tuple[int, int, float]] = []
+        position = 0
+        try:
+            cancel.check()
+            # From an empty cache: reusing the prefix the last prompt left would evaluate this
+            # one in other batches, and logits that differ in the last bits flip greedy near-ties.
+            llm.reset()
+            for token in llm.generate(tokens, reset=True, grammar=grammar, **sampling):
+                cancel.check()
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    break
+                generated.append(token)
+                decoded = text.push(llm.detokenize([token]))
+                if decoded:
+                    probabilities.append((position, len(decoded), self._probability(llm, token)))
+                position += len(decoded)
+                piece = stops.feed(decoded)
+                if piece:
+                    yield piece
+                if stops.stopped or len(generated) >= min(max_new_tokens, room) or is_looping(generated):
+                    break
+            if not stops.stopped:
+                rest = stops.feed(text.flush()) + stops.flush()
+                if rest:
+                    yield rest
+        finally:
+            stats["prompt_tokens"] = len(tokens)
+            stats["completion_tokens"] = len(generated)
+            stats["token_probabilities"] = probabilities
 
     @staticmethod
     def _last_logits(llm: Any) -> Any:
