@@ -175,9 +175,12 @@ def test_numbers_compare_by_value_and_the_named_sentence_may_spell_them_out():
         assert carries_values(reply, sentence, question)
     assert not carries_values("It waits 15 seconds.", sentence, question)
     assert carries_values("It samples 28 rows.", "Twenty-eight rows are sampled.", "How many rows?")
-    # but a number spelled out anywhere in the sources grounds no answer: "two" is in most passages
+    # but a single digit spelled out anywhere in the sources grounds no answer: "two" is in most
+    # passages; a number of two digits spelled out is as rare as one in digits
     prose = hit("The two readers sample twenty rows; version 3.10 added it.", "csv.md")
     assert invented_numbers("It samples 2 rows.", "How many rows?", [prose]) == ["2"]
+    assert invented_numbers("It samples 20 rows.", "How many rows?", [prose]) == []
+    assert invented_numbers("It samples 30 rows.", "How many rows?", [prose]) == ["30"]
     assert invented_numbers("Since 3.1.", "Since when?", [prose]) == ["3.1"]  # a version is no decimal
 
 

@@ -193,11 +193,12 @@ def pastes_heading(answer: str, hits: list[Hit]) -> bool:
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     """The numbers the answer states when not one of them is in the question or a source
     (heading included), compared by value ("5.0" is in "timeout=5"). Empty when the answer states
-    none, or any of them is grounded, so "900 seconds (15 minutes)" stands on its 900. Numbers
-    the sources spell out do not count here: "two" and "three" are in most passages, and held
-    an invented "2" on pydev."""
+    none, or any of them is grounded, so "900 seconds (15 minutes)" stands on its 900. A single
+    digit the sources spell out does not count here: "two" and "three" are in most passages, and
+    held an invented "2" on pydev; "twenty" grounds a 20 as the digits would."""
     stated = values(answer) - values(question)
-    grounded = set().union(*(values(f"{source_heading(n, h)}\n{h.text}") for n, h in enumerate(hits, start=1)))
+    texts = [f"{source_heading(n, h)}\n{h.text}" for n, h in enumerate(hits, start=1)]
+    grounded = set().union(*(values(t) | {v for v in values(t, spelled=True) if len(v) > 1} for t in texts))
     return [] if stated & grounded else sorted(stated)
 
 

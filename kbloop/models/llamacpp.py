@@ -185,6 +185,12 @@ def _free(llm: Any, adapters: dict[Path, Any]) -> None:
     llm.close()
 
 
+def _copied(stats: dict) -> dict:
+    """A reply's statistics with a list of probabilities of their own, so that neither a caller
+    nor the kept reply changes the other's."""
+    return {**stats, "token_probabilities": list(stats["token_probabilities"])}
+
+
 class LlamaCppGenerator(Generator):
     """A GGUF model run by llama.cpp; ``gguf`` finds the file on first use. ``base_model_dir``
     (the transformers folder that fine-tuning trains on) and ``ollama_base`` come from the
@@ -328,12 +334,13 @@ class LlamaCppGenerator(Generator):
             tokens = self.prompt_tokens(messages)
             # A greedy reply is a function of the prompt and the weights: asked again, it is
             # replayed. (A grammar's state lives in its object, so constrained replies are not kept.)
-            key = (tuple(tokens), max_new_tokens, tuple(stop or ()), self._active) if temperature <= 0 and grammar is None else None
+            greedy = temperature <= 0 and grammar is None
+            key = (tuple(tokens), max_new_tokens, tuple(stop or ()), self._active) if greedy else None
             if key in self._replies:
                 self._replies.move_to_end(key)
                 pieces, recorded = self._replies[key]
                 if stats is not None:
-                    stats.update(recorded, token_probabilities=list(recorded["token_probabilities"]))
+                    stats.update(_copied(recorded))
                 yield from pieces
                 return
             pieces: list[str] = []
@@ -346,7 +353,7 @@ class LlamaCppGenerator(Generator):
                 if stats is not None:
                     stats.update(recorded)
             if key is not None:  # only a reply read to its end
-                self._replies[key] = (pieces, recorded)
+                self._replies[key] = (pieces, _copied(recorded))
                 while len(self._replies) > REPLIES_KEPT:
                     self._replies.popitem(last=False)
 
