@@ -181,6 +181,10 @@ def test_numbers_compare_by_value_and_the_named_sentence_may_spell_them_out():
     assert invented_numbers("It samples 2 rows.", "How many rows?", [prose]) == ["2"]
     assert invented_numbers("It samples 20 rows.", "How many rows?", [prose]) == []
     assert invented_numbers("It samples 30 rows.", "How many rows?", [prose]) == ["30"]
+    # and so is a count of a larger unit: "three million" holds the 3 of "3 million"
+    stop = hit("The system stops assigning new XIDs once fewer than three million transactions are left.", "m.txt")
+    assert invented_numbers("It stops 3 million transactions before.", "How many?", [stop]) == []
+    assert invented_numbers("It stops 2 million transactions before.", "How many?", [stop]) == ["2"]
     assert invented_numbers("Since 3.1.", "Since when?", [prose]) == ["3.1"]  # a version is no decimal
 
 

@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import is_refusal, source_heading
-from kbloop.text import (LIST_MARKER, NUMBER, SPACE, STOPWORDS, normalise, numbers, stem, technical_terms, values,
-                         word_stems)
+from kbloop.text import (LIST_MARKER, NUMBER, SPACE, SPELLED, STOPWORDS, normalise, numbers, stem, technical_terms,
+                         values, word_stems)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
@@ -193,13 +193,26 @@ def pastes_heading(answer: str, hits: list[Hit]) -> bool:
 def invented_numbers(answer: str, question: str, hits: list[Hit]) -> list[str]:
     """The numbers the answer states when not one of them is in the question or a source
     (heading included), compared by value ("5.0" is in "timeout=5"). Empty when the answer states
-    none, or any of them is grounded, so "900 seconds (15 minutes)" stands on its 900. A single
-    digit the sources spell out does not count here: "two" and "three" are in most passages, and
-    held an invented "2" on pydev; "twenty" grounds a 20 as the digits would."""
+    none, or any of them is grounded (``grounding_values``), so "900 seconds (15 minutes)"
+    stands on its 900."""
     stated = values(answer) - values(question)
-    texts = [f"{source_heading(n, h)}\n{h.text}" for n, h in enumerate(hits, start=1)]
-    grounded = set().union(*(values(t) | {v for v in values(t, spelled=True) if len(v) > 1} for t in texts))
+    grounded = set().union(*(grounding_values(f"{source_heading(n, h)}\n{h.text}")
+                             for n, h in enumerate(hits, start=1)))
     return [] if stated & grounded else sorted(stated)
+
+
+# A number spelled out as a count of a larger unit: "three million", "two thousand".
+SPELLED_SCALE = re.compile(rf"({SPELLED.pattern})\s+(?:hundred|thousand|million|billion|trillion)\b", re.IGNORECASE)
+
+
+def grounding_values(text: str) -> set[str]:
+    """The values a source holds for an answer's numbers: those in digits, and those spelled out
+    that are as rare in prose as digits: of two digits or more ("twenty" holds 20) or a count of a
+    larger unit ("three million" holds the 3 of "3 million"). A single digit spelled out by itself
+    is in most passages ("the two readers") and once held an invented "2" on pydev."""
+    spelled = {v for v in values(text, spelled=True) if len(v) > 1}
+    scaled = values(" ".join(match.group(1) for match in SPELLED_SCALE.finditer(text)), spelled=True)
+    return values(text) | spelled | scaled
 
 
 # A question that asks for a bound of what it names, the largest or smallest value it may take, in

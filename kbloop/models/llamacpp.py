@@ -2,8 +2,9 @@
 
 It reads the quantised file directly (no fp32 copy), decodes two to three times faster than
 transformers on the same CPU, reads every prompt whole from an empty key/value cache (a reply
-never depends on the request before it), remembers its last greedy replies, and constrains JSON replies with a grammar built from the schema, so the judge and
-the teacher cannot return malformed JSON. LoRA adapters are converted once to GGUF
+never depends on the request before it), remembers its last greedy replies, and constrains
+JSON replies with a grammar built from the schema, so the judge and the teacher cannot return
+malformed JSON. LoRA adapters are converted once to GGUF
 (``lora_gguf``) and switched in place on the loaded model: promoting or rolling back an
 adapter costs milliseconds, not a reload.
 
