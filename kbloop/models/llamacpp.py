@@ -331,7 +331,6 @@ class LlamaCppGenerator(Generator):
     def _stream(self, messages: Messages, max_new_tokens: int, temperature: float, stop: list[str] | None,
                 stats: dict | None, grammar: Any) -> Iterator[str]:
         with self._lock:
-            self.load()
             tokens = self.prompt_tokens(messages)
             # A greedy reply is a function of the prompt and the weights: asked again, it is
             # replayed. (A grammar's state lives in its object, so constrained replies are not kept.)
@@ -347,7 +346,8 @@ class LlamaCppGenerator(Generator):
             pieces: list[str] = []
             recorded: dict = {}
             try:
-                for piece in self._decode(tokens, max_new_tokens, temperature, stop, recorded, grammar):
+                for piece in self._decode(tokens, max_new_tokens, temperature, stop, grammar, recorded,
+                                          with_probabilities=stats is not None or key is not None):
                     pieces.append(piece)
                     yield piece
             finally:
@@ -359,7 +359,7 @@ class LlamaCppGenerator(Generator):
                     self._replies.popitem(last=False)
 
     def _decode(self, tokens: list[int], max_new_tokens: int, temperature: float, stop: list[str] | None,
-                stats: dict, grammar: Any) -> Iterator[str]:
+                grammar: Any, stats: dict, with_probabilities: bool) -> Iterator[str]:
         llama_cpp = _import()
         llm = self.load()
         room = CONTEXT_TOKENS - len(tokens)
@@ -382,7 +382,7 @@ class LlamaCppGenerator(Generator):
                     break
                 generated.append(token)
                 decoded = text.push(llm.detokenize([token]))
-                if decoded:
+                if with_probabilities and decoded:
                     probabilities.append((position, len(decoded), self._probability(llm, token)))
                 position += len(decoded)
                 piece = stops.feed(decoded)
