@@ -45,8 +45,12 @@ Run it from the repository root:
     python bench/answers.py [--bench kbdev,pydev,pgdev]
                             [--models local:qwen2.5-0.5b,local:qwen2.5-1.5b@retrieve_k=2]
                             [--engine llamacpp|transformers]
-                            [--pipelines kbloop,plain,api] [--limit N]
+                            [--pipelines kbloop,plain,api] [--limit N] [--ids i03,n02]
                             [--workdir DIR] [--keep] [--json]
+
+``--ids`` asks only the items it names. Answers do not depend on the questions asked before
+them, so the questions whose sources a change moves can be asked again under both builds,
+and the rest of a full run stands.
 
 ``--bench`` names one benchmark folder or several, comma-separated; ``kbdev``, ``pydev`` and
 ``pgdev`` name the three this repository measures (``../shared/kbdev``, ``bench/pydev``,
@@ -108,12 +112,14 @@ def read_jsonl(path: Path, limit: int | None) -> list[dict]:
     return items[:limit] if limit else items
 
 
-def load_items(bench: Path, limit: int | None) -> list[dict]:
-    """qa_initial then qa_unanswerable, each item tagged with the file it came from."""
+def load_items(bench: Path, limit: int | None, ids: list[str] | None = None) -> list[dict]:
+    """qa_initial then qa_unanswerable, each item tagged with the file it came from; only the
+    items ``ids`` names, when it names any."""
     items = []
     for name in ("qa_initial", "qa_unanswerable"):
         for item in read_jsonl(bench / f"{name}.jsonl", limit):
-            items.append({**item, "set": name})
+            if not ids or item.get("id") in ids:
+                items.append({**item, "set": name})
     return items
 
 
@@ -582,8 +588,8 @@ def prepare(ctx: Context, pipelines: list[str], corpus: Path) -> dict:
 
 
 def run(args: argparse.Namespace, workdir: Path, out_path: Path) -> dict:
-    items = [] if args.chat_only else load_items(args.bench, args.limit)
-    chats = [] if args.limit else load_chats(args.bench, items)
+    items = [] if args.chat_only else load_items(args.bench, args.limit, args.ids)
+    chats = [] if args.limit or args.ids else load_chats(args.bench, items)
     corpus = args.bench / "corpus" / "initial"
     print(f"benchmark: {args.bench} ({sum(answerable(i) for i in items)} answerable, "
           f"{sum(not answerable(i) for i in items)} unanswerable items)")
@@ -641,6 +647,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="engine for local: models (default: KBLOOP_ENGINE, llamacpp)")
     parser.add_argument("--limit", type=int, default=None,
                         help="ask only the first N items of each qa file (quick runs)")
+    parser.add_argument("--ids", type=comma_list, default=None,
+                        help="ask only these items, comma-separated (i03,n02): the questions a change "
+                             "touched, asked again; no chat scenario")
     parser.add_argument("--bench", type=comma_list, default=["kbdev"],
                         help="benchmark folders, comma-separated, or the names " + ", ".join(CORPORA)
                              + f" (default: kbdev, {DEFAULT_BENCH})")
@@ -663,6 +672,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--limit must be at least 1")
     if not args.bench:
         parser.error("--bench: name at least one benchmark folder")
+    if args.ids is not None and not args.ids:
+        parser.error("--ids: name at least one item, e.g. --ids i03,n02")
     args.benches = [bench_folder(value) for value in args.bench]  # run() takes one at a time as args.bench
     return args
 

@@ -91,6 +91,18 @@ def values(text: str, spelled: bool = False) -> set[str]:
     return found
 
 
+# A qualified name the layout broke after its dot: "sqlite3.⏎⏎connect", where a manual's
+# signature was exported as text one element per line. What follows the break starts in lower
+# case, as a name does and a sentence does not.
+BROKEN_NAME = re.compile(r"(?<=\w)\.[ \t]*\n\s*(?=[a-z_])")
+
+
+def term_text(text: str) -> str:
+    """``text`` as the exact terms it names are looked for in: lower-cased, with the qualified
+    names its layout broke over lines joined again."""
+    return BROKEN_NAME.sub(".", text).lower()
+
+
 def technical_terms(text: str) -> list[str]:
     """The exact technical terms ``text`` names, lower-cased, sorted, each once; not an
     abbreviation of single letters ("e.g.", "i.e.", "U.S."), which reads like a config key but

@@ -104,3 +104,13 @@ def test_every_chat_scenario_reuses_its_benchmarks_items(answers):
                 # a follow-up is a rewording that leans on the turn before; the others are the items as written
                 as_written = turn["question"] == items[turn["id"]]["question"]
                 assert as_written == (turn["kind"] != "follow-up"), (path.stem, chat["id"], turn["id"])
+
+
+def test_ids_ask_only_the_items_they_name(answers, capsys):
+    pydev = REPO / "bench" / "pydev"
+    items = answers.load_items(pydev, None, answers.parse_args(["--ids", "i03,n02"]).ids)
+    assert [(i["id"], i["set"]) for i in items] == [("i03", "qa_initial"), ("n02", "qa_unanswerable")]
+    assert len(answers.load_items(pydev, None)) == 50
+    with pytest.raises(SystemExit):
+        answers.parse_args(["--ids", ","])
+    assert "--ids: name at least one item" in capsys.readouterr().err

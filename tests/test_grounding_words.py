@@ -196,3 +196,25 @@ def test_an_abbreviation_is_no_term_a_source_must_mention():
         "--verbose", "push.timeout"]
     # a name the sources lack is still required beside it
     assert unmentioned_terms("What does push.retries default to, e.g. on a slow link?", [chunk]) == ["push.retries"]
+
+
+def test_a_name_the_layout_broke_over_lines_is_still_mentioned():
+    """A signature exported as text one element per line ("sqlite3.", then "connect") names the
+    function: no refusal for a name the sources lack, no further search for it, and a source that
+    states an answer's term so is the one cited."""
+    from kbloop.assistant.grounding import states_one_of, unmentioned_names, unmentioned_terms
+    from kbloop.text import term_text
+
+    assert "sqlite3.connect" in term_text("Module functions\n\nsqlite3.\n\nconnect\n\n(\n\ndatabase,")
+    assert "os.path.abspath" in term_text("os.\npath.\nabspath(path)")
+    # a sentence's end before a capital, and a number's dot, stay as they are
+    assert term_text("It reads the file.\nThe next line") == "it reads the file.\nthe next line"
+    assert term_text("since version 3.\n\n5 rows") == "since version 3.\n\n5 rows"
+
+    signature = Hit(0, 0.6, "sqlite3.txt", "Reference\n\nsqlite3.\n\nconnect\n\n(\n\ndatabase,\n\ntimeout\n\n=\n\n5.0", {})
+    question = "How long does sqlite3.connect() wait for a locked database by default?"
+    assert unmentioned_terms(question, [signature]) == []
+    assert unmentioned_names(question, [signature]) == []
+    assert states_one_of(signature.text, {"sqlite3.connect"})
+    elsewhere = Hit(1, 0.6, "csv.md", "csv.\n\nField sizes are limited.", {})
+    assert unmentioned_terms(question, [elsewhere]) == ["sqlite3.connect"]

@@ -21,7 +21,7 @@ from kbloop.assistant.verify import Verdict, Verifier
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import (NOT_IN_KB, STOP_STRINGS, build_messages, cited_numbers, clean_answer,
                            is_refusal)
-from kbloop.text import StopFilter
+from kbloop.text import StopFilter, term_text
 
 # The problems a second reading may solve: the model gave no answer to what was asked.
 UNANSWERED = (FOUND_NO_ANSWER, NO_NUMBER, PASTED)
@@ -165,7 +165,7 @@ class Assistant:
         hits = self.kb.search(fold_query(question, history), self.kb.settings.retrieve_k)
         for term in unmentioned_names(question, hits):
             seen = {h.vector_id for h in hits}
-            found = [h for h in self.kb.search(term, 3) if h.vector_id not in seen and mentioned(term, h.text.lower())]
+            found = [h for h in self.kb.search(term, 3) if h.vector_id not in seen and mentioned(term, term_text(h.text))]
             hits += found[:1]
         return hits
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from kbloop.ingest.manifest import Hit
 from kbloop.prompt import is_refusal, source_heading
 from kbloop.text import (LIST_MARKER, NUMBER, SPACE, SPELLED, STOPWORDS, normalise, numbers, stem, technical_terms,
-                         values, word_stems)
+                         term_text, values, word_stems)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 # Words that tell neither one source from another nor an answer from the question, besides the
@@ -57,7 +57,7 @@ def named_terms(question: str) -> list[str]:
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     """Exact names of the question (``named_terms``) that no retrieved source contains, except
     file names."""
-    text = " ".join(h.text for h in hits).lower()
+    text = term_text(" ".join(h.text for h in hits))
     return [t for t in named_terms(question) if not mentioned(t, text) and not names_file(t)]
 
 
@@ -70,7 +70,7 @@ def unmentioned_names(question: str, hits: list[Hit]) -> list[str]:
     (``unmentioned_terms``), and then the names it quotes as code that are no such term, such as a
     command (`git daemon`). A source need not mention a quoted name for the question to be
     answerable, so these only direct a further search, never a refusal."""
-    text = " ".join(h.text for h in hits).lower()
+    text = term_text(" ".join(h.text for h in hits))
     terms = unmentioned_terms(question, hits)
     quoted = [SPACE.sub(" ", q.strip().lower()).removesuffix("()") for q in QUOTED.findall(question)]
     return terms + [q for q in dict.fromkeys(quoted) if q not in named_terms(q) and not mentioned(q, text)]
@@ -406,5 +406,5 @@ def states_one_of(text: str, stated: set[str]) -> bool:
     for 30), a term as written."""
     if not stated:
         return False
-    found, lower = values(text, spelled=True), text.lower()
+    found, lower = values(text, spelled=True), term_text(text)
     return any(v in found if v.replace(".", "").isdigit() else v in lower for v in stated)
