@@ -9,7 +9,10 @@ The assistant, dataset building and evaluation all search through one ``Retrieve
    bench/retrieval.py and docs/answers.md say what other weights do);
 4. each hit carries its cosine similarity to the query, whichever ranking found it, so scores
    mean the same thing everywhere (the refusal threshold reads them);
-5. chunks that contain the exact technical terms the question names come first.
+5. chunks that contain the exact technical terms the question names come first, as written: a
+   name the layout broke over lines (``kbloop.text.term_text``) counts where the assistant checks
+   what the sources mention, not in this order; and the order decides every place, the last
+   included (both measured: docs/benchmarks.md, "Names the layout broke over lines").
 """
 
 from __future__ import annotations
