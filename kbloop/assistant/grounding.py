@@ -57,7 +57,11 @@ def named_terms(question: str) -> list[str]:
 def unmentioned_terms(question: str, hits: list[Hit]) -> list[str]:
     """Exact names of the question (``named_terms``) that no retrieved source contains, except
     file names."""
-    text = term_text(" ".join(h.text for h in hits))
+    return terms_missing_from(question, term_text(" ".join(h.text for h in hits)))
+
+
+def terms_missing_from(question: str, text: str) -> list[str]:
+    """``unmentioned_terms`` for the sources' text as ``term_text`` gives it."""
     return [t for t in named_terms(question) if not mentioned(t, text) and not names_file(t)]
 
 
@@ -71,7 +75,7 @@ def unmentioned_names(question: str, hits: list[Hit]) -> list[str]:
     command (`git daemon`). A source need not mention a quoted name for the question to be
     answerable, so these only direct a further search, never a refusal."""
     text = term_text(" ".join(h.text for h in hits))
-    terms = unmentioned_terms(question, hits)
+    terms = terms_missing_from(question, text)
     quoted = [SPACE.sub(" ", q.strip().lower()).removesuffix("()") for q in QUOTED.findall(question)]
     return terms + [q for q in dict.fromkeys(quoted) if q not in named_terms(q) and not mentioned(q, text)]
 
